@@ -1,0 +1,1 @@
+"""Data: COCO loading and checks, the embedded synthetic dataset, box-aware transforms."""

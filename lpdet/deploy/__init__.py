@@ -1,0 +1,1 @@
+"""Deployment: export, on-device runtimes, latency measurement."""

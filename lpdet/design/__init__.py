@@ -1,0 +1,1 @@
+"""Design: experiments, sweeps, latency-aware search and the report."""

@@ -1,0 +1,1 @@
+"""Evaluation: COCO metrics through pycocotools, prediction drawing."""

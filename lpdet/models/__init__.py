@@ -1,0 +1,1 @@
+"""Models: MobileNet backbones, SSD/SSDLite heads, anchors, box coder, loss, post-processing."""

@@ -1,0 +1,1 @@
+"""Quantization: quantization-aware training and post-training quantization."""
