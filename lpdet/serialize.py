@@ -1,0 +1,106 @@
+"""Typed configuration <-> plain data (YAML/JSON).
+
+Configs are dataclasses; on disk they are YAML or JSON mappings. Paths become strings and
+come back as `Path`; unknown keys are an error (a typo in a config should not be silent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from lpdet.errors import LpdetError
+
+T = TypeVar("T")
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (possibly nested) as JSON/YAML-safe plain data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(value, args[0], where) if len(args) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if hint is Path:
+        return Path(value)
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(hint) or (Any,)
+        items = [_coerce(v, inner, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass `cls` from plain data, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise LpdetError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise LpdetError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], where) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_yaml(obj: Any, path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def save_json(obj: Any, path: Path) -> None:
+    atomic_write_text(path, json.dumps(to_dict(obj), indent=2) + "\n")
+
+
+def load_mapping(path: Path) -> dict:
+    """Read a YAML or JSON mapping with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LpdetError(f"{path}: file not found; check the path")
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise LpdetError(f"{path}: not valid YAML/JSON ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise LpdetError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
