@@ -1,0 +1,238 @@
+"""Checkpoints: a directory holding safetensors weights and a JSON of everything else.
+
+Layout of a checkpoint directory (e.g. RUN_DIR/last, RUN_DIR/best):
+    model.safetensors      model weights
+    checkpoint.json        model config, class names, COCO category ids, training state
+    optimizer.safetensors  optimizer tensors (momentum buffers) and the torch RNG state;
+                           only in checkpoints that a run can resume from
+
+A checkpoint is written into a temporary sibling directory and swapped in with renames, so
+a crash at any point leaves either the old or the new checkpoint readable (`load` falls
+back to the `.old` copy that exists only during the swap). Nothing is unpickled: weights
+are safetensors and the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lpdet.errors import LpdetError
+from lpdet.serialize import from_dict, to_dict
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "checkpoint.json"
+OPTIMIZER = "optimizer.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model_config: Any                      # lpdet.models.registry.ModelConfig
+    class_names: list[str]
+    category_ids: list[int]
+    model_state: dict[str, torch.Tensor]
+    train_state: dict = field(default_factory=dict)
+    optimizer_tensors: dict[str, torch.Tensor] | None = None
+
+
+def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: Any, class_names: list[str],
+                    category_ids: list[int], train_state: dict | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Atomically write a checkpoint directory at `path` (replacing any existing one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "lpdet", "version": str(FORMAT_VERSION)})
+        meta = {
+            "format": "lpdet-checkpoint",
+            "version": FORMAT_VERSION,
+            "model": to_dict(model_config),
+            "class_names": list(class_names),
+            "category_ids": [int(c) for c in category_ids],
+            "train_state": to_dict(train_state or {}),
+        }
+        if optimizer is not None:
+            tensors, groups = _flatten_optimizer(optimizer)
+            tensors["rng.torch"] = torch.get_rng_state()
+            save_file(tensors, str(tmp / OPTIMIZER))
+            meta["optimizer_param_groups"] = groups
+            meta["rng"] = {"python": _python_rng_to_json(random.getstate()),
+                           "numpy": _numpy_rng_to_json(np.random.get_state())}
+        with open(tmp / META, "w") as f:
+            json.dump(meta, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: Path | str) -> Path:
+    """The checkpoint directory that `path` names: a checkpoint dir, a file in one, or a run dir (best, else last)."""
+    path = Path(path)
+    if not path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.is_dir() and (old / META).is_file():
+            return old  # a crash in the middle of a swap
+        raise LpdetError(f"{path}: no such checkpoint; pass a run directory or a checkpoint directory (RUN/best, RUN/last)")
+    if path.is_file():
+        if path.name in (WEIGHTS, META) and (path.parent / META).is_file():
+            return path.parent
+        raise LpdetError(f"{path}: not an lpdet checkpoint; pass a run directory or a checkpoint directory "
+                         f"holding {WEIGHTS} and {META}")
+    if (path / META).is_file():
+        return path
+    for name in ("best", "last"):
+        for candidate in (path / name, path / f"{name}.old"):
+            if (candidate / META).is_file():
+                return candidate
+    raise LpdetError(f"{path}: not an lpdet checkpoint or run directory (no {META} in it, nor in best/ or last/)")
+
+
+def load_checkpoint(path: Path | str, *, with_optimizer: bool = False) -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint` with clear errors for anything else."""
+    from lpdet.models.registry import ModelConfig
+
+    directory = resolve_checkpoint(path)
+    try:
+        meta = json.loads((directory / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LpdetError(f"{directory / META}: not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != "lpdet-checkpoint":
+        raise LpdetError(f"{directory / META}: not an lpdet checkpoint file")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise LpdetError(f"{directory}: checkpoint format {meta.get('version')} is newer than this lpdet "
+                         f"understands ({FORMAT_VERSION}); upgrade lpdet")
+    model_state = _load_safetensors(directory / WEIGHTS)
+    optimizer_tensors = None
+    if with_optimizer:
+        if not (directory / OPTIMIZER).is_file():
+            raise LpdetError(f"{directory}: has no optimizer state, so a run cannot resume from it; "
+                             f"resume from RUN/last or start with --init")
+        optimizer_tensors = _load_safetensors(directory / OPTIMIZER)
+    train_state = dict(meta.get("train_state", {}))
+    if "optimizer_param_groups" in meta:
+        train_state["optimizer_param_groups"] = meta["optimizer_param_groups"]
+    if "rng" in meta:
+        train_state["rng"] = meta["rng"]
+    return Checkpoint(
+        path=directory,
+        model_config=from_dict(ModelConfig, meta["model"], where=str(directory / META)),
+        class_names=list(meta["class_names"]),
+        category_ids=[int(c) for c in meta["category_ids"]],
+        model_state=model_state,
+        train_state=train_state,
+        optimizer_tensors=optimizer_tensors,
+    )
+
+
+def load_detector(path: Path | str, *, resolution: int | None = None):
+    """Build the detector a checkpoint describes and load its weights; returns (detector, checkpoint)."""
+    from lpdet.models.registry import build_detector
+
+    ckpt = load_checkpoint(path)
+    config = ckpt.model_config
+    if resolution is not None and resolution != config.resolution:
+        config = type(config)(**{**to_dict(config), "resolution": resolution})
+    detector = build_detector(config)
+    missing, unexpected = detector.load_state_dict(ckpt.model_state, strict=False)
+    if missing or unexpected:
+        raise LpdetError(f"{ckpt.path}: weights do not fit {config.arch} (missing {len(missing)}, "
+                         f"unexpected {len(unexpected)} tensors); the checkpoint is damaged or from another lpdet")
+    detector.eval()
+    return detector, ckpt
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    """Load optimizer tensors and param-group settings saved by `save_checkpoint`, and the RNG states."""
+    assert ckpt.optimizer_tensors is not None
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in ckpt.optimizer_tensors.items():
+        if key.startswith("state."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = tensor
+    groups = ckpt.train_state["optimizer_param_groups"]
+    current = optimizer.state_dict()
+    if len(groups) != len(current["param_groups"]):
+        raise LpdetError(f"{ckpt.path}: optimizer state does not match this model; start a new run with --init")
+    for saved, group in zip(groups, current["param_groups"]):
+        saved["params"] = group["params"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(ckpt.optimizer_tensors["rng.torch"])
+    rng = ckpt.train_state.get("rng")
+    if rng:
+        random.setstate(_python_rng_from_json(rng["python"]))
+        np.random.set_state(_numpy_rng_from_json(rng["numpy"]))
+
+
+def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy every tensor whose name and shape match (for --init across resolution/width); returns (copied, skipped)."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own) - len(matched)
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise LpdetError(f"{file}: missing; the checkpoint is incomplete")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LpdetError(f"{file}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for index, entries in sd["state"].items():
+        for name, value in entries.items():
+            tensors[f"state.{index}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _python_rng_to_json(state):
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_rng_from_json(data):
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)
+
+
+def _numpy_rng_to_json(state):
+    name, keys, pos, has_gauss, cached = state
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_rng_from_json(data):
+    name, keys, pos, has_gauss, cached = data
+    return (name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)

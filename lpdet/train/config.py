@@ -1,0 +1,50 @@
+"""`TrainConfig`: every knob of a training run, saved as RUN_DIR/config.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lpdet.errors import LpdetError
+
+
+@dataclass
+class TrainConfig:
+    data: str = "synth"                 # dataset YAML path or "synth"
+    arch: str = "mobilenet_v2_ssdlite"
+    width: float = 1.0
+    resolution: int = 320
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.05                    # peak learning rate after warm-up
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_steps: int = 200
+    restart_epochs: int = 0             # cosine warm restarts every N epochs (0: one cosine to the end)
+    min_lr_ratio: float = 0.01          # cosine floor as a fraction of lr
+    seed: int = 0
+    workers: int = 1
+    out: Path = Path("runs/train")
+    init: Path | None = None            # checkpoint to transfer weights from (any resolution/width)
+    backbone_weights: Path | None = None  # ImageNet backbone state dict, torchvision layout
+    checkpoint_every: int = 200         # steps between mid-epoch `last` checkpoints (0: only per epoch)
+    max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
+    threads: int = 0                    # torch intra-op threads (0: torch's default)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.lr > 0, "--lr must be > 0"),
+            (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.warmup_steps >= 0, "--warmup-steps must be >= 0"),
+            (self.restart_epochs >= 0, "--restart-epochs must be >= 0"),
+            (0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
+            (self.workers >= 0, "--workers must be >= 0"),
+            (self.resolution >= 32, "--resolution must be >= 32"),
+            (self.width > 0, "--width must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LpdetError(message)

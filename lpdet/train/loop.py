@@ -1,0 +1,242 @@
+"""The training loop: SGD + momentum, warm-up + cosine LR, per-step logs, per-epoch COCO AP,
+atomic `last`/`best` checkpoints, exact resume.
+
+Reads top to bottom: set up data and model, then for each epoch, for each batch, one step.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lpdet.errors import LpdetError
+from lpdet.serialize import from_dict, load_mapping, save_yaml
+from lpdet.train.checkpoint import (load_checkpoint, restore_optimizer, save_checkpoint, transfer_weights)
+from lpdet.train.config import TrainConfig
+from lpdet.train.schedule import lr_at
+
+log = logging.getLogger("lpdet.train")
+
+STEP_FIELDS = ["step", "epoch", "lr", "loss", "cls_loss", "box_loss", "images_per_s", "skipped_images"]
+VAL_FIELDS = ["epoch", "step", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "seconds"]
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train a detector as `cfg` says (or continue the run in `cfg.out`); returns the best checkpoint."""
+    from lpdet.data.coco import CocoDetection
+    from lpdet.data.loader import make_loader
+    from lpdet.data.spec import resolve_dataset
+    from lpdet.data.transforms import eval_transforms, train_transforms
+    from lpdet.eval.coco_eval import detector_predictor, evaluate
+    from lpdet.models.loss import multibox_loss
+    from lpdet.models.registry import ModelConfig, build_detector, load_backbone_weights
+
+    out = Path(cfg.out)
+    resume_ckpt = None
+    if resume:
+        cfg = from_dict(TrainConfig, load_mapping(out / "config.yaml"), where=str(out / "config.yaml"))
+        cfg.out = out
+        resume_ckpt = load_checkpoint(out / "last", with_optimizer=True)
+    elif (out / "last").exists() or (out / "best").exists():
+        raise LpdetError(f"{out} already holds a run; continue it with --resume {out} or pick a new --out")
+    cfg.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+
+    spec = resolve_dataset(cfg.data)
+    if spec.train is None:
+        raise LpdetError(f"--data {cfg.data}: the dataset has no train: split; add one to the dataset YAML")
+    train_set = CocoDetection(spec.train.annotations, spec.train.images,
+                              transform=train_transforms(cfg.resolution), seed=cfg.seed)
+    val_set = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(cfg.resolution))
+    if train_set.category_ids != val_set.category_ids:
+        raise LpdetError(f"{spec.val.annotations}: its categories differ from the train split's; "
+                         f"both splits must list the same categories")
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise LpdetError(f"the train split has {len(train_set)} images, fewer than --batch-size "
+                         f"{cfg.batch_size}; lower --batch-size")
+    total_steps = steps_per_epoch * cfg.epochs
+
+    model_cfg = ModelConfig(arch=cfg.arch, num_classes=train_set.num_classes, width=cfg.width,
+                            resolution=cfg.resolution)
+    model = build_detector(model_cfg)
+    if cfg.backbone_weights and not resume:
+        loaded, skipped = load_backbone_weights(model, cfg.backbone_weights)
+        log.info("backbone weights: loaded %d tensors from %s (%d skipped)", loaded, cfg.backbone_weights, skipped)
+    if cfg.init and not resume:
+        source = load_checkpoint(cfg.init)
+        copied, skipped = transfer_weights(model, source.model_state)
+        log.info("--init %s: copied %d tensors, %d left at their initial values (shape or name differ)",
+                 source.path, copied, skipped)
+        if copied == 0:
+            raise LpdetError(f"--init {cfg.init}: no tensor fits {cfg.arch} (width {cfg.width}); "
+                             f"use a checkpoint of the same architecture")
+    model = model.to(memory_format=torch.channels_last)  # measurably faster for these convs on CPU
+    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1}
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt.model_state)
+        restore_optimizer(optimizer, resume_ckpt)
+        state.update({k: resume_ckpt.train_state[k] for k in state})
+        log.info("resuming %s at epoch %d, step %d", out, state["epoch"], state["global_step"])
+    _trim_csv(out / "metrics.csv", "step", last_kept=state["global_step"] - 1)
+    _trim_csv(out / "val.csv", "epoch", last_kept=state["epoch"])
+    tb = _tensorboard(out / "tb", purge_step=state["global_step"])
+
+    def checkpoint(name: str, with_optimizer: bool) -> None:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise LpdetError(f"weights became non-finite at step {state['global_step']}; kept the last good "
+                             f"checkpoint in {out / 'last'}; lower --lr")
+        save_checkpoint(out / name, model=model, model_config=model_cfg, class_names=train_set.class_names,
+                        category_ids=train_set.category_ids, train_state=dict(state),
+                        optimizer=optimizer if with_optimizer else None)
+
+    predict = detector_predictor(model)
+    step_log = _CsvLog(out / "metrics.csv", STEP_FIELDS)
+    val_log = _CsvLog(out / "val.csv", VAL_FIELDS)
+    interactive = progress and sys.stderr.isatty()
+    for epoch in range(state["epoch"], cfg.epochs):
+        model.train()
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                             workers=cfg.workers, skip_batches=state["step_in_epoch"])
+        bar = tqdm(loader, total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, dynamic_ncols=True, mininterval=0.5 if interactive else 30,
+                   unit="batch")
+        tick = time.perf_counter()
+        for images, targets, dropped in bar:
+            if not targets:
+                continue
+            lr = lr_at(state["global_step"], base_lr=cfg.lr, total_steps=total_steps,
+                       warmup_steps=cfg.warmup_steps, restart_steps=cfg.restart_epochs * steps_per_epoch,
+                       min_lr_ratio=cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = images.contiguous(memory_format=torch.channels_last)
+            norm_targets = [{"boxes": t["boxes"] / cfg.resolution, "labels": t["labels"]} for t in targets]
+            cls_logits, box_deltas = model(images)
+            losses = multibox_loss(cls_logits, box_deltas, norm_targets, model.anchors)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise LpdetError(
+                    f"loss became {loss.item()} at step {state['global_step']} (epoch {epoch + 1}); training "
+                    f"stopped. The last good checkpoint is {out / 'last'}; lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            now = time.perf_counter()
+            row = {"step": state["global_step"], "epoch": epoch, "lr": lr, "loss": loss.item(),
+                   "cls_loss": losses["cls_loss"].item(), "box_loss": losses["box_loss"].item(),
+                   "images_per_s": len(targets) / max(now - tick, 1e-9), "skipped_images": dropped}
+            tick = now
+            step_log.write(row)
+            for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
+                tb.add_scalar(f"train/{key}", row[key], state["global_step"])
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}")
+            state["global_step"] += 1
+            state["step_in_epoch"] += 1
+            if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                checkpoint("last", with_optimizer=True)
+        bar.close()
+
+        model.eval()
+        result = evaluate(predict, val_set, batch_size=16, workers=cfg.workers, max_images=cfg.max_val_images,
+                          progress=progress, desc=f"val {epoch + 1}/{cfg.epochs}")
+        ap = result.metrics["AP"]
+        val_log.write({"epoch": epoch + 1, "step": state["global_step"], **result.metrics,
+                       "seconds": round(result.seconds, 1)})
+        for key, value in result.metrics.items():
+            tb.add_scalar(f"val/{key}", value, state["global_step"])
+        tb.flush()
+        log.info("epoch %d/%d: AP %.4f AP50 %.4f AP_small %.4f AP_large %.4f", epoch + 1, cfg.epochs, ap,
+                 result.metrics["AP50"], result.metrics["AP_small"], result.metrics["AP_large"])
+        state["epoch"] = epoch + 1
+        state["step_in_epoch"] = 0
+        if ap > state["best_ap"]:
+            state["best_ap"], state["best_epoch"] = ap, epoch + 1
+            checkpoint("best", with_optimizer=False)
+        checkpoint("last", with_optimizer=True)
+    tb.close()
+    return out / "best"
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _tensorboard(log_dir: Path, purge_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training if it is broken
+        log.warning("tensorboard is not importable; TensorBoard scalars are off")
+        return _NoTensorBoard()
+    return SummaryWriter(str(log_dir), purge_step=purge_step or None)
+
+
+class _NoTensorBoard:
+    def add_scalar(self, *args, **kwargs): ...
+    def flush(self): ...
+    def close(self): ...
+
+
+class _CsvLog:
+    """Append rows to a CSV, writing the header once; flushed every row so a crash loses nothing."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = path, fields
+        if not path.exists() or path.stat().st_size == 0:
+            with open(path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields).writeheader()
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _trim_csv(path: Path, key: str, last_kept: int) -> None:
+    """On resume, drop rows logged after the checkpoint we continue from."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if _number(r.get(key)) <= last_kept]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.inf
