@@ -1,0 +1,219 @@
+"""The `lpdet` command line.
+
+Each subcommand parses its options, calls one library function, and prints the result.
+User-fixable problems arrive as `LpdetError` and are printed as one line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from lpdet.errors import LpdetError
+
+log = logging.getLogger("lpdet")
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_data_synth(args) -> None:
+    from lpdet.data.synth import generate_synthetic_coco
+
+    yaml_path = generate_synthetic_coco(args.out_dir, args.train, args.val, seed=args.seed, progress=not args.quiet)
+    print(f"wrote the synthetic dataset; use it with --data {yaml_path}")
+
+
+# ----------------------------------------------------------------------------- model
+def cmd_model_info(args) -> None:
+    from lpdet.models.profile import format_profile, profile_model, profile_to_dict
+    from lpdet.models.registry import ModelConfig
+
+    config = ModelConfig(arch=args.arch, num_classes=args.num_classes, width=args.width, resolution=args.resolution)
+    profile = profile_model(config)
+    print(json.dumps(profile_to_dict(profile), indent=2) if args.json else format_profile(profile))
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(args) -> None:
+    from lpdet.train.config import TrainConfig
+    from lpdet.train.loop import train
+
+    if args.resume:
+        best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
+    else:
+        config = TrainConfig(
+            data=args.data, arch=args.arch, width=args.width, resolution=args.resolution, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps, restart_epochs=args.restart_epochs, seed=args.seed,
+            workers=args.workers, out=args.out, init=args.init, backbone_weights=args.backbone_weights,
+            checkpoint_every=args.checkpoint_every, max_val_images=args.max_val_images, threads=args.threads)
+        best = train(config, progress=not args.quiet)
+    print(f"best checkpoint: {best}")
+
+
+# ----------------------------------------------------------------------------- eval / predict
+def _postprocess_config(args):
+    from lpdet.models.postprocess import PostprocessConfig
+
+    if not 0 < args.nms_iou <= 1:
+        raise LpdetError(f"--nms-iou {args.nms_iou}: must be in (0, 1]")
+    if not 0 <= args.score_threshold < 1:
+        raise LpdetError(f"--score-threshold {args.score_threshold}: must be in [0, 1)")
+    if args.top_k < 1:
+        raise LpdetError(f"--top-k {args.top_k}: must be >= 1")
+    return PostprocessConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou, top_k=args.top_k)
+
+
+def cmd_eval(args) -> None:
+    from lpdet.data.coco import CocoDetection
+    from lpdet.data.spec import resolve_dataset
+    from lpdet.data.transforms import eval_transforms
+    from lpdet.eval.coco_eval import detector_predictor, evaluate, format_metrics
+    from lpdet.serialize import save_json
+    from lpdet.train.checkpoint import load_detector
+
+    detector, ckpt = load_detector(args.model)
+    spec = resolve_dataset(args.data)
+    split = spec.val if args.split == "val" else spec.train
+    if split is None:
+        raise LpdetError(f"--data {args.data}: has no {args.split}: split")
+    dataset = CocoDetection(split.annotations, split.images, transform=eval_transforms(detector.config.resolution))
+    if dataset.category_ids != ckpt.category_ids:
+        raise LpdetError(f"{split.annotations}: its categories differ from those {ckpt.path} was trained on; "
+                         f"evaluate on a dataset with the same categories")
+    result = evaluate(detector_predictor(detector, _postprocess_config(args)), dataset,
+                      batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+    results_path = args.results or ckpt.path.parent / f"eval-{spec.name}-{args.split}-results.json"
+    save_json(result.results, results_path)
+    if args.json:
+        print(json.dumps({"model": str(ckpt.path), "data": args.data, "split": args.split,
+                          "images": result.num_images, "skipped_images": result.skipped_images,
+                          "results": str(results_path), **result.metrics}, indent=2))
+    else:
+        print(f"{ckpt.path} on {spec.name}/{args.split}: {result.num_images} images"
+              + (f" ({result.skipped_images} unreadable, skipped)" if result.skipped_images else ""))
+        print(format_metrics(result.metrics))
+        print(f"COCO results: {results_path}")
+
+
+def cmd_predict(args) -> None:
+    from lpdet.eval.coco_eval import detector_predictor
+    from lpdet.eval.predict import expand_image_paths, predict_images
+    from lpdet.train.checkpoint import load_detector
+
+    detector, ckpt = load_detector(args.model)
+    paths = expand_image_paths(args.images)
+    summary = predict_images(detector_predictor(detector, _postprocess_config(args)), detector.config.resolution,
+                             ckpt.class_names, paths, args.out, score_threshold=args.show_threshold)
+    for item in summary:
+        print(f"{item['image']}: {len(item['detections'])} detections -> {item['output']}")
+
+
+# ----------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _add_postprocess_options(parser) -> None:
+    parser.add_argument("--nms-iou", type=float, default=0.6, help="IoU threshold of per-class NMS (default 0.6)")
+    parser.add_argument("--score-threshold", type=float, default=0.01, help="drop detections scoring below this")
+    parser.add_argument("--top-k", type=int, default=100, help="keep at most this many detections per image")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lpdet import __version__
+
+    parser = argparse.ArgumentParser(prog="lpdet", description="Design low-power object detectors.")
+    parser.add_argument("--version", action="version", version=f"lpdet {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True,
+                                                                       metavar="SUBCOMMAND")
+    synth = data.add_parser("synth", help="write the embedded synthetic COCO-format dataset")
+    synth.add_argument("out_dir", type=Path)
+    synth.add_argument("--train", type=_positive_int, default=4000, help="training images (default 4000)")
+    synth.add_argument("--val", type=_positive_int, default=500, help="validation images (default 500)")
+    synth.add_argument("--seed", type=_positive_int, default=0)
+    synth.set_defaults(func=cmd_data_synth)
+
+    model = commands.add_parser("model", help="model architectures").add_subparsers(
+        dest="model_command", required=True, metavar="SUBCOMMAND")
+    info = model.add_parser("info", help="parameters, multiply-adds, feature maps, multiple-of-8 geometry")
+    info.add_argument("--arch", default="mobilenet_v2_ssdlite")
+    info.add_argument("--width", type=float, default=1.0)
+    info.add_argument("--resolution", type=int, default=320)
+    info.add_argument("--num-classes", type=int, default=90, help="object classes (default 90, as COCO)")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_model_info)
+
+    train = commands.add_parser("train", help="train a detector")
+    train.add_argument("--data", default="synth", help="dataset YAML, or 'synth' for the embedded dataset")
+    train.add_argument("--arch", default="mobilenet_v2_ssdlite")
+    train.add_argument("--width", type=float, default=1.0)
+    train.add_argument("--resolution", type=int, default=320)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--weight-decay", type=float, default=4e-5)
+    train.add_argument("--warmup-steps", type=int, default=200)
+    train.add_argument("--restart-epochs", type=int, default=0, help="cosine warm restarts every N epochs")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=1, help="data-loading processes")
+    train.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    train.add_argument("--out", type=Path, default=Path("runs/train"))
+    train.add_argument("--init", type=Path, help="checkpoint to transfer weights from")
+    train.add_argument("--backbone-weights", type=Path, help="ImageNet backbone state dict (torchvision layout)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    train.add_argument("--checkpoint-every", type=int, default=200, help="steps between `last` checkpoints")
+    train.add_argument("--max-val-images", type=int, default=0, help="validate on at most N images (0: all)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="COCO AP of a checkpoint on a dataset")
+    evaluate.add_argument("model", type=Path, help="checkpoint or run directory")
+    evaluate.add_argument("--data", default="synth")
+    evaluate.add_argument("--split", choices=["val", "train"], default="val")
+    _add_postprocess_options(evaluate)
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--workers", type=int, default=1)
+    evaluate.add_argument("--results", type=Path, help="where to write the COCO results JSON")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = commands.add_parser("predict", help="draw detections on images")
+    predict.add_argument("model", type=Path, help="checkpoint or run directory")
+    predict.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    predict.add_argument("--out", type=Path, required=True)
+    predict.add_argument("--show-threshold", type=float, default=0.3, help="draw detections scoring at least this")
+    _add_postprocess_options(predict)
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except LpdetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a training run continues with `lpdet train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
