@@ -1,0 +1,97 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+import lpdet.train.checkpoint as checkpoint
+from lpdet.errors import LpdetError
+from lpdet.models.registry import ModelConfig, build_detector
+from lpdet.train.checkpoint import load_checkpoint, load_detector, resolve_checkpoint, save_checkpoint
+
+CONFIG = ModelConfig(arch="mobilenet_v1_ssdlite", num_classes=3, width=0.25, resolution=64)
+
+
+def _save(path, model, **kwargs):
+    return save_checkpoint(path, model=model, model_config=CONFIG, class_names=["a", "b", "c"],
+                           category_ids=[1, 5, 9], **kwargs)
+
+
+def test_round_trip_with_optimizer_and_rng(tmp_path):
+    model = build_detector(CONFIG)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(1, 3, 64, 64))[0].sum().backward()
+    optimizer.step()
+    torch.manual_seed(123)
+    _save(tmp_path / "last", model, train_state={"global_step": 7}, optimizer=optimizer)
+    expected_random = torch.rand(3)
+
+    ckpt = load_checkpoint(tmp_path / "last", with_optimizer=True)
+    assert ckpt.model_config == CONFIG and ckpt.category_ids == [1, 5, 9]
+    assert ckpt.train_state["global_step"] == 7
+    for key, value in model.state_dict().items():
+        assert torch.equal(ckpt.model_state[key], value)
+
+    fresh = build_detector(CONFIG)
+    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9)
+    checkpoint.restore_optimizer(fresh_optimizer, ckpt)
+    assert fresh_optimizer.param_groups[0]["lr"] == 0.1
+    for (_, a), (_, b) in zip(optimizer.state_dict()["state"].items(), fresh_optimizer.state_dict()["state"].items()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert torch.equal(torch.rand(3), expected_random)  # the RNG continues where it was saved
+
+
+def test_run_directory_resolves_to_best_then_last(tmp_path):
+    model = build_detector(CONFIG)
+    _save(tmp_path / "last", model)
+    assert resolve_checkpoint(tmp_path) == tmp_path / "last"
+    _save(tmp_path / "best", model)
+    assert resolve_checkpoint(tmp_path) == tmp_path / "best"
+    assert resolve_checkpoint(tmp_path / "best" / "model.safetensors") == tmp_path / "best"
+    detector, ckpt = load_detector(tmp_path)
+    assert detector.config == CONFIG and not detector.training
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = build_detector(CONFIG)
+    _save(tmp_path / "last", model, train_state={"global_step": 1})
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", failing_save)
+    with pytest.raises(OSError):
+        _save(tmp_path / "last", model, train_state={"global_step": 2})
+    assert load_checkpoint(tmp_path / "last").train_state["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]  # no temporary leftovers
+
+
+def test_interrupted_swap_falls_back_to_old_copy(tmp_path):
+    model = build_detector(CONFIG)
+    _save(tmp_path / "last", model, train_state={"global_step": 4})
+    (tmp_path / "last").rename(tmp_path / "last.old")  # crashed between the two renames
+    assert load_checkpoint(tmp_path / "last").train_state["global_step"] == 4
+
+
+@pytest.mark.parametrize("make_bad", ["missing", "pickle", "random_dir", "bad_json", "bad_weights"])
+def test_things_that_are_not_checkpoints_give_clear_errors(tmp_path, make_bad):
+    target = tmp_path / "thing"
+    if make_bad == "pickle":
+        target.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    elif make_bad == "random_dir":
+        target.mkdir()
+        (target / "notes.txt").write_text("hello")
+    elif make_bad in ("bad_json", "bad_weights"):
+        _save(target, build_detector(CONFIG))
+        if make_bad == "bad_json":
+            (target / "checkpoint.json").write_text("{not json")
+        else:
+            (target / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(LpdetError, match="thing"):
+        load_detector(target)
+
+
+def test_checkpoint_json_is_plain_readable_metadata(tmp_path):
+    _save(tmp_path / "best", build_detector(CONFIG), train_state={"best_ap": 0.5})
+    meta = json.loads((tmp_path / "best" / "checkpoint.json").read_text())
+    assert meta["model"]["arch"] == "mobilenet_v1_ssdlite" and meta["class_names"] == ["a", "b", "c"]

@@ -1,0 +1,111 @@
+import csv
+
+import pytest
+import torch
+
+import lpdet.train.loop as loop
+from lpdet.errors import LpdetError
+from lpdet.train.checkpoint import load_checkpoint
+from lpdet.train.loop import train
+from tests.helpers import tiny_synth, tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def data_yaml(tmp_path_factory):
+    return tiny_synth(tmp_path_factory.mktemp("synth"))
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_writes_logs_and_checkpoints(data_yaml, tmp_path):
+    cfg = tiny_train_config(data_yaml, tmp_path / "run")
+    best = train(cfg, progress=False)
+    run = tmp_path / "run"
+    assert best == run / "best"
+    steps = _rows(run / "metrics.csv")
+    assert [int(r["step"]) for r in steps] == list(range(6))  # 12 images / batch 4 × 2 epochs
+    assert all(float(r["loss"]) > 0 for r in steps)
+    val = _rows(run / "val.csv")
+    assert [int(r["epoch"]) for r in val] == [1, 2]
+    assert (run / "config.yaml").is_file() and any((run / "tb").iterdir())
+    last = load_checkpoint(run / "last", with_optimizer=True)
+    assert last.train_state["epoch"] == 2 and last.train_state["global_step"] == 6
+    assert last.model_config.resolution == 96 and len(last.class_names) == last.model_config.num_classes
+
+
+def test_existing_run_is_not_overwritten(data_yaml, tmp_path):
+    cfg = tiny_train_config(data_yaml, tmp_path / "run", epochs=1)
+    train(cfg, progress=False)
+    with pytest.raises(LpdetError, match="--resume"):
+        train(tiny_train_config(data_yaml, tmp_path / "run", epochs=1), progress=False)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(data_yaml, tmp_path, monkeypatch):
+    train(tiny_train_config(data_yaml, tmp_path / "full"), progress=False)
+
+    real_lr_at = loop.lr_at
+
+    def interrupt_at_step_3(step, **kwargs):
+        if step == 5:  # mid-epoch 2 (3 steps per epoch), after the step-4 checkpoint
+            raise KeyboardInterrupt
+        return real_lr_at(step, **kwargs)
+
+    monkeypatch.setattr(loop, "lr_at", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_train_config(data_yaml, tmp_path / "cut"), progress=False)
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    cut = load_checkpoint(tmp_path / "cut" / "last").train_state
+    assert (cut["global_step"], cut["epoch"], cut["step_in_epoch"]) == (4, 1, 1)
+
+    train(tiny_train_config(data_yaml, tmp_path / "cut"), resume=True, progress=False)
+    full = load_checkpoint(tmp_path / "full" / "last").model_state
+    resumed = load_checkpoint(tmp_path / "cut" / "last").model_state
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    assert [r["step"] for r in _rows(tmp_path / "cut" / "metrics.csv")] == [str(s) for s in range(6)]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_yaml, tmp_path, monkeypatch):
+    import lpdet.models.loss as loss_module
+
+    real_loss = loss_module.multibox_loss
+    calls = {"n": 0}
+
+    def loss_turning_nan(*args, **kwargs):
+        calls["n"] += 1
+        losses = real_loss(*args, **kwargs)
+        if calls["n"] == 4:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(loss_module, "multibox_loss", loss_turning_nan)
+    with pytest.raises(LpdetError, match="nan at step 3"):
+        train(tiny_train_config(data_yaml, tmp_path / "run"), progress=False)
+    last = load_checkpoint(tmp_path / "run" / "last")
+    assert last.train_state["global_step"] == 3  # the end-of-epoch-1 checkpoint
+    assert all(torch.isfinite(t).all() for t in last.model_state.values())
+
+
+def test_init_transfers_weights_across_resolution(data_yaml, tmp_path):
+    train(tiny_train_config(data_yaml, tmp_path / "r96", epochs=1), progress=False)
+    cfg = tiny_train_config(data_yaml, tmp_path / "r128", epochs=1, resolution=128, init=tmp_path / "r96" / "last",
+                            lr=1e-9, warmup_steps=0, momentum=0.0)
+    train(cfg, progress=False)
+    source = load_checkpoint(tmp_path / "r96" / "last").model_state
+    target = load_checkpoint(tmp_path / "r128" / "last").model_state
+    conv_weights = [k for k in source if k.endswith("weight") and source[k].ndim == 4]
+    assert conv_weights
+    # lr ~0 and no momentum: every conv weight stays what --init copied in
+    for key in conv_weights:
+        assert torch.allclose(source[key], target[key], atol=1e-6), key
+
+
+def test_init_from_a_different_architecture_is_refused(data_yaml, tmp_path):
+    train(tiny_train_config(data_yaml, tmp_path / "v2", epochs=1), progress=False)
+    cfg = tiny_train_config(data_yaml, tmp_path / "v1", arch="mobilenet_v1_ssd", init=tmp_path / "v2" / "last")
+    with pytest.raises(LpdetError, match="--init"):
+        train(cfg, progress=False)
