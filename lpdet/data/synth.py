@@ -282,10 +282,14 @@ def _degrade_sprite(rng: np.random.Generator, sprite: _Sprite, bg_mean: np.ndarr
 
 
 def _irregular_polygon(rng: np.random.Generator, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    """A random blob polygon: uneven radii at uneven angles, so it matches no class."""
-    n = int(rng.integers(5, 11))
-    t = np.sort(rng.uniform(0, 2 * np.pi, n))
-    rr = r * rng.uniform(0.3, 1.0, n)
+    """A random blob polygon: uneven radii at jittered angles, so it matches no class.
+
+    Angles are spread round the centre (not clustered) so blobs don't look like triangles.
+    """
+    n = int(rng.integers(6, 12))
+    step = 2 * np.pi / n
+    t = rng.uniform(0, 2 * np.pi) + np.arange(n) * step + rng.uniform(-0.35, 0.35, n) * step
+    rr = r * rng.uniform(0.35, 1.0, n)
     return [(cx + a * math.cos(b), cy + a * math.sin(b)) for a, b in zip(rr, t)]
 
 
@@ -296,22 +300,26 @@ def _rgba(rng: np.random.Generator, sat_max: float, alpha: tuple[int, int] = (12
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """A varied, cluttered (h, w, 3) float32 background with nothing class-shaped in it."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # The smooth base (gradient, colour noise, horizon) is built at 1/4 size and upsampled:
+    # it has no fine detail to lose, and this is the most expensive step otherwise.
+    lw, lh = -(-w // 4), -(-h // 4)
+    yy, xx = np.mgrid[0:lh, 0:lw].astype(np.float32)
     theta = rng.uniform(0, 2 * np.pi)
     t = xx * math.cos(theta) + yy * math.sin(theta)
     t = (t - t.min()) / max(1.0, np.ptp(t))
     ca, cb = _random_colour(rng, 0.6), _random_colour(rng, 0.6)
-    bg = ca + (cb - ca) * t[..., None]
-    noise = _lowfreq(rng, w, h, int(rng.integers(2, 9)), 3) * 255
-    bg = bg + (noise - bg) * rng.uniform(0.2, 0.7)
+    base = ca + (cb - ca) * t[..., None]
+    noise = _lowfreq(rng, lw, lh, int(rng.integers(2, 9)), 3) * 255
+    base = base + (noise - base) * rng.uniform(0.2, 0.7)
     if rng.random() < 0.35:  # a "horizon": a second region with its own tone, like floor vs wall
-        y0 = rng.uniform(0.3, 0.8) * h + (xx - w / 2) * rng.uniform(-0.3, 0.3)
+        y0 = rng.uniform(0.3, 0.8) * lh + (xx - lw / 2) * rng.uniform(-0.3, 0.3)
         below = (yy > y0)[..., None]
-        bg = np.where(below, bg * rng.uniform(0.5, 1.1) + _random_colour(rng, 0.5) * 0.3, bg)
+        base = np.where(below, base * rng.uniform(0.5, 1.1) + _random_colour(rng, 0.5) * 0.3, base)
+    img = Image.fromarray(base.clip(0, 255).astype(np.uint8), "RGB").resize((w, h), Image.BILINEAR)
     if rng.random() < 0.5:  # fine grain, like fabric or foliage
-        bg = bg + (_lowfreq(rng, w, h, int(rng.integers(20, 60))) - 0.5) * rng.uniform(10, 45)
+        grain = (_lowfreq(rng, w, h, int(rng.integers(20, 60))) - 0.5) * rng.uniform(10, 45)
+        img = Image.fromarray((np.asarray(img, np.float32) + grain).clip(0, 255).astype(np.uint8), "RGB")
 
-    img = Image.fromarray(bg.clip(0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img, "RGBA")  # RGBA mode: translucent fills blend onto the image
     s = max(w, h)
     for _ in range(int(rng.integers(0, 5))):  # textured patches with blob outlines
@@ -380,7 +388,7 @@ def _place_objects(rng: np.random.Generator, img: np.ndarray) -> list[tuple[int,
         total = int(solid.sum())
         if total == 0:
             continue
-        # Most objects lie fully inside; some are cut by the border (up to ~40% of them).
+        # Most objects lie fully inside; 15% may be cut by the border (losing up to 40%).
         cut = rng.uniform(0.0, 0.4) if rng.random() < 0.15 else 0.0
         placed = None
         for _try in range(12):
@@ -406,8 +414,9 @@ def _place_objects(rng: np.random.Generator, img: np.ndarray) -> list[tuple[int,
         labels[y0:y1, x0:x1][m] = len(visible)
         visible.append(int(m.sum()))
         in_image.append(int(m.sum()))
-        # COCO boxes cover the object's full extent (occluded parts included), clipped to the image.
-        ys, xs = np.nonzero(sprite.alpha >= _ALPHA_SOLID)
+        # COCO boxes cover the object's full extent (occluded parts included), clipped to the
+        # image; taken before the blur, which changes how the object looks, not where it is.
+        ys, xs = np.nonzero(solid)
         bx0, by0 = max(xs.min() + ox, 0), max(ys.min() + oy, 0)
         bx1, by1 = min(xs.max() + 1 + ox, w), min(ys.max() + 1 + oy, h)
         boxes.append((cls + 1, [float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0)]))
@@ -427,14 +436,37 @@ def _foreground_clutter(rng: np.random.Generator, img: np.ndarray) -> np.ndarray
     return np.asarray(pil, np.float32)
 
 
+@lru_cache(maxsize=1)
+def _noise_bank() -> np.ndarray:
+    """A fixed field of unit Gaussian noise (same in every process: it has its own seed)."""
+    return np.random.default_rng(0x5EED).standard_normal((640, 640, 3), dtype=np.float32)
+
+
+def _sensor_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Unit Gaussian noise of shape (h, w, 3): a random crop of the bank, maybe flipped.
+
+    Cropping is several times cheaper than drawing fresh normals for every pixel, and
+    per-pixel noise needs no more variety than random offsets and flips give it.
+    """
+    bank = _noise_bank()
+    y, x = (int(v) for v in rng.integers(0, bank.shape[0] - max(h, w) + 1, 2))
+    crop = bank[y:y + h, x:x + w]
+    return crop[::-1] if rng.random() < 0.5 else crop
+
+
 def _degrade_image(rng: np.random.Generator, img: np.ndarray) -> Image.Image:
     """Camera-like degradations: exposure/contrast, colour cast, sensor noise, blur, JPEG."""
-    mean = img.mean()
-    img = (img - mean) * rng.uniform(0.75, 1.2) + mean + rng.uniform(-20, 20)
-    img = img * rng.uniform(0.92, 1.08, 3).astype(np.float32)  # white-balance error
+    # Contrast, brightness and white balance are one affine map per channel, applied as a
+    # lookup table (numpy is slow at per-channel broadcasting over a trailing axis of 3).
+    mean = float(img.mean())
+    contrast, brightness = rng.uniform(0.75, 1.2), rng.uniform(-20, 20)
+    gain = contrast * rng.uniform(0.92, 1.08, 3)  # white-balance error
+    offset = (mean * (1 - contrast) + brightness) * gain / contrast
+    lut = (np.arange(256)[None] * gain[:, None] + offset[:, None]).round().clip(0, 255).astype(int)
+    out = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB").point(lut.ravel().tolist())
     r = rng.random()
     sigma = rng.uniform(0, 4) if r < 0.5 else rng.uniform(4, 10) if r < 0.85 else rng.uniform(10, 18)
-    img = img + rng.standard_normal(img.shape, dtype=np.float32) * sigma
+    img = np.asarray(out, np.float32) + _sensor_noise(rng, *img.shape[:2]) * np.float32(sigma)
     out = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
     if rng.random() < 0.25:
         out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
@@ -505,6 +537,14 @@ def _default_workers(n_images: int) -> int:
     return max(1, min(cores, 8))
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """"fork" where available: unlike "spawn" it does not re-import the caller's main script,
+    so calling the generator from a script without an ``if __name__ == "__main__"`` guard
+    works (the workers only use numpy and PIL, as torch's own DataLoader workers do)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def generate_synthetic_coco(
     out_dir: Path, n_train: int, n_val: int, seed: int = 0, progress: bool = True, *, workers: int | None = None
 ) -> Path:
@@ -545,8 +585,7 @@ def generate_synthetic_coco(
                 results.append(_make_image(t))
                 bar.update()
         else:
-            # "spawn": safe even when the caller has torch (and its thread pools) loaded.
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            with _pool_context().Pool(workers) as pool:
                 for r in pool.imap(_make_image, tasks, chunksize=8):  # imap keeps task order
                     results.append(r)
                     bar.update()

@@ -50,8 +50,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     elif (out / "last").exists() or (out / "best").exists():
         raise LpdetError(f"{out} already holds a run; continue it with --resume {out} or pick a new --out")
     cfg.validate()
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -71,6 +69,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         raise LpdetError(f"the train split has {len(train_set)} images, fewer than --batch-size "
                          f"{cfg.batch_size}; lower --batch-size")
     total_steps = steps_per_epoch * cfg.epochs
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
 
     model_cfg = ModelConfig(arch=cfg.arch, num_classes=train_set.num_classes, width=cfg.width,
                             resolution=cfg.resolution)

@@ -1,0 +1,379 @@
+"""`CocoDetection`: a COCO annotation file + image folder as a detection dataset.
+
+- Labels: ``1..K`` are the categories sorted by COCO id (``category_ids[label - 1]``); 0 is
+  background and never appears in targets.
+- Items: ``(image float32 [3, H, W] in [0, 1] RGB, target)`` with ``target = dict(boxes=float32
+  [N, 4] xyxy pixels of the returned image, labels=int64 [N], image_id=int, orig_size=(h, w))``;
+  ``None`` (with a warning) when the image file is missing, corrupt or truncated.
+- The file is read and validated once, in one pass over the annotations. Annotations that cannot
+  be trained on are dropped from the targets and counted in `skipped` (one summary warning);
+  `coco` is the untouched ground truth for evaluation (see `CocoDetection.__init__`).
+- Augmentation randomness is a function of (seed, epoch, index) only, so results do not depend
+  on the number of DataLoader workers or on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from PIL import ImageOps
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from lpdet.errors import LpdetError
+
+__all__ = ["CocoDetection", "load_rgb_image", "item_seed"]
+
+log = logging.getLogger("lpdet.data")
+
+# Skip reasons (keys of `CocoDetection.skipped`).
+CROWD = "crowd"
+DEGENERATE = "degenerate"
+OUTSIDE = "outside"
+UNKNOWN_CATEGORY = "unknown category"
+UNKNOWN_IMAGE = "unknown image"
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A stable 63-bit seed for one (seed, epoch, index); independent of PYTHONHASHSEED."""
+    digest = hashlib.blake2b(f"lpdet:{int(seed)}:{int(epoch)}:{int(index)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _to_8bit_gray(img: PIL.Image.Image) -> PIL.Image.Image:
+    """Mode I;16*/I/F (16-/32-bit or float grayscale) -> L, scaling the range to 0..255."""
+    a = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        a = a.astype(np.float32) / 257.0
+    elif img.mode == "I":
+        a = a.astype(np.float32)
+        if a.size and a.max() > 255:  # 16-bit data stored as 32-bit (older Pillow PNG reads)
+            a = a / 257.0
+    else:  # "F"
+        a = a.astype(np.float32)
+        if a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0
+    a = np.nan_to_num(a, nan=0.0)
+    return PIL.Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def load_rgb_image(path: Path) -> PIL.Image.Image:
+    """Open an image as 8-bit RGB, EXIF orientation applied. Raises on missing/corrupt files.
+
+    COCO annotations refer to the image as displayed, i.e. after the EXIF orientation.
+    """
+    with PIL.Image.open(path) as f:
+        f.load()  # decodes everything now: a truncated or corrupt file raises here
+        img = f
+        try:
+            img = ImageOps.exif_transpose(f) or f
+        except Exception as e:  # a malformed EXIF block: keep the pixels as stored
+            log.debug("%s: ignoring unreadable EXIF (%s)", path, e)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            img = _to_8bit_gray(img)
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")  # what PIL asks for; the alpha is then dropped
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if img is f:
+            img = f.copy()  # detach from the file handle closed by `with`
+    return img
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class CocoDetection(Dataset):
+    """A COCO-format detection dataset; see the module docstring for the item format.
+
+    ``coco`` is a pycocotools `COCO` over the file's content as is (crowd, degenerate and
+    unknown-category annotations included), so `COCOeval` on it gives the same numbers as
+    pycocotools run on the file; the only additions are defaults pycocotools' evaluation needs
+    and would otherwise crash without (``iscrowd=0``, ``area=w*h`` when absent), and annotations
+    without a usable ``bbox`` are removed from it (pycocotools cannot evaluate them).
+    """
+
+    def __init__(self, annotations: Path, images: Path, transform: Callable | None = None, seed: int = 0):
+        self.annotations = Path(annotations)
+        self.images = Path(images)
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skipped: collections.Counter = collections.Counter()
+
+        if not self.images.is_dir():
+            raise LpdetError(f"{self.images}: images folder not found (for {self.annotations}); fix the images path")
+        data = self._read_json(self.annotations)
+        self._parse(data)
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _read_json(path: Path) -> dict:
+        if not path.is_file():
+            raise LpdetError(f"{path}: annotation file not found; fix the annotations path")
+        try:
+            with open(path, "rb") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LpdetError(f"{path}: not valid JSON ({e}); fix or regenerate the annotation file") from None
+        except OSError as e:
+            raise LpdetError(f"{path}: cannot read the annotation file ({e.strerror or e}); check its permissions") from None
+        if not isinstance(data, dict):
+            raise LpdetError(f"{path}: expected a COCO JSON object at the top level, got {type(data).__name__}; "
+                             "use a COCO detection file (images, annotations, categories)")
+        missing = [k for k in ("images", "annotations", "categories") if k not in data]
+        if missing:
+            raise LpdetError(f"{path}: missing top-level key(s) {missing}; a COCO detection file needs "
+                             "'images', 'annotations' and 'categories' (lists)")
+        for k in ("images", "annotations", "categories"):
+            if not isinstance(data[k], list):
+                raise LpdetError(f"{path}: '{k}' must be a list, got {type(data[k]).__name__}; fix the file")
+        return data
+
+    def _bad(self, where: str, what: str) -> LpdetError:
+        return LpdetError(f"{self.annotations}: {where}: {what}; fix the annotation file")
+
+    def _parse(self, data: dict) -> None:
+        # categories -> labels
+        cat_names: dict[int, str] = {}
+        for i, c in enumerate(data["categories"]):
+            if not isinstance(c, dict) or not _is_int(c.get("id")):
+                raise self._bad(f"categories[{i}]", "needs an integer 'id'")
+            if c["id"] in cat_names:
+                raise self._bad(f"categories[{i}]", f"duplicate category id {c['id']}")
+            cat_names[c["id"]] = str(c.get("name", f"class{c['id']}"))
+        if not cat_names:
+            raise self._bad("categories", "the list is empty; list the object classes")
+        self.category_ids: list[int] = sorted(cat_names)
+        self.class_names: list[str] = [cat_names[c] for c in self.category_ids]
+        self.num_classes: int = len(self.category_ids)
+        cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
+
+        # images
+        image_ids: list[int] = []
+        file_names: list[str] = []
+        sizes: dict[int, tuple[float, float] | None] = {}
+        for i, im in enumerate(data["images"]):
+            if not isinstance(im, dict) or not _is_int(im.get("id")):
+                raise self._bad(f"images[{i}]", "needs an integer 'id'")
+            if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+                raise self._bad(f"images[{i}] (id {im['id']})", "needs a 'file_name' string")
+            if im["id"] in sizes:
+                raise self._bad(f"images[{i}]", f"duplicate image id {im['id']}")
+            w, h = im.get("width"), im.get("height")
+            sizes[im["id"]] = (float(w), float(h)) if _is_number(w) and _is_number(h) and w > 0 and h > 0 else None
+            image_ids.append(im["id"])
+            file_names.append(im["file_name"])
+        self.image_ids: list[int] = image_ids
+        self._file_names = file_names
+        index_of = {img_id: i for i, img_id in enumerate(image_ids)}
+
+        # annotations: one pass; training targets in flat arrays (cheap to fork into workers)
+        anns = data["annotations"]
+        keep_img = np.empty(len(anns), dtype=np.int64)
+        keep_box = np.empty((len(anns), 4), dtype=np.float32)
+        keep_lab = np.empty(len(anns), dtype=np.int64)
+        n_keep = 0
+        unusable = []  # annotations pycocotools cannot evaluate (no usable bbox)
+        filled = 0
+        skipped = self.skipped
+        ann_ids = set()
+        duplicate_ids = 0
+        for i, a in enumerate(anns):
+            if not isinstance(a, dict):
+                raise self._bad(f"annotations[{i}]", f"expected an object, got {type(a).__name__}")
+            for key in ("id", "image_id", "category_id"):
+                if key not in a:
+                    raise self._bad(f"annotations[{i}]", f"missing '{key}'")
+            if not isinstance(a["id"], (int, str)):
+                raise self._bad(f"annotations[{i}]", f"'id' must be an integer, got {a['id']!r}")
+            if a["id"] in ann_ids:
+                duplicate_ids += 1
+            ann_ids.add(a["id"])
+            bbox = a.get("bbox")
+            ok_box = (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox))
+            if not ok_box:
+                unusable.append(i)
+            elif "area" not in a or "iscrowd" not in a:
+                filled += 1
+            if a.get("iscrowd", 0):
+                skipped[CROWD] += 1
+                continue
+            label = cat_to_label.get(a["category_id"]) if _is_int(a["category_id"]) else None
+            if label is None:
+                skipped[UNKNOWN_CATEGORY] += 1
+                continue
+            idx = index_of.get(a["image_id"]) if _is_int(a["image_id"]) else None
+            if idx is None:
+                skipped[UNKNOWN_IMAGE] += 1
+                continue
+            if not ok_box:
+                skipped[DEGENERATE] += 1
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            if w <= 0 or h <= 0:
+                skipped[DEGENERATE] += 1
+                continue
+            x1, y1, x2, y2 = x, y, x + w, y + h
+            size = sizes[a["image_id"]]
+            if size is not None:
+                iw, ih = size
+                if x1 < 0 or y1 < 0 or x2 > iw or y2 > ih:
+                    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, iw), min(y2, ih)
+                    if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
+                        skipped[OUTSIDE] += 1
+                        continue
+            keep_img[n_keep] = idx
+            keep_box[n_keep] = (x1, y1, x2, y2)
+            keep_lab[n_keep] = label
+            n_keep += 1
+
+        # group the kept annotations by image (stable: file order within an image)
+        order = np.argsort(keep_img[:n_keep], kind="stable")
+        self._boxes = keep_box[:n_keep][order]
+        self._labels = keep_lab[:n_keep][order]
+        counts = np.bincount(keep_img[:n_keep], minlength=len(image_ids))
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+        # the evaluation ground truth, indexed from the dict already parsed
+        if unusable or filled:
+            drop = set(unusable)
+            gt_anns = []
+            for i, a in enumerate(anns):
+                if i in drop:
+                    continue
+                if "area" not in a or "iscrowd" not in a:
+                    a = dict(a)
+                    a.setdefault("iscrowd", 0)
+                    a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
+                gt_anns.append(a)
+            data = dict(data, annotations=gt_anns)
+        coco = COCO()
+        coco.dataset = data
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco.createIndex()
+        except (KeyError, TypeError) as e:
+            raise LpdetError(f"{self.annotations}: pycocotools cannot index this file ({type(e).__name__}: {e}); "
+                             "fix the annotation file") from None
+        self.coco: COCO = coco
+
+        problems = {k: v for k, v in skipped.items() if k != CROWD}
+        if skipped:
+            summary = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+            msg = "%s: %d annotation(s) not used for training (%s)"
+            if problems:
+                log.warning(msg + "; check the file", self.annotations, sum(skipped.values()), summary)
+            else:  # crowd regions are normal COCO content, not a problem with the file
+                log.info(msg, self.annotations, sum(skipped.values()), summary)
+        if unusable:
+            log.warning("%s: %d annotation(s) without a usable 'bbox' left out of evaluation too",
+                        self.annotations, len(unusable))
+        if duplicate_ids:
+            log.warning("%s: %d duplicate annotation id(s); pycocotools keeps only one annotation per id, so "
+                        "evaluation on this file is unreliable; renumber the annotations", self.annotations,
+                        duplicate_ids)
+        if filled:
+            log.info("%s: %d annotation(s) lack 'area'/'iscrowd'; using area=w*h, iscrowd=0", self.annotations, filled)
+
+    # ------------------------------------------------------------------ mapping
+    def label_to_category_id(self, label: int) -> int:
+        """The COCO category id of a model label (``1..K``)."""
+        label = int(label)
+        if not 1 <= label <= self.num_classes:
+            raise ValueError(f"label {label} out of range 1..{self.num_classes} (0 is background)")
+        return self.category_ids[label - 1]
+
+    def category_id_to_label(self, category_id: int) -> int:
+        """The model label (``1..K``) of a COCO category id."""
+        try:
+            return self.category_ids.index(int(category_id)) + 1
+        except ValueError:
+            raise ValueError(f"unknown category id {category_id}") from None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation randomness of `epoch` (call before creating the DataLoader)."""
+        self.epoch = int(epoch)
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_path(self, i: int) -> Path:
+        return self.images / self._file_names[i]
+
+    def annotations_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training boxes (xyxy pixels of the original image) and labels of item `i`."""
+        s, e = self._offsets[i], self._offsets[i + 1]
+        return self._boxes[s:e], self._labels[s:e]
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        path = self.image_path(i)
+        try:
+            img = load_rgb_image(path)
+        except FileNotFoundError:
+            log.warning("%s: skipped (image file not found)", path)
+            return None
+        except Exception as e:  # PIL raises many types for corrupt/truncated data
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("%s: skipped (cannot read image: %s)", path, reason)
+            return None
+        w, h = img.size
+        boxes_np, labels_np = self.annotations_of(i)
+        boxes = torch.from_numpy(boxes_np.copy())
+        labels = torch.from_numpy(labels_np.copy())
+        if boxes.shape[0]:
+            # the file's width/height may disagree with the actual image: clip to the real one
+            boxes[:, 0::2].clamp_(0, w)
+            boxes[:, 1::2].clamp_(0, h)
+            ok = (boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3)
+            if not bool(ok.all()):
+                boxes, labels = boxes[ok], labels[ok]
+
+        if self.transform is None:
+            image = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255.0)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                py_state, np_state = random.getstate(), np.random.get_state()
+                s = item_seed(self.seed, self.epoch, i)
+                torch.manual_seed(s)
+                random.seed(s)
+                np.random.seed(s & 0xFFFFFFFF)
+                try:
+                    image, boxes, labels = self.transform(img, boxes, labels)
+                finally:
+                    random.setstate(py_state)
+                    np.random.set_state(np_state)
+        target = {
+            "boxes": boxes.to(torch.float32).reshape(-1, 4),
+            "labels": labels.to(torch.int64).reshape(-1),
+            "image_id": int(self.image_ids[i]),
+            "orig_size": (h, w),
+        }
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"CocoDetection({str(self.annotations)!r}, images={len(self)}, classes={self.num_classes}, "
+                f"transform={self.transform!r})")

@@ -1,0 +1,99 @@
+"""Deterministic detection DataLoaders with exact mid-epoch resume.
+
+The order of an epoch is ``torch.randperm(n)`` from ``torch.Generator().manual_seed(seed *
+1000003 + epoch)`` (or ``0..n-1`` without shuffling); resuming after ``k`` batches starts the
+sampler ``k * batch_size`` items into that order, so the remaining batches are exactly the ones
+an uninterrupted run would have seen, and the skipped items are never loaded. Augmentation is
+seeded per (seed, epoch, index) by the dataset (`CocoDetection.set_epoch`), so neither the
+number of workers nor the resume point changes a batch. Creating the loader does not touch the
+global torch RNG.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sized
+
+import torch
+from torch.utils.data import DataLoader, Sampler, get_worker_info
+
+__all__ = ["collate_detection", "make_loader", "EpochSampler", "epoch_generator_seed"]
+
+
+def epoch_generator_seed(seed: int, epoch: int) -> int:
+    return int(seed) * 1000003 + int(epoch)
+
+
+class EpochSampler(Sampler[int]):
+    """The indices of one epoch (shuffled or in order), starting `start` items in."""
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, epoch: int, start: int = 0):
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.n, self.shuffle, self.seed, self.epoch, self.start = int(n), shuffle, seed, epoch, int(start)
+
+    def order(self) -> list[int]:
+        """The full order of the epoch (before skipping)."""
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(epoch_generator_seed(self.seed, self.epoch))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start:])
+
+    def __len__(self) -> int:
+        return max(self.n - self.start, 0)
+
+
+def _set_worker_epoch(epoch: int, worker_id: int) -> None:
+    # Workers copy the dataset when an iterator starts; pin the loader's epoch in each copy in
+    # case the same dataset object was set to another epoch in between.
+    ds = get_worker_info().dataset
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(epoch)
+
+
+def collate_detection(batch) -> tuple[torch.Tensor, list[dict], int]:
+    """Stack the images of the non-``None`` items; return ``(images [B,3,R,R], targets, dropped)``.
+
+    Items are ``None`` when their image could not be read (the dataset logged why). If every
+    item is dropped, ``images`` is an empty ``[0, 3, 0, 0]`` tensor and ``targets`` is ``[]``.
+    """
+    items = [b for b in batch if b is not None]
+    dropped = len(batch) - len(items)
+    if not items:
+        return torch.empty(0, 3, 0, 0), [], dropped
+    shapes = {tuple(img.shape) for img, _ in items}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot batch images of different sizes {sorted(shapes)}; "
+                         "give the dataset a transform that resizes (eval_transforms/train_transforms)")
+    images = torch.stack([img for img, _ in items])
+    return images, [t for _, t in items], dropped
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int,
+                skip_batches: int = 0) -> DataLoader:
+    """A DataLoader over `dataset` for one epoch; `skip_batches` resumes mid-epoch exactly.
+
+    Training (`shuffle=True`) drops the last incomplete batch; evaluation keeps it.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)  # workers are forked per iterator and copy this
+    n = len(dataset) if isinstance(dataset, Sized) else 0
+    sampler = EpochSampler(n, shuffle=shuffle, seed=seed, epoch=epoch, start=int(skip_batches) * int(batch_size))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=int(workers),
+        collate_fn=collate_detection,
+        drop_last=bool(shuffle),
+        persistent_workers=False,
+        worker_init_fn=functools.partial(_set_worker_epoch, int(epoch)) if workers > 0 else None,
+        # A private generator: DataLoader draws its worker base seed from it instead of
+        # consuming the global torch RNG (which would shift e.g. dropout after a resume).
+        generator=torch.Generator().manual_seed(epoch_generator_seed(seed, epoch)),
+    )

@@ -1,0 +1,47 @@
+"""Raw detector outputs → final detections: softmax, decode, threshold, per-class NMS, top-k."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from lpdet.models.box_coder import decode
+
+
+@dataclass
+class PostprocessConfig:
+    score_threshold: float = 0.01  # drop class scores at or below this
+    nms_iou: float = 0.6  # suppress same-class boxes overlapping a better one by more than this
+    top_k: int = 100  # detections kept per image
+    pre_nms_top_k: int = 400  # candidates kept per class before NMS (bounds NMS cost)
+
+
+def postprocess(
+    cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, cfg: PostprocessConfig | None = None
+) -> list[dict[str, Tensor]]:
+    """Detections per image: `boxes [N, 4]` normalised xyxy clipped to [0, 1], `scores [N]`,
+    `labels [N]` int64 in 1..K, sorted by decreasing score."""
+    cfg = cfg or PostprocessConfig()
+    scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # background dropped: [B, A, K]
+    boxes = decode(box_deltas.float(), anchors.to(box_deltas.device)).clamp(0.0, 1.0)  # [B, A, 4]
+    num_anchors, num_classes = scores.shape[1:]
+    candidates = min(cfg.pre_nms_top_k, num_anchors)
+    class_labels = torch.arange(1, num_classes + 1, device=scores.device).expand(candidates, num_classes)
+
+    results = []
+    for image_scores, image_boxes in zip(scores, boxes):
+        # Per class (not overall) so that a frequent class cannot crowd out rare ones.
+        top_scores, top_anchors = image_scores.topk(candidates, dim=0)  # [candidates, K]
+        keep = top_scores > cfg.score_threshold
+        cand_scores, cand_labels = top_scores[keep], class_labels[keep]
+        cand_boxes = image_boxes[top_anchors[keep]]
+        # Anchors wholly outside the image clip to zero-area boxes: not detections.
+        wh = cand_boxes[:, 2:] - cand_boxes[:, :2]
+        nonempty = (wh > 0).all(dim=1)
+        cand_boxes, cand_scores, cand_labels = cand_boxes[nonempty], cand_scores[nonempty], cand_labels[nonempty]
+        kept = batched_nms(cand_boxes, cand_scores, cand_labels, cfg.nms_iou)[: cfg.top_k]
+        results.append({"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": cand_labels[kept]})
+    return results

@@ -1,0 +1,134 @@
+"""`ModelConfig`, architecture name → builder, `build_detector`, ImageNet backbone loading."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lpdet.errors import LpdetError
+from lpdet.models.anchors import num_anchors_per_location
+from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features
+from lpdet.models.detector import MIN_RESOLUTION, Detector
+from lpdet.models.heads import ExtraLayers, PredictionHead
+
+
+@dataclass
+class ModelConfig:
+    arch: str  # mobilenet_v1_ssd | mobilenet_v1_ssdlite | mobilenet_v2_ssd | mobilenet_v2_ssdlite
+    num_classes: int  # K object classes, background NOT included
+    width: float = 1.0  # depth multiplier
+    resolution: int = 320  # square input R
+    min_scale: float = 0.2  # anchor scales (TF Object Detection API style)
+    max_scale: float = 0.95
+
+
+def _assemble(cfg: ModelConfig, backbone: nn.Module, lite: bool) -> Detector:
+    extras = ExtraLayers(backbone.out_channels[-1], cfg.width, lite)
+    channels = [*backbone.out_channels, *extras.out_channels]
+    per_location = num_anchors_per_location()
+    cls_head = PredictionHead(channels, per_location, cfg.num_classes + 1, lite)
+    box_head = PredictionHead(channels, per_location, 4, lite)
+    return Detector(cfg, backbone, extras, cls_head, box_head)
+
+
+def mobilenet_v1_ssd(cfg: ModelConfig) -> Detector:
+    return _assemble(cfg, MobileNetV1Features(cfg.width), lite=False)
+
+
+def mobilenet_v1_ssdlite(cfg: ModelConfig) -> Detector:
+    return _assemble(cfg, MobileNetV1Features(cfg.width), lite=True)
+
+
+def mobilenet_v2_ssd(cfg: ModelConfig) -> Detector:
+    return _assemble(cfg, MobileNetV2Features(cfg.width), lite=False)
+
+
+def mobilenet_v2_ssdlite(cfg: ModelConfig) -> Detector:
+    return _assemble(cfg, MobileNetV2Features(cfg.width), lite=True)
+
+
+ARCHITECTURES: dict[str, Callable[[ModelConfig], Detector]] = {
+    "mobilenet_v1_ssd": mobilenet_v1_ssd,
+    "mobilenet_v1_ssdlite": mobilenet_v1_ssdlite,
+    "mobilenet_v2_ssd": mobilenet_v2_ssd,
+    "mobilenet_v2_ssdlite": mobilenet_v2_ssdlite,
+}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_config(cfg: ModelConfig) -> None:
+    """Raise `LpdetError` naming the first invalid option and its valid values."""
+    if cfg.arch not in ARCHITECTURES:
+        raise LpdetError(f"model.arch: unknown architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if not isinstance(cfg.num_classes, int) or isinstance(cfg.num_classes, bool) or cfg.num_classes < 1:
+        raise LpdetError(f"model.num_classes: must be an integer >= 1 (background excluded), got {cfg.num_classes!r}")
+    if not _is_number(cfg.width) or cfg.width <= 0:
+        raise LpdetError(f"model.width: must be a number > 0 (e.g. 0.35, 0.5, 0.75, 1.0), got {cfg.width!r}")
+    if not isinstance(cfg.resolution, int) or isinstance(cfg.resolution, bool) or cfg.resolution < MIN_RESOLUTION:
+        raise LpdetError(f"model.resolution: must be an integer >= {MIN_RESOLUTION} (e.g. 300, 320), got {cfg.resolution!r}")
+    scales_ok = _is_number(cfg.min_scale) and _is_number(cfg.max_scale) and 0 < cfg.min_scale < cfg.max_scale
+    if not scales_ok:
+        raise LpdetError(
+            f"model.min_scale/max_scale: need 0 < min_scale < max_scale (default 0.2, 0.95), "
+            f"got {cfg.min_scale!r}, {cfg.max_scale!r}"
+        )
+
+
+def build_detector(cfg: ModelConfig) -> Detector:
+    """A freshly initialised detector for `cfg` (validated first)."""
+    validate_config(cfg)
+    return ARCHITECTURES[cfg.arch](cfg)
+
+
+def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise LpdetError(f"{path}: backbone weights file not found; check the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle with code in it, not a zip, ...
+        first_line = (str(e).splitlines() or [type(e).__name__])[0]
+        raise LpdetError(
+            f"{path}: cannot read as a state dict ({first_line}); expected .safetensors or a torch.save()d state dict"
+        ) from None
+    # Training checkpoints often wrap the weights.
+    if isinstance(state, Mapping) and len(state) == 1 and next(iter(state)) in ("state_dict", "model"):
+        state = next(iter(state.values()))
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise LpdetError(f"{path}: not a state dict (a mapping of names to tensors); save one with torch.save(model.state_dict())")
+    return state
+
+
+def load_backbone_weights(detector: Detector, path: Path) -> tuple[int, int]:
+    """Load ImageNet backbone weights in torchvision's layout (`features.*`; MobileNetV1 layout
+    in `MobileNetV1Features`) from .safetensors or .pth. Tensors whose name and shape match the
+    backbone are loaded; the rest (e.g. the classifier) are skipped. Returns (loaded, skipped)."""
+    state = _read_state_dict(path)
+    own = detector.backbone.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    # BN step counters are scalars that fit any backbone: take one only with its BN's statistics.
+    counter = "num_batches_tracked"
+    matching = {
+        k: v for k, v in matching.items() if not k.endswith(counter) or k.replace(counter, "running_mean") in matching
+    }
+    if not matching:
+        example = next(iter(own))
+        raise LpdetError(
+            f"{path}: no tensor matches the {detector.config.arch} width {detector.config.width} backbone "
+            f"(expected names like {example!r} with matching shapes); use ImageNet weights for the same width"
+        )
+    detector.backbone.load_state_dict(matching, strict=False)
+    return len(matching), len(state) - len(matching)

@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from lpdet.errors import LpdetError
+from lpdet.models.anchors import num_anchors_per_location
+from lpdet.models.registry import ARCHITECTURES, ModelConfig, build_detector
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and when other jobs share the 2 cores
+    OpenMP's spinning threads slow these tests 10× or more; restore the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+TINY = dict(num_classes=3, width=0.25)
+
+
+@pytest.mark.parametrize(
+    "arch, resolution, expected",
+    [
+        ("mobilenet_v1_ssd", 300, [19, 10, 5, 3, 2, 1]),
+        ("mobilenet_v2_ssdlite", 320, [20, 10, 5, 3, 2, 1]),
+    ],
+)
+def test_published_feature_map_sizes(arch, resolution, expected):
+    detector = build_detector(ModelConfig(arch, resolution=resolution, **TINY))
+    assert detector.feature_map_sizes() == [(s, s) for s in expected]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_sizes_anchors_and_outputs_agree_with_a_real_forward(arch):
+    detector = build_detector(ModelConfig(arch, resolution=64, **TINY)).eval()
+    for resolution in (236, 250, 257, 300, 320, 512):
+        detector.set_resolution(resolution)
+        with torch.no_grad():
+            maps = detector.extract_features(torch.rand(1, 3, resolution, resolution))
+            cls, box = detector(torch.rand(2, 3, resolution, resolution))
+        sizes = [tuple(m.shape[-2:]) for m in maps]
+        assert sizes == detector.feature_map_sizes(resolution), resolution
+        expected = sum(h * w * n for (h, w), n in zip(sizes, num_anchors_per_location()))
+        assert detector.anchors.shape == (expected, 4)
+        assert cls.shape == (2, expected, 4) and box.shape == (2, expected, 4)
+
+
+def test_head_order_matches_anchor_order():
+    # A bias on anchor slot 1 of map 0 must land on the rows whose anchors are slot 1 (ratio 2).
+    detector = build_detector(ModelConfig("mobilenet_v2_ssd", resolution=64, **TINY)).eval()
+    conv = detector.box_head.output_convs()[0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.bias[1 * 4 + 2] = 1.0  # anchor slot 1, value dw
+        _, box = detector(torch.rand(1, 3, 64, 64))
+    h, w = detector.feature_map_sizes()[0]
+    rows = box[0, : h * w * 3, 2].view(h, w, 3)
+    assert torch.all(rows[..., 1] == 1.0) and torch.all(rows[..., [0, 2]] == 0.0)
+
+
+def test_initial_background_probability():
+    detector = build_detector(ModelConfig("mobilenet_v1_ssdlite", resolution=64, **TINY)).eval()
+    with torch.no_grad():
+        cls, _ = detector(torch.rand(1, 3, 64, 64))
+    background = cls.softmax(-1)[..., 0]
+    assert background.mean().item() == pytest.approx(0.99, abs=0.01)
+
+
+def test_state_dict_transfers_across_resolutions():
+    small = build_detector(ModelConfig("mobilenet_v1_ssd", resolution=236, **TINY))
+    large = build_detector(ModelConfig("mobilenet_v1_ssd", resolution=300, **TINY))
+    large.load_state_dict(small.state_dict(), strict=True)
+    assert "anchors" not in small.state_dict()
+    assert large.anchors.shape[0] != small.anchors.shape[0]
+
+
+def test_wrong_input_size_is_a_clear_error():
+    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", resolution=64, **TINY))
+    with pytest.raises(LpdetError, match=r"\[B, 3, 64, 64\]"):
+        detector(torch.rand(1, 3, 96, 96))
+    with pytest.raises(LpdetError, match="float"):
+        detector(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(LpdetError, match="resolution"):
+        detector.set_resolution(16)
+
+
+def test_channels_last_gives_same_outputs():
+    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", resolution=64, **TINY)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = detector(x)
+        detector.to(memory_format=torch.channels_last)
+        out = detector(x.contiguous(memory_format=torch.channels_last))
+    for a, b in zip(reference, out):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_fx_traceable_for_quantization():
+    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", resolution=64, **TINY)).eval()
+    graph_module = torch.fx.symbolic_trace(detector)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(detector(x), graph_module(x)):
+            assert torch.equal(a, b)
