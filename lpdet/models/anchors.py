@@ -42,6 +42,7 @@ def box_shapes(layer: int, min_scale: float, max_scale: float) -> list[tuple[flo
 
 def num_anchors_per_location() -> list[int]:
     """Boxes per location for each of the 6 feature maps: [3, 6, 6, 6, 6, 6]."""
+    # The count does not depend on the scales; any valid pair will do.
     return [len(box_shapes(k, 0.2, 0.95)) for k in range(NUM_LAYERS)]
 
 

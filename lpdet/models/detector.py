@@ -29,6 +29,8 @@ BACKGROUND_PRIOR = 0.99
 
 def check_input(images: Tensor, resolution: int) -> None:
     """Raise a clear error unless `images` is float [B, 3, R, R]."""
+    if torch.jit.is_tracing():  # legacy ONNX export: shapes are fixed by the example input
+        return
     if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (resolution, resolution):
         raise LpdetError(
             f"model input must be [B, 3, {resolution}, {resolution}], got {list(images.shape)}; "
@@ -53,6 +55,10 @@ def downsampled_size(size: int, stride: int) -> int:
 class Detector(nn.Module):
     """SSD / SSDLite detector. `forward(images [B, 3, R, R] in [0, 1])` returns
     `(cls_logits [B, A, K+1], box_deltas [B, A, 4])` in the order of `self.anchors [A, 4]`.
+
+    Training on CPU is ~1.6× faster in channels_last: `detector.to(memory_format=torch.channels_last)`
+    (inputs may stay NCHW; the first conv switches format). Save its weights with
+    `contiguous_state_dict()`: safetensors refuses channels_last tensors.
     """
 
     def __init__(
@@ -116,6 +122,10 @@ class Detector(nn.Module):
         with torch.no_grad():
             for conv in self.cls_head.output_convs():
                 conv.bias.view(-1, k + 1)[:, 0] = background_logit
+
+    def contiguous_state_dict(self) -> dict[str, Tensor]:
+        """`state_dict()` with every tensor contiguous (what safetensors.save_file accepts)."""
+        return {name: t.contiguous() for name, t in self.state_dict().items()}
 
     def extract_features(self, images: Tensor) -> list[Tensor]:
         """The six SSD feature maps, largest first."""

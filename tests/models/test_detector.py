@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import num_anchors_per_location
@@ -85,7 +86,7 @@ def test_wrong_input_size_is_a_clear_error():
         detector.set_resolution(16)
 
 
-def test_channels_last_gives_same_outputs():
+def test_channels_last_gives_same_outputs(tmp_path):
     detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", resolution=64, **TINY)).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -94,6 +95,8 @@ def test_channels_last_gives_same_outputs():
         out = detector(x.contiguous(memory_format=torch.channels_last))
     for a, b in zip(reference, out):
         assert torch.allclose(a, b, atol=1e-4)
+    # safetensors refuses channels_last tensors; contiguous_state_dict() is what to save.
+    save_file(detector.contiguous_state_dict(), str(tmp_path / "model.safetensors"))
 
 
 def test_fx_traceable_for_quantization():
