@@ -34,7 +34,7 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.epochs >= 1, "--epochs must be >= 1"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.batch_size >= 2, "--batch-size must be >= 2 (BatchNorm needs more than one image per batch)"),
             (self.lr > 0, "--lr must be > 0"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),

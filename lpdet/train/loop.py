@@ -80,6 +80,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         log.info("backbone weights: loaded %d tensors from %s (%d skipped)", loaded, cfg.backbone_weights, skipped)
     if cfg.init and not resume:
         source = load_checkpoint(cfg.init)
+        if source.model_config.arch != cfg.arch:
+            raise LpdetError(f"--init {cfg.init}: it is a {source.model_config.arch} checkpoint, not {cfg.arch}; "
+                             f"pass --arch {source.model_config.arch} or a checkpoint of {cfg.arch}")
         copied, skipped = transfer_weights(model, source.model_state)
         log.info("--init %s: copied %d tensors, %d left at their initial values (shape or name differ)",
                  source.path, copied, skipped)

@@ -20,7 +20,7 @@ def _save(path, model, **kwargs):
 def test_round_trip_with_optimizer_and_rng(tmp_path):
     model = build_detector(CONFIG)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.rand(1, 3, 64, 64))[0].sum().backward()
+    model(torch.rand(2, 3, 64, 64))[0].sum().backward()
     optimizer.step()
     torch.manual_seed(123)
     _save(tmp_path / "last", model, train_state={"global_step": 7}, optimizer=optimizer)
@@ -36,8 +36,10 @@ def test_round_trip_with_optimizer_and_rng(tmp_path):
     fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9)
     checkpoint.restore_optimizer(fresh_optimizer, ckpt)
     assert fresh_optimizer.param_groups[0]["lr"] == 0.1
-    for (_, a), (_, b) in zip(optimizer.state_dict()["state"].items(), fresh_optimizer.state_dict()["state"].items()):
-        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    saved, restored = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert saved.keys() == restored.keys()
+    for index in saved:
+        assert torch.equal(saved[index]["momentum_buffer"], restored[index]["momentum_buffer"])
     assert torch.equal(torch.rand(3), expected_random)  # the RNG continues where it was saved
 
 
