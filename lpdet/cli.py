@@ -48,7 +48,9 @@ def cmd_train(args) -> None:
             batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, restart_epochs=args.restart_epochs, seed=args.seed,
             workers=args.workers, out=args.out, init=args.init, backbone_weights=args.backbone_weights,
-            checkpoint_every=args.checkpoint_every, max_val_images=args.max_val_images, threads=args.threads)
+            checkpoint_every=args.checkpoint_every, max_val_images=args.max_val_images, threads=args.threads,
+            qat=args.qat, qat_freeze_bn_after=args.freeze_bn_after,
+            qat_freeze_observers_after=args.freeze_observers_after)
         best = train(config, progress=not args.quiet)
     print(f"best checkpoint: {best}")
 
@@ -70,45 +72,141 @@ def cmd_eval(args) -> None:
     from lpdet.data.coco import CocoDetection
     from lpdet.data.spec import resolve_dataset
     from lpdet.data.transforms import eval_transforms
-    from lpdet.eval.coco_eval import detector_predictor, evaluate, format_metrics
+    from lpdet.deploy.runtime import load_model
+    from lpdet.eval.coco_eval import evaluate, format_metrics
     from lpdet.serialize import save_json
-    from lpdet.train.checkpoint import load_detector
 
-    detector, ckpt = load_detector(args.model)
+    model = load_model(args.model, threads=args.threads)
     spec = resolve_dataset(args.data)
     split = spec.val if args.split == "val" else spec.train
     if split is None:
         raise LpdetError(f"--data {args.data}: has no {args.split}: split")
-    dataset = CocoDetection(split.annotations, split.images, transform=eval_transforms(detector.config.resolution))
-    if dataset.category_ids != ckpt.category_ids:
-        raise LpdetError(f"{split.annotations}: its categories differ from those {ckpt.path} was trained on; "
+    dataset = CocoDetection(split.annotations, split.images, transform=eval_transforms(model.resolution))
+    if dataset.category_ids != model.category_ids:
+        raise LpdetError(f"{split.annotations}: its categories differ from those {model.path} was trained on; "
                          f"evaluate on a dataset with the same categories")
-    result = evaluate(detector_predictor(detector, _postprocess_config(args)), dataset,
-                      batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
-    results_path = args.results or ckpt.path.parent / f"eval-{spec.name}-{args.split}-results.json"
+    config = _postprocess_config(args)
+    result = evaluate(lambda images: model.predict(images, config), dataset, batch_size=args.batch_size,
+                      workers=args.workers, progress=not args.quiet)
+    default_dir = model.path.parent if model.path.is_file() or model.path.name in ("best", "last") else model.path
+    results_path = args.results or default_dir / f"eval-{model.path.stem}-{spec.name}-{args.split}-results.json"
     save_json(result.results, results_path)
     if args.json:
-        print(json.dumps({"model": str(ckpt.path), "data": args.data, "split": args.split,
+        print(json.dumps({"model": str(model.path), "kind": model.kind, "data": args.data, "split": args.split,
                           "images": result.num_images, "skipped_images": result.skipped_images,
-                          "results": str(results_path), **result.metrics}, indent=2))
+                          "nms_iou": config.nms_iou, "results": str(results_path), **result.metrics}, indent=2))
     else:
-        print(f"{ckpt.path} on {spec.name}/{args.split}: {result.num_images} images"
+        print(f"{model.path} ({model.kind}) on {spec.name}/{args.split}: {result.num_images} images"
               + (f" ({result.skipped_images} unreadable, skipped)" if result.skipped_images else ""))
         print(format_metrics(result.metrics))
         print(f"COCO results: {results_path}")
 
 
 def cmd_predict(args) -> None:
-    from lpdet.eval.coco_eval import detector_predictor
+    from lpdet.deploy.runtime import load_model
     from lpdet.eval.predict import expand_image_paths, predict_images
+
+    model = load_model(args.model)
+    paths = expand_image_paths(args.images)
+    config = _postprocess_config(args)
+    summary = predict_images(lambda images: model.predict(images, config), model.resolution, model.class_names,
+                             paths, args.out, score_threshold=args.show_threshold)
+    for item in summary:
+        print(f"{item['image']}: {len(item['detections'])} detections -> {item['output']}")
+
+
+# ----------------------------------------------------------------------------- quantize / export / bench
+def _calibration_images(data: str, resolution: int, n: int):
+    from lpdet.data.coco import CocoDetection
+    from lpdet.data.spec import resolve_dataset
+    from lpdet.data.transforms import eval_transforms
+    from lpdet.quant.ptq import calibration_batch
+
+    if n < 1:
+        raise LpdetError(f"--calibration-images {n}: must be >= 1")
+    spec = resolve_dataset(data)
+    split = spec.train or spec.val
+    return calibration_batch(CocoDetection(split.annotations, split.images, transform=eval_transforms(resolution)), n)
+
+
+def _export_metadata(ckpt) -> dict:
+    return {"class_names": ckpt.class_names, "category_ids": ckpt.category_ids, "source": str(ckpt.path)}
+
+
+def _output_path(path: Path, suffix: str) -> Path:
+    if path.suffix.lower() != suffix:
+        raise LpdetError(f"-o {path}: the output must end in {suffix}")
+    if path.is_dir():
+        raise LpdetError(f"-o {path}: is a directory; name a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cmd_export(args) -> None:
+    import tempfile
+
+    from lpdet.deploy.export import export_onnx
+    from lpdet.quant.ptq import quantize_calibrated
+    from lpdet.train.checkpoint import load_detector
+
+    out = _output_path(args.output, ".onnx")
+    detector, ckpt = load_detector(args.model, resolution=args.resolution)
+    is_qat = ckpt.quantization == "qat"
+    if args.format == "onnx":
+        if is_qat:
+            raise LpdetError(f"{ckpt.path} is a QAT checkpoint: export it with --format onnx-int8")
+        export_onnx(detector, out, metadata=_export_metadata(ckpt))
+    elif is_qat:
+        export_onnx(detector, out, metadata=_export_metadata(ckpt))
+    else:
+        log.warning("%s is a float checkpoint: onnx-int8 uses calibrated post-training quantization "
+                    "(train with --qat for the accuracy of quantization-aware training)", ckpt.path)
+        images = _calibration_images(args.data, detector.config.resolution, args.calibration_images)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(detector, Path(tmp) / "fp32.onnx", metadata=_export_metadata(ckpt))
+            quantize_calibrated(fp32, out, images)
+    print(f"wrote {out} ({args.format}{', QAT' if is_qat and args.format == 'onnx-int8' else ''}, "
+          f"{out.stat().st_size / 1e6:.2f} MB, input 1x3x{detector.config.resolution}x{detector.config.resolution})")
+
+
+def cmd_quantize(args) -> None:
+    import tempfile
+
+    from lpdet.deploy.export import export_onnx
+    from lpdet.quant.ptq import quantize_calibrated, quantize_naive
     from lpdet.train.checkpoint import load_detector
 
     detector, ckpt = load_detector(args.model)
-    paths = expand_image_paths(args.images)
-    summary = predict_images(detector_predictor(detector, _postprocess_config(args)), detector.config.resolution,
-                             ckpt.class_names, paths, args.out, score_threshold=args.show_threshold)
-    for item in summary:
-        print(f"{item['image']}: {len(item['detections'])} detections -> {item['output']}")
+    if ckpt.quantization == "qat":
+        raise LpdetError(f"{ckpt.path} is already quantization-aware; export it with lpdet export --format onnx-int8")
+    default = ckpt.path.parent / f"{ckpt.path.name}-{'naive' if args.naive else 'ptq'}-int8.onnx"
+    out = _output_path(args.output or default, ".onnx")
+    images = _calibration_images(args.data, detector.config.resolution, args.calibration_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(detector, Path(tmp) / "fp32.onnx", metadata=_export_metadata(ckpt))
+        (quantize_naive if args.naive else quantize_calibrated)(fp32, out, images)
+    print(f"wrote {out} ({'naive per-tensor' if args.naive else 'calibrated per-channel'} int8, "
+          f"{len(images)} calibration images)")
+
+
+def cmd_bench(args) -> None:
+    from lpdet.deploy.latency import benchmark, format_latency, latency_to_dict
+
+    if args.runs < 1 or args.threads < 0:
+        raise LpdetError("--runs must be >= 1 and --threads >= 0")
+    result = benchmark(args.model, threads=args.threads, runs=args.runs, warmup=args.warmup)
+    print(json.dumps(latency_to_dict(result), indent=2) if args.json else format_latency(result))
+
+
+def cmd_compare_quant(args) -> None:
+    from lpdet.quant.compare import compare_quantization, format_compare
+
+    out = args.out or Path(args.model) / "quant-compare"
+    result = compare_quantization(args.model, args.data, out, qat_ckpt=args.qat,
+                                  calibration_images=args.calibration_images, threads=args.threads,
+                                  runs=args.runs, progress=not args.quiet)
+    print(format_compare(result))
+    print(f"wrote {out / 'quant_compare.md'} and {out / 'quant_compare.json'}")
 
 
 # ----------------------------------------------------------------------------- parser
@@ -131,24 +229,28 @@ def _add_postprocess_options(parser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from lpdet import __version__
 
+    # -q/-v work before or after the subcommand; SUPPRESS keeps a subcommand from resetting them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     parser = argparse.ArgumentParser(prog="lpdet", description="Design low-power object detectors.")
     parser.add_argument("--version", action="version", version=f"lpdet {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True,
+    data = commands.add_parser("data", parents=[common], help="datasets").add_subparsers(dest="data_command", required=True,
                                                                        metavar="SUBCOMMAND")
-    synth = data.add_parser("synth", help="write the embedded synthetic COCO-format dataset")
+    synth = data.add_parser("synth", parents=[common], help="write the embedded synthetic COCO-format dataset")
     synth.add_argument("out_dir", type=Path)
     synth.add_argument("--train", type=_positive_int, default=4000, help="training images (default 4000)")
     synth.add_argument("--val", type=_positive_int, default=500, help="validation images (default 500)")
     synth.add_argument("--seed", type=_positive_int, default=0)
     synth.set_defaults(func=cmd_data_synth)
 
-    model = commands.add_parser("model", help="model architectures").add_subparsers(
+    model = commands.add_parser("model", parents=[common], help="model architectures").add_subparsers(
         dest="model_command", required=True, metavar="SUBCOMMAND")
-    info = model.add_parser("info", help="parameters, multiply-adds, feature maps, multiple-of-8 geometry")
+    info = model.add_parser("info", parents=[common], help="parameters, multiply-adds, feature maps, multiple-of-8 geometry")
     info.add_argument("--arch", default="mobilenet_v2_ssdlite")
     info.add_argument("--width", type=float, default=1.0)
     info.add_argument("--resolution", type=int, default=320)
@@ -156,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
 
-    train = commands.add_parser("train", help="train a detector")
+    train = commands.add_parser("train", parents=[common], help="train a detector")
     train.add_argument("--data", default="synth", help="dataset YAML, or 'synth' for the embedded dataset")
     train.add_argument("--arch", default="mobilenet_v2_ssdlite")
     train.add_argument("--width", type=float, default=1.0)
@@ -177,10 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     train.add_argument("--checkpoint-every", type=int, default=200, help="steps between `last` checkpoints")
     train.add_argument("--max-val-images", type=int, default=0, help="validate on at most N images (0: all)")
+    train.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (use with --init FLOAT_CKPT)")
+    train.add_argument("--freeze-bn-after", type=int, default=0, help="QAT: freeze BN statistics after N steps")
+    train.add_argument("--freeze-observers-after", type=int, default=0,
+                       help="QAT: freeze activation ranges after N steps")
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="COCO AP of a checkpoint on a dataset")
-    evaluate.add_argument("model", type=Path, help="checkpoint or run directory")
+    evaluate = commands.add_parser("eval", parents=[common], help="COCO AP of a checkpoint on a dataset")
+    evaluate.add_argument("model", type=Path, help="checkpoint, run directory or exported .onnx")
     evaluate.add_argument("--data", default="synth")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     _add_postprocess_options(evaluate)
@@ -188,15 +294,51 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=1)
     evaluate.add_argument("--results", type=Path, help="where to write the COCO results JSON")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--threads", type=int, default=0, help="runtime threads (0: default)")
     evaluate.set_defaults(func=cmd_eval)
 
-    predict = commands.add_parser("predict", help="draw detections on images")
-    predict.add_argument("model", type=Path, help="checkpoint or run directory")
+    predict = commands.add_parser("predict", parents=[common], help="draw detections on images")
+    predict.add_argument("model", type=Path, help="checkpoint, run directory or exported .onnx")
     predict.add_argument("images", type=Path, nargs="+", help="image files or folders")
     predict.add_argument("--out", type=Path, required=True)
     predict.add_argument("--show-threshold", type=float, default=0.3, help="draw detections scoring at least this")
     _add_postprocess_options(predict)
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", parents=[common], help="export a checkpoint for on-device runtimes")
+    export.add_argument("model", type=Path, help="checkpoint or run directory")
+    export.add_argument("--format", choices=["onnx", "onnx-int8"], default="onnx-int8")
+    export.add_argument("--resolution", type=int, help="export at another input resolution")
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.add_argument("--data", default="synth", help="calibration data for a float checkpoint exported as int8")
+    export.add_argument("--calibration-images", type=int, default=100)
+    export.set_defaults(func=cmd_export)
+
+    quantize = commands.add_parser("quantize", parents=[common], help="post-training int8 quantization (calibrated or naive)")
+    quantize.add_argument("model", type=Path, help="float checkpoint or run directory")
+    quantize.add_argument("--data", default="synth", help="dataset for calibration images")
+    quantize.add_argument("--calibration-images", type=int, default=100)
+    quantize.add_argument("--naive", action="store_true", help="per-tensor weights, minimal calibration (baseline)")
+    quantize.add_argument("-o", "--output", type=Path)
+    quantize.set_defaults(func=cmd_quantize)
+
+    bench = commands.add_parser("bench", parents=[common], help="per-image latency of a checkpoint or exported model")
+    bench.add_argument("model", type=Path)
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--runs", type=int, default=50)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+    compare = commands.add_parser("compare-quant", parents=[common], help="AP and latency: float, naive 8-bit, calibrated PTQ, QAT")
+    compare.add_argument("model", type=Path, help="float checkpoint or run directory")
+    compare.add_argument("--data", default="synth")
+    compare.add_argument("--qat", type=Path, help="QAT checkpoint trained from MODEL (lpdet train --qat --init MODEL)")
+    compare.add_argument("--calibration-images", type=int, default=100)
+    compare.add_argument("--threads", type=int, default=1)
+    compare.add_argument("--runs", type=int, default=30)
+    compare.add_argument("--out", type=Path, help="output folder (default MODEL/quant-compare)")
+    compare.set_defaults(func=cmd_compare_quant)
     return parser
 
 

@@ -1,4 +1,10 @@
-"""Raw detector outputs → final detections: softmax, decode, threshold, per-class NMS, top-k."""
+"""Raw detector outputs → final detections: softmax, decode, threshold, per-class NMS, top-k.
+
+Two steps, so that exported graphs (which end in softmax + box decoding) share the second:
+    decode(cls_logits, box_deltas, anchors) -> (scores [B, A, K], boxes [B, A, 4])
+    select_detections(scores, boxes, cfg)   -> per-image detections
+`postprocess` is the two together.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from lpdet.models.box_coder import decode
+from lpdet.models.box_coder import decode as decode_boxes
 
 
 @dataclass
@@ -19,14 +25,21 @@ class PostprocessConfig:
     pre_nms_top_k: int = 400  # candidates kept per class before NMS (bounds NMS cost)
 
 
-def postprocess(
-    cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, cfg: PostprocessConfig | None = None
-) -> list[dict[str, Tensor]]:
-    """Detections per image: `boxes [N, 4]` normalised xyxy clipped to [0, 1], `scores [N]`,
-    `labels [N]` int64 in 1..K, sorted by decreasing score."""
+def decode(cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """Class probabilities without background `[B, A, K]` and boxes normalised xyxy clipped
+    to [0, 1] `[B, A, 4]` from the raw head outputs (what an exported graph outputs)."""
+    scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # background dropped
+    boxes = decode_boxes(box_deltas.float(), anchors.to(box_deltas.device)).clamp(0.0, 1.0)
+    return scores, boxes
+
+
+def select_detections(scores: Tensor, boxes: Tensor, cfg: PostprocessConfig | None = None) -> list[dict[str, Tensor]]:
+    """Per image: score threshold, per-class NMS, top-k over `scores [B, A, K]` (probabilities,
+    background removed) and `boxes [B, A, 4]` (decoded, normalised xyxy). Returns `boxes [N, 4]`
+    clipped to [0, 1], `scores [N]`, `labels [N]` int64 in 1..K, sorted by decreasing score."""
     cfg = cfg or PostprocessConfig()
-    scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # background dropped: [B, A, K]
-    boxes = decode(box_deltas.float(), anchors.to(box_deltas.device)).clamp(0.0, 1.0)  # [B, A, 4]
+    scores = scores.float()
+    boxes = boxes.float().clamp(0.0, 1.0)
     num_anchors, num_classes = scores.shape[1:]
     candidates = min(cfg.pre_nms_top_k, num_anchors)
     class_labels = torch.arange(1, num_classes + 1, device=scores.device).expand(candidates, num_classes)
@@ -45,3 +58,12 @@ def postprocess(
         kept = batched_nms(cand_boxes, cand_scores, cand_labels, cfg.nms_iou)[: cfg.top_k]
         results.append({"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": cand_labels[kept]})
     return results
+
+
+def postprocess(
+    cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, cfg: PostprocessConfig | None = None
+) -> list[dict[str, Tensor]]:
+    """Detections per image: `boxes [N, 4]` normalised xyxy clipped to [0, 1], `scores [N]`,
+    `labels [N]` int64 in 1..K, sorted by decreasing score."""
+    scores, boxes = decode(cls_logits, box_deltas, anchors)
+    return select_detections(scores, boxes, cfg)

@@ -46,6 +46,7 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     train_state: dict = field(default_factory=dict)
     optimizer_tensors: dict[str, torch.Tensor] | None = None
+    quantization: str = "fp32"             # "fp32", or "qat" for a quantization-aware (fake-quant) model
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: Any, class_names: list[str],
@@ -64,6 +65,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: Any, cl
             "model": to_dict(model_config),
             "class_names": list(class_names),
             "category_ids": [int(c) for c in category_ids],
+            "quantization": getattr(model, "quantization", "fp32"),
             "train_state": to_dict(train_state or {}),
         }
         if optimizer is not None:
@@ -149,6 +151,7 @@ def load_checkpoint(path: Path | str, *, with_optimizer: bool = False) -> Checkp
         model_state=model_state,
         train_state=train_state,
         optimizer_tensors=optimizer_tensors,
+        quantization=str(meta.get("quantization", "fp32")),
     )
 
 
@@ -161,6 +164,10 @@ def load_detector(path: Path | str, *, resolution: int | None = None):
     if resolution is not None and resolution != config.resolution:
         config = type(config)(**{**to_dict(config), "resolution": resolution})
     detector = build_detector(config)
+    if ckpt.quantization == "qat":
+        from lpdet.quant.qat import prepare_qat
+
+        prepare_qat(detector)
     missing, unexpected = detector.load_state_dict(ckpt.model_state, strict=False)
     if missing or unexpected:
         raise LpdetError(f"{ckpt.path}: weights do not fit {config.arch} (missing {len(missing)}, "

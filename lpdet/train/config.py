@@ -30,6 +30,9 @@ class TrainConfig:
     checkpoint_every: int = 200         # steps between mid-epoch `last` checkpoints (0: only per epoch)
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
     threads: int = 0                    # torch intra-op threads (0: torch's default)
+    qat: bool = False                   # 8-bit quantization-aware training (fake quant, BN folded, ReLU6)
+    qat_freeze_bn_after: int = 0        # QAT: steps after which BN statistics freeze (0: never)
+    qat_freeze_observers_after: int = 0  # QAT: steps after which activation ranges freeze (0: never)
 
     def validate(self) -> None:
         checks = [
@@ -44,6 +47,8 @@ class TrainConfig:
             (self.workers >= 0, "--workers must be >= 0"),
             (self.resolution >= 32, "--resolution must be >= 32"),
             (self.width > 0, "--width must be > 0"),
+            (self.qat_freeze_bn_after >= 0, "--freeze-bn-after must be >= 0"),
+            (self.qat_freeze_observers_after >= 0, "--freeze-observers-after must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -83,12 +83,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         if source.model_config.arch != cfg.arch:
             raise LpdetError(f"--init {cfg.init}: it is a {source.model_config.arch} checkpoint, not {cfg.arch}; "
                              f"pass --arch {source.model_config.arch} or a checkpoint of {cfg.arch}")
+        if source.quantization == "qat" and not cfg.qat:
+            raise LpdetError(f"--init {cfg.init}: it is a quantization-aware (QAT) checkpoint; add --qat to "
+                             f"continue it, or --init from a float checkpoint")
+        if source.quantization == "qat":
+            _prepare_qat(model, cfg)  # the source's fake-quant state maps onto a prepared model
         copied, skipped = transfer_weights(model, source.model_state)
         log.info("--init %s: copied %d tensors, %d left at their initial values (shape or name differ)",
                  source.path, copied, skipped)
         if copied == 0:
             raise LpdetError(f"--init {cfg.init}: no tensor fits {cfg.arch} (width {cfg.width}); "
                              f"use a checkpoint of the same architecture")
+    if cfg.qat and getattr(model, "quantization", "fp32") != "qat":
+        _prepare_qat(model, cfg)  # after loading float weights: QAT starts from the trained float model
     model = model.to(memory_format=torch.channels_last)  # measurably faster for these convs on CPU
     optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
@@ -130,6 +137,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                        min_lr_ratio=cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if cfg.qat:
+                from lpdet.quant.qat import set_qat_step
+
+                set_qat_step(model, state["global_step"])
             images = images.contiguous(memory_format=torch.channels_last)
             norm_targets = [{"boxes": t["boxes"] / cfg.resolution, "labels": t["labels"]} for t in targets]
             cls_logits, box_deltas = model(images)
@@ -151,7 +162,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             step_log.write(row)
             for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
                 tb.add_scalar(f"train/{key}", row[key], state["global_step"])
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
+                            refresh=False)
             state["global_step"] += 1
             state["step_in_epoch"] += 1
             if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
@@ -177,6 +189,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         checkpoint("last", with_optimizer=True)
     tb.close()
     return out / "best"
+
+
+def _prepare_qat(model, cfg: TrainConfig) -> None:
+    from lpdet.quant.qat import QatConfig, prepare_qat
+
+    prepare_qat(model, QatConfig(freeze_bn_after=cfg.qat_freeze_bn_after,
+                                 freeze_observers_after=cfg.qat_freeze_observers_after))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -1,0 +1,191 @@
+"""ONNX export of a `Detector`: fp32 for a float detector, int8 QDQ for a QAT detector.
+
+Graph contract (identical for both kinds; `onnxruntime` runs either as is):
+
+* input  ``images``  float32 ``[1, 3, R, R]``: RGB in ``[0, 1]``, the image resized to ``R x R``
+  (no letterbox); ``R`` is the detector's resolution. ImageNet mean/std normalisation is inside
+  the graph (and, for int8, the input ``QuantizeLinear`` right after it).
+* output ``scores``  float32 ``[1, A, K]``: softmax class probabilities with the background
+  column removed (column ``k`` is label ``k + 1``; ``A`` anchors, ``K`` object classes).
+* output ``boxes``   float32 ``[1, A, 4]``: boxes decoded with `lpdet.models.box_coder.decode`
+  against the detector's anchors (baked in as constants): normalised ``x1, y1, x2, y2``, not
+  clipped (clip to ``[0, 1]`` and multiply by the original image size).
+* The batch dimension is fixed at 1.
+* NMS is NOT in the graph. The runtime does the same small post-processing as
+  `lpdet.models.postprocess.postprocess`: per class, keep scores above a threshold (top
+  ``pre_nms_top_k`` per class), clip boxes to ``[0, 1]``, per-class NMS (IoU 0.6), keep the
+  ``top_k`` best overall.
+* ``metadata_props["lpdet"]``: a JSON object with ``arch``, ``width``, ``resolution``,
+  ``num_classes``, ``quantization`` (``"fp32"`` or ``"int8-qat"``), ``input``/``outputs``
+  names, plus whatever the caller passed in ``metadata`` (e.g. class names).
+
+int8 (a detector prepared with `lpdet.quant.qat.prepare_qat`, observers calibrated): exported in
+eval mode with every scale and zero point frozen to a constant, BN folded, weights stored as
+int8 initializers (per-channel symmetric) feeding ``DequantizeLinear``, activations uint8
+per-tensor ``QuantizeLinear -> DequantizeLinear`` pairs. onnxruntime (graph optimisation level
+``ORT_ENABLE_ALL``) fuses every convolution into ``QLinearConv`` and every residual add into
+``QLinearAdd``; the head outputs stay uint8 through Transpose/Reshape/Concat and are dequantized
+just before the softmax / box decoding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+from lpdet.errors import LpdetError
+from lpdet.models.box_coder import decode
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("scores", "boxes")
+METADATA_KEY = "lpdet"
+
+
+class _ExportGraph(nn.Module):
+    """Detector + softmax (background dropped) + box decoding against constant anchors."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+        # A plain attribute, not a buffer: traced as a constant, never an input.
+        self.anchors = detector.anchors.detach().clone()
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        cls_logits, box_deltas = self.detector(images)
+        scores = torch.softmax(cls_logits, dim=-1)[..., 1:]
+        boxes = decode(box_deltas, self.anchors)
+        return scores, boxes
+
+
+def _is_qat(detector: nn.Module) -> bool:
+    return getattr(detector, "quantization", None) == "qat"
+
+
+def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None, opset: int = 17) -> Path:
+    """Write `detector` as ONNX to `path` (see the module docstring for the graph contract).
+
+    A float detector gives an fp32 graph, a QAT detector (`lpdet.quant.qat.prepare_qat`) an int8
+    QDQ graph. The detector itself is left untouched (a CPU eval-mode copy is exported).
+    Returns `path`.
+    """
+    path = Path(path)
+    if not 13 <= opset <= 21:
+        raise LpdetError(f"opset: must be between 13 and 21 (QuantizeLinear with per-channel axis), got {opset}")
+    quantized = _is_qat(detector)
+    model = copy.deepcopy(detector).cpu().to(memory_format=torch.contiguous_format).eval()
+    if quantized:
+        from lpdet.quant.qat import freeze_for_export
+
+        freeze_for_export(model)  # raises LpdetError if the observers were never calibrated
+    graph = _ExportGraph(model).eval()
+    resolution = int(model.config.resolution)
+    example = torch.rand(1, 3, resolution, resolution)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation / tracer warnings
+        with torch.no_grad():
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                # int8: the exporter's folding would turn the weights' Q->DQ pairs back into float
+                # constants; `_fold_constant_weight_quantization` folds just the Q into int8 instead.
+                do_constant_folding=True,
+            )
+    proto = onnx.load(str(path))
+    if quantized:
+        _fold_constant_weight_quantization(proto)
+    cfg = model.config
+    info = dict(metadata or {})
+    info.update(
+        arch=cfg.arch,
+        width=cfg.width,
+        resolution=resolution,
+        num_classes=cfg.num_classes,
+        quantization="int8-qat" if quantized else "fp32",
+        input=INPUT_NAME,
+        outputs=list(OUTPUT_NAMES),
+    )
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(info, default=str)
+    proto.producer_name = "lpdet"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def read_metadata(path: Path) -> dict:
+    """The ``lpdet`` metadata JSON of an exported model ({} if absent)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+def _fold_constant_weight_quantization(proto: onnx.ModelProto) -> None:
+    """Replace ``QuantizeLinear(constant float weight)`` by the int8 constant it produces, so the
+    weights are stored as int8 initializers feeding a ``DequantizeLinear`` (the standard QDQ
+    layout; 4x smaller file). Only applies to initializers; activation Q nodes are untouched."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    constants = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+
+    def value_of(name: str):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in constants:
+            return numpy_helper.to_array(constants[name].attribute[0].t)
+        return None
+
+    keep = []
+    new_inits = []
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            x, scale, zero = (value_of(n) for n in (list(node.input) + [""] * 3)[:3])
+            if x is not None and scale is not None and zero is not None and x.ndim >= 1 and x.size > 1:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                shape = [1] * x.ndim
+                if scale.ndim == 1 and scale.size > 1:
+                    shape[axis] = scale.size
+                info = np.iinfo(zero.dtype)
+                q = np.rint(x.astype(np.float32) / scale.astype(np.float32).reshape(shape))
+                q = np.clip(q + zero.astype(np.int64).reshape(shape), info.min, info.max).astype(zero.dtype)
+                new_inits.append(numpy_helper.from_array(q, node.output[0]))
+                continue
+        keep.append(node)
+    if not new_inits:
+        return
+    del graph.node[:]
+    graph.node.extend(keep)
+    graph.initializer.extend(new_inits)
+    # Drop initializers / Constant nodes no longer used.
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    alive = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(alive)
+    alive_nodes = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(alive_nodes)

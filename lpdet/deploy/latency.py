@@ -1,0 +1,202 @@
+"""Per-image latency of a deployed model: batch 1, end to end (forward + NMS), on this CPU.
+
+`benchmark(path)` loads the model with `load_model` (timed), runs `warmup` untimed images and
+then `runs` timed ones, timing the graph (`forward`) and the post-processing
+(`select_detections`) separately so the post-processing share is reported.
+
+On a shared machine single medians drift with other jobs' load; to compare models (int8 vs
+fp32) use `benchmark_paired`, which interleaves them image by image and reports the median
+of the per-iteration time ratios, which is robust to load that changes slowly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lpdet.deploy.runtime import DeployedModel, load_model
+from lpdet.errors import LpdetError
+from lpdet.models.postprocess import PostprocessConfig, select_detections
+
+__all__ = ["LatencyResult", "benchmark", "benchmark_paired", "format_latency", "latency_to_dict", "cpu_name",
+           "benchmark_input"]
+
+
+@dataclass
+class LatencyResult:
+    median_ms: float  # end-to-end per image: forward + post-processing
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    load_ms: float  # load_model wall time (session creation / checkpoint read)
+    postprocess_ms: float  # median of the post-processing (select_detections) alone
+    postprocess_share: float  # median over runs of postprocess / end-to-end, in [0, 1]
+    runs: int
+    threads: int
+    kind: str  # DeployedModel.kind
+    device: str  # CPU model and logical CPU count
+    forward_ms: float = 0.0  # median of the graph alone
+    path: str = ""
+    resolution: int = 0
+    runtime: str = ""  # e.g. "onnxruntime 1.32.0" / "torch 2.14.1"
+    ratio: float | None = None  # benchmark_paired: median per-iteration ratio to the first model
+
+
+def cpu_name() -> str:
+    """e.g. 'AMD EPYC 7B13 (2 logical CPUs)'."""
+    name = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} ({os.cpu_count()} logical CPUs)"
+
+
+def benchmark_input(resolution: int, seed: int = 0) -> torch.Tensor:
+    """The fixed batch-1 input every benchmark uses: uniform [0, 1] pixels from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, resolution, resolution, generator=generator)
+
+
+def _runtime_name(model: DeployedModel) -> str:
+    if model.kind.startswith("onnx"):
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
+    return f"torch {torch.__version__}"
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check(runs: int, warmup: int, threads: int) -> None:
+    if runs < 1:
+        raise LpdetError(f"runs: must be >= 1, got {runs}")
+    if warmup < 0:
+        raise LpdetError(f"warmup: must be >= 0, got {warmup}")
+    if threads < 0:
+        raise LpdetError(f"threads: must be >= 0 (0: runtime default), got {threads}")
+
+
+def _time_once(model: DeployedModel, images: torch.Tensor, cfg: PostprocessConfig) -> tuple[float, float]:
+    start = time.perf_counter()
+    scores, boxes = model.forward(images)
+    middle = time.perf_counter()
+    select_detections(scores, boxes, cfg)
+    end = time.perf_counter()
+    return middle - start, end - middle
+
+
+def _summarise(model: DeployedModel, forward_s: list[float], post_s: list[float], load_s: float,
+               threads: int) -> LatencyResult:
+    total = np.asarray(forward_s) + np.asarray(post_s)
+    share = np.asarray(post_s) / np.maximum(total, 1e-12)
+    ms = total * 1e3
+    return LatencyResult(
+        median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)), min_ms=float(ms.min()),
+        mean_ms=float(ms.mean()), load_ms=load_s * 1e3, postprocess_ms=float(np.median(post_s) * 1e3),
+        postprocess_share=float(np.clip(np.median(share), 0.0, 1.0)), runs=len(ms), threads=threads,
+        kind=model.kind, device=cpu_name(), forward_ms=float(np.median(forward_s) * 1e3), path=str(model.path),
+        resolution=model.resolution, runtime=_runtime_name(model),
+    )
+
+
+def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple[DeployedModel, float]:
+    with _torch_threads(threads):
+        start = time.perf_counter()
+        model = load_model(path, threads=threads, resolution=resolution)
+        return model, time.perf_counter() - start
+
+
+def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int = 5,
+              resolution: int | None = None, postprocess: PostprocessConfig | None = None) -> LatencyResult:
+    """Latency of one model (checkpoint or .onnx) at batch 1 with `threads` CPU threads
+    (0: the runtime's default). Torch models run under `torch.set_num_threads(threads)` and
+    `torch.inference_mode`; ONNX models in an ORT_ENABLE_ALL session with that many intra-op threads."""
+    _check(runs, warmup, threads)
+    cfg = postprocess or PostprocessConfig()
+    model, load_s = _load_timed(path, threads, resolution)
+    images = benchmark_input(model.resolution)
+    forward_s, post_s = [], []
+    with _torch_threads(threads):
+        for _ in range(warmup):
+            _time_once(model, images, cfg)
+        for _ in range(runs):
+            f, p = _time_once(model, images, cfg)
+            forward_s.append(f)
+            post_s.append(p)
+    return _summarise(model, forward_s, post_s, load_s, threads)
+
+
+def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 50, warmup: int = 5,
+                     postprocess: PostprocessConfig | None = None) -> list[LatencyResult]:
+    """Benchmark several models interleaved (each iteration runs every model once, in turn), so that
+    load from other processes hits them alike. Each result's `ratio` is the median over iterations of
+    its end-to-end time divided by the first model's (1.0 for the first)."""
+    if not paths:
+        return []
+    _check(runs, warmup, threads)
+    cfg = postprocess or PostprocessConfig()
+    loaded = [_load_timed(p, threads, None) for p in paths]
+    inputs = {m.resolution: benchmark_input(m.resolution) for m, _ in loaded}
+    forward_s = [[] for _ in loaded]
+    post_s = [[] for _ in loaded]
+    with _torch_threads(threads):
+        for _ in range(warmup):
+            for model, _ in loaded:
+                _time_once(model, inputs[model.resolution], cfg)
+        for _ in range(runs):
+            for i, (model, _) in enumerate(loaded):
+                f, p = _time_once(model, inputs[model.resolution], cfg)
+                forward_s[i].append(f)
+                post_s[i].append(p)
+    totals = [np.asarray(f) + np.asarray(p) for f, p in zip(forward_s, post_s)]
+    results = []
+    for i, (model, load_s) in enumerate(loaded):
+        result = _summarise(model, forward_s[i], post_s[i], load_s, threads)
+        result.ratio = float(np.median(totals[i] / totals[0]))
+        results.append(result)
+    return results
+
+
+def format_latency(result: LatencyResult) -> str:
+    """A short human-readable report."""
+    lines = [
+        f"{result.path}  ({result.kind}, {result.resolution}x{result.resolution}, batch 1)",
+        f"device       {result.device}; {result.runtime}; {result.threads or 'default'} thread(s)",
+        f"latency      median {result.median_ms:.2f} ms   p90 {result.p90_ms:.2f}   min {result.min_ms:.2f}   "
+        f"mean {result.mean_ms:.2f}   ({result.runs} runs)",
+        f"  graph      {result.forward_ms:.2f} ms (median)",
+        f"  postproc   {result.postprocess_ms:.2f} ms (median; {result.postprocess_share:.1%} of end-to-end)",
+        f"load         {result.load_ms:.0f} ms",
+    ]
+    if result.ratio is not None:
+        lines.append(f"ratio        {result.ratio:.3f} (paired, vs the first model)")
+    return "\n".join(lines)
+
+
+def latency_to_dict(result: LatencyResult) -> dict:
+    """Plain data for --json (floats rounded to 0.001 ms)."""
+    data = asdict(result)
+    for key, value in data.items():
+        if isinstance(value, float):
+            data[key] = round(value, 4)
+    return data
