@@ -25,6 +25,45 @@ def cmd_data_synth(args) -> None:
     print(f"wrote the synthetic dataset; use it with --data {yaml_path}")
 
 
+def _split_of(data: str, split: str):
+    from lpdet.data.spec import resolve_dataset
+
+    spec = resolve_dataset(data)
+    chosen = spec.val if split == "val" else spec.train
+    if chosen is None:
+        raise LpdetError(f"--data {data}: has no {split}: split")
+    return spec, chosen
+
+
+def _thresholds(args):
+    from lpdet.data.sizes import SizeThresholds
+
+    try:
+        return SizeThresholds(small=args.small_max ** 2, large=args.large_min ** 2)
+    except (ValueError, TypeError) as e:
+        raise LpdetError(f"--small-max/--large-min: {e}") from None
+
+
+def cmd_data_stats(args) -> None:
+    from lpdet.data.sizes import dataset_stats, format_stats
+    from lpdet.serialize import to_dict
+
+    _, split = _split_of(args.data, args.split)
+    stats = dataset_stats(split.annotations, _thresholds(args))
+    print(json.dumps(to_dict(stats), indent=2) if args.json else format_stats(stats))
+
+
+def cmd_data_filter(args) -> None:
+    from lpdet.data.filtering import filter_dataset
+    from lpdet.data.spec import resolve_dataset
+
+    yaml_path = filter_dataset(resolve_dataset(args.data), args.out, drop_images_with=args.drop_images_with,
+                               thresholds=_thresholds(args), split=args.split)
+    report = json.loads((args.out / "filter_report.json").read_text())
+    print(json.dumps(report, indent=2))
+    print(f"filtered dataset: --data {yaml_path}")
+
+
 # ----------------------------------------------------------------------------- model
 def cmd_model_info(args) -> None:
     from lpdet.models.profile import format_profile, profile_model, profile_to_dict
@@ -247,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--val", type=_positive_int, default=500, help="validation images (default 500)")
     synth.add_argument("--seed", type=_positive_int, default=0)
     synth.set_defaults(func=cmd_data_synth)
+
+    def add_size_options(p):
+        p.add_argument("--small-max", type=float, default=32.0, help="small objects: area < this² (COCO: 32)")
+        p.add_argument("--large-min", type=float, default=96.0, help="large objects: area >= this² (COCO: 96)")
+
+    stats = data.add_parser("stats", parents=[common], help="objects and images per COCO size bucket and class")
+    stats.add_argument("--data", default="synth")
+    stats.add_argument("--split", choices=["train", "val"], default="train")
+    stats.add_argument("--json", action="store_true")
+    add_size_options(stats)
+    stats.set_defaults(func=cmd_data_stats)
+
+    filt = data.add_parser("filter", parents=[common], help="drop training images holding objects of a size bucket")
+    filt.add_argument("--data", default="synth")
+    filt.add_argument("--drop-images-with", nargs="+", default=["small"], metavar="BUCKET",
+                      help="small, medium and/or large (default: small)")
+    filt.add_argument("--split", choices=["train", "val"], default="train")
+    filt.add_argument("--out", type=Path, required=True, help="folder for the filtered annotations and data.yaml")
+    add_size_options(filt)
+    filt.set_defaults(func=cmd_data_filter)
 
     model = commands.add_parser("model", parents=[common], help="model architectures").add_subparsers(
         dest="model_command", required=True, metavar="SUBCOMMAND")

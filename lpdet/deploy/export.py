@@ -139,53 +139,65 @@ def read_metadata(path: Path) -> dict:
 
 
 def _fold_constant_weight_quantization(proto: onnx.ModelProto) -> None:
-    """Replace ``QuantizeLinear(constant float weight)`` by the int8 constant it produces, so the
-    weights are stored as int8 initializers feeding a ``DequantizeLinear`` (the standard QDQ
-    layout; 4x smaller file). Only applies to initializers; activation Q nodes are untouched."""
+    """Tidy the traced int8 graph: Constant nodes become initializers, Identity nodes of constants
+    become aliases, and every ``QuantizeLinear(constant)`` (the weights) becomes the int8 tensor
+    it produces, so weights are int8 initializers feeding a ``DequantizeLinear`` (the standard
+    QDQ layout; a 4x smaller file). Activation Q nodes are untouched."""
     graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    constants = {}
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias: dict[str, str] = {}
+    nodes = []
     for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-
-    def value_of(name: str):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        if name in constants:
-            return numpy_helper.to_array(constants[name].attribute[0].t)
-        return None
-
-    keep = []
-    new_inits = []
-    for node in graph.node:
-        if node.op_type == "QuantizeLinear":
-            x, scale, zero = (value_of(n) for n in (list(node.input) + [""] * 3)[:3])
-            if x is not None and scale is not None and zero is not None and x.ndim >= 1 and x.size > 1:
-                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-                shape = [1] * x.ndim
-                if scale.ndim == 1 and scale.size > 1:
-                    shape[axis] = scale.size
-                info = np.iinfo(zero.dtype)
-                q = np.rint(x.astype(np.float32) / scale.astype(np.float32).reshape(shape))
-                q = np.clip(q + zero.astype(np.int64).reshape(shape), info.min, info.max).astype(zero.dtype)
-                new_inits.append(numpy_helper.from_array(q, node.output[0]))
-                continue
-        keep.append(node)
-    if not new_inits:
-        return
+        inputs = [alias.get(n, n) for n in node.input]
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            continue
+        if node.op_type == "Identity" and inputs[0] in values and node.output[0] not in outputs:
+            alias[node.output[0]] = inputs[0]
+            continue
+        if node.op_type == "QuantizeLinear" and len(inputs) == 3 and all(n in values for n in inputs):
+            x, scale, zero = (values[n] for n in inputs)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * x.ndim
+            if scale.size > 1:
+                shape[axis] = scale.size
+            info = np.iinfo(zero.dtype)
+            q = np.rint(x.astype(np.float32) / scale.astype(np.float32).reshape(shape))
+            q = np.clip(q + zero.astype(np.int64).reshape(shape), info.min, info.max).astype(zero.dtype)
+            values[node.output[0]] = q
+            continue
+        del node.input[:]
+        node.input.extend(inputs)
+        nodes.append(node)
+    nodes = _quantize_conv_biases(nodes, values)
+    used = {n for node in nodes for n in node.input} | outputs
     del graph.node[:]
-    graph.node.extend(keep)
-    graph.initializer.extend(new_inits)
-    # Drop initializers / Constant nodes no longer used.
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    alive = [t for t in graph.initializer if t.name in used]
+    graph.node.extend(nodes)
     del graph.initializer[:]
-    graph.initializer.extend(alive)
-    alive_nodes = [n for n in graph.node if n.op_type != "Constant" or n.output[0] in used]
-    del graph.node[:]
-    graph.node.extend(alive_nodes)
+    graph.initializer.extend(numpy_helper.from_array(np.asarray(v), name) for name, v in values.items() if name in used)
+
+
+def _quantize_conv_biases(nodes: list, values: dict) -> list:
+    """Store each QDQ Conv's float bias as ``DequantizeLinear(int32, s_in * s_w)`` (the bias is
+    already on that grid: QAT snapped it), the standard QDQ form of a quantized conv."""
+    producer = {out: node for node in nodes for out in node.output}
+    result = []
+    for node in nodes:
+        if node.op_type == "Conv" and len(node.input) == 3 and node.input[2] in values:
+            act, weight = producer.get(node.input[0]), producer.get(node.input[1])
+            if (act is not None and weight is not None and act.op_type == weight.op_type == "DequantizeLinear"
+                    and act.input[1] in values and weight.input[1] in values):
+                scale = (values[act.input[1]].astype(np.float32) * values[weight.input[1]].astype(np.float32))
+                scale = np.broadcast_to(scale, values[node.input[2]].shape).astype(np.float32)
+                q = np.rint(values[node.input[2]].astype(np.float64) / scale)
+                name = node.input[2]
+                values[name + "_int32"] = np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
+                values[name + "_scale"] = scale
+                values[name + "_zero"] = np.zeros(scale.shape, np.int32)
+                result.append(onnx.helper.make_node(
+                    "DequantizeLinear", [name + "_int32", name + "_scale", name + "_zero"], [name + "_dq"], axis=0,
+                    name=node.name + "_bias_dq"))
+                node.input[2] = name + "_dq"
+        result.append(node)
+    return result
