@@ -398,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--runs", type=int, default=30)
     compare.add_argument("--out", type=Path, help="output folder (default MODEL/quant-compare)")
     compare.set_defaults(func=cmd_compare_quant)
+
+    try:
+        from lpdet.design.cli import add_design_commands
+    except ImportError:  # the design commands are optional while that package is being built
+        pass
+    else:
+        add_design_commands(commands, common)
     return parser
 
 

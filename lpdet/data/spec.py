@@ -10,7 +10,7 @@ Dataset YAML (paths relative to the YAML's folder)::
       annotations: annotations/val.json
       images: images/val
 
-``synth`` is generated on first use into ``default_cache_dir() / synth-v1-train{N}-val{M}-seed{S}``
+``synth`` is generated on first use into ``default_cache_dir() / synth-{SYNTH_VERSION}-train{N}-val{M}-seed{S}``
 (``$LPDET_CACHE`` or ``~/.cache/lpdet``) and reused afterwards. Generation writes to a
 temporary sibling folder that is renamed into place only when complete, so an interrupted
 generation is redone rather than half-used.
@@ -32,7 +32,7 @@ __all__ = [
     "synth_dir_name", "SYNTH_DEFAULT_TRAIN", "SYNTH_DEFAULT_VAL", "SYNTH_DEFAULT_SEED", "SYNTH_VERSION",
 ]
 
-SYNTH_VERSION = "v1"  # bump when the generator's output changes, so old caches are not reused
+SYNTH_VERSION = "v2"  # bump when the generator's output changes, so old caches are not reused
 SYNTH_DEFAULT_TRAIN = 4000
 SYNTH_DEFAULT_VAL = 500
 SYNTH_DEFAULT_SEED = 0

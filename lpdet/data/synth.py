@@ -44,7 +44,7 @@ SYNTH_CLASSES: tuple[str, ...] = (
 _SPLITS = {"train": 0, "val": 1}  # the split's number is part of each image's seed
 _IMG_SIZE_RANGE = (288, 448)      # width and height are drawn independently: varied aspect ratios
 _JPEG_QUALITY = 90
-_MIN_VISIBLE = 0.3                # drop/avoid annotations more than 70% occluded
+_MIN_VISIBLE = 0.5                # drop/avoid annotations more than half occluded
 _ALPHA_SOLID = 0.5                # alpha at which a pixel counts as "object" (label mask, bbox)
 _TEXTURES = ("solid", "stripes", "checker", "dots", "gradient", "noise")
 
@@ -66,7 +66,7 @@ class _ClassStyle:
     max_rotation: float  # degrees either side; 0 for shapes that look the same rotated
 
 
-# Hue centres are ~36 degrees apart and jittered by up to +-22 (plus an occasional random
+# Hue centres are ~36 degrees apart and jittered by up to +-15 (plus an occasional random
 # hue), so neighbouring classes overlap in colour and shape stays necessary.
 _STYLES: dict[str, _ClassStyle] = {
     "disc": _ClassStyle(0, "solid", 0),
@@ -80,9 +80,9 @@ _STYLES: dict[str, _ClassStyle] = {
     "ring": _ClassStyle(265, "solid", 0),
     "crescent": _ClassStyle(305, "gradient", 180),
 }
-_HUE_JITTER = 22.0
-_RANDOM_HUE_P = 0.12
-_PREFERRED_TEXTURE_P = 0.55
+_HUE_JITTER = 15.0
+_RANDOM_HUE_P = 0.06
+_PREFERRED_TEXTURE_P = 0.75
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -322,9 +322,9 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
     draw = ImageDraw.Draw(img, "RGBA")  # RGBA mode: translucent fills blend onto the image
     s = max(w, h)
-    for _ in range(int(rng.integers(0, 5))):  # textured patches with blob outlines
+    for _ in range(int(rng.integers(0, 3))):  # textured patches with blob outlines
         _textured_patch(rng, img, w, h)
-    for _ in range(int(rng.integers(2, 10))):  # distractor blobs of all sizes, small ones too
+    for _ in range(int(rng.integers(1, 6))):  # distractor blobs of all sizes, small ones too
         r = s * math.exp(rng.uniform(math.log(0.01), math.log(0.2)))
         draw.polygon(_irregular_polygon(rng, rng.uniform(0, w), rng.uniform(0, h), r), fill=_rgba(rng, 0.9))
     for _ in range(int(rng.integers(0, 5))):  # elongated ellipses (aspect >= 2.2: never a disc)
@@ -340,7 +340,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
         c, sn = math.cos(th), math.sin(th)
         pts = [(cx + dx * b * c - dy * a * sn, cy + dx * b * sn + dy * a * c) for dx, dy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
         draw.polygon(pts, fill=_rgba(rng, 0.8))
-    for _ in range(int(rng.integers(3, 25))):  # lines, like edges, cables and branches
+    for _ in range(int(rng.integers(2, 12))):  # lines, like edges, cables and branches
         pts = [(rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h) for _ in range(2)]
         draw.line(pts, fill=_rgba(rng, 0.8), width=int(rng.integers(1, 7)))
     for _ in range(int(rng.integers(0, 4))):  # open arcs (less than 3/4 of a circle: never a ring)
@@ -371,7 +371,7 @@ def _place_objects(rng: np.random.Generator, img: np.ndarray) -> list[tuple[int,
     """Paste 2-12 objects into `img` (in place); return (category id, xywh bbox) per kept object.
 
     Later objects may overlap earlier ones, but a position that would leave an earlier
-    object less than 30% visible is rejected (and the object skipped after a few tries),
+    object less than 50% visible is rejected (and the object skipped after a few tries),
     so every label is for something that can be seen.
     """
     h, w = img.shape[:2]

@@ -191,7 +191,7 @@ def _quantize_conv_biases(nodes: list, values: dict) -> list:
                 scale = (values[act.input[1]].astype(np.float32) * values[weight.input[1]].astype(np.float32))
                 scale = np.broadcast_to(scale, values[node.input[2]].shape).astype(np.float32)
                 q = np.rint(values[node.input[2]].astype(np.float64) / scale)
-                name = node.input[2]
+                name = f"{node.input[2]}_{len(result)}"  # biases may be shared (deduplicated) initializers
                 values[name + "_int32"] = np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
                 values[name + "_scale"] = scale
                 values[name + "_zero"] = np.zeros(scale.shape, np.int32)

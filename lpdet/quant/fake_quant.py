@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lpdet.models.heads import PredictionHead
+
 QMIN, QMAX = 0, 255  # uint8 activations
 WMIN, WMAX = -128, 127  # int8 weights
 RELU6_MAX = 6.0 * (1 - 2**-20)  # a hair under 6: 255·s ≤ 6 even after float rounding, so the Clip goes
@@ -50,8 +52,10 @@ class ActQuant(nn.Module):
         return f"relu6={self.relu6}, ema_decay={self.ema_decay}"
 
     @torch.no_grad()
-    def observe(self, x: Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach().float())
+    def observe(self, *xs: Tensor) -> None:
+        """Update the range with the min/max over all of `xs` (one EMA step)."""
+        lo = torch.stack([x.detach().amin() for x in xs]).amin().float()
+        hi = torch.stack([x.detach().amax() for x in xs]).amax().float()
         if not bool(self.initialized):
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)
@@ -82,14 +86,22 @@ class ActQuant(nn.Module):
         scale, zero = self.qparams()
         self.export_qparams = (float(scale), int(zero))
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def observing(self) -> bool:
+        return self.training and self.export_qparams is None and not bool(self.observer_frozen)
+
+    def quantize(self, x: Tensor) -> Tensor:
+        """Fake-quantize `x` with the current range (no observer update)."""
         if self.export_qparams is not None:
             scale, zero = self.export_qparams
-            return torch.fake_quantize_per_tensor_affine(x, scale, zero, QMIN, QMAX)
-        if self.training and not bool(self.observer_frozen):
-            self.observe(x)
-        scale, zero = self.qparams()
+        else:
+            scale, zero = self.qparams()
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, QMIN, QMAX)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            self.observe(x)
+        return self.quantize(x)
 
 
 def weight_qparams(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -217,7 +229,8 @@ class QConv2d(nn.Conv2d):
         self.register_buffer("export_weight_scale", scale)
         self.register_buffer("export_weight_zero", zero)
         self.export_params = True
-        self.act_quant.freeze_for_export()
+        if self.act_quant is not None:
+            self.act_quant.freeze_for_export()
         if self.input_quant is not None:
             self.input_quant.freeze_for_export()
 
@@ -240,7 +253,7 @@ class QConv2d(nn.Conv2d):
             y = self._conv(x, *self.quantized_weight_bias())
         if self.relu6:
             y = F.relu6(y)
-        return self.act_quant(y)
+        return y if self.act_quant is None else self.act_quant(y)
 
     def _simulated_fold_forward(self, x: Tensor) -> Tensor:
         bn = self.bn
@@ -271,3 +284,32 @@ class QResidual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.add_quant(x + self.conv(x))
 
+
+
+class QPredictionHead(PredictionHead):
+    """PredictionHead whose output convs share one output quantizer (`output_quant`), so the
+    per-map outputs are on one uint8 grid: onnxruntime keeps them uint8 through the
+    Transpose/Reshape/Concat, and the only DequantizeLinear is on the concatenated output."""
+
+    @classmethod
+    def from_float(cls, head: PredictionHead, ema_decay: float) -> QPredictionHead:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.values_per_anchor = head.values_per_anchor
+        new.anchors_per_location = list(head.anchors_per_location)
+        new.predictors = head.predictors
+        new.output_quant = ActQuant(ema_decay=ema_decay)
+        new.train(head.training)
+        for conv in new.output_convs():
+            conv.act_quant = None  # quantized by output_quant instead
+        return new
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        raw = [predictor(feature_map) for feature_map, predictor in zip(maps, self.predictors)]
+        quant = self.output_quant
+        if quant.observing:
+            quant.observe(*raw)
+        outputs = [quant.quantize(y).permute(0, 2, 3, 1).reshape(y.shape[0], -1, self.values_per_anchor) for y in raw]
+        # Values already on the grid: this re-quantization is exact in torch; in ONNX it is the
+        # Q after the Concat that lets onnxruntime keep Transpose/Reshape/Concat in uint8.
+        return quant.quantize(torch.cat(outputs, dim=1))

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from lpdet.errors import LpdetError
-from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QResidual
+from lpdet.models.heads import PredictionHead
+from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QPredictionHead, QResidual
 
 QUANTIZATION_ATTR = "quantization"
 QAT = "qat"
@@ -69,6 +70,10 @@ def prepare_qat(detector: nn.Module, config: QatConfig | None = None) -> nn.Modu
     if leftovers:
         raise LpdetError(f"QAT: cannot fold {leftovers[0]} (unsupported layer pattern); only Conv2d [+ BatchNorm2d] "
                          f"[+ ReLU6] sequences and torchvision inverted residuals are supported")
+    for name in ("cls_head", "box_head"):
+        head = getattr(detector, name, None)
+        if isinstance(head, PredictionHead):
+            setattr(detector, name, QPredictionHead.from_float(head, config.ema_decay))
     _wire_quantizers(detector, config.ema_decay)
     detector.train(training)
     detector.quantization = QAT
@@ -133,6 +138,8 @@ def freeze_for_export(detector: nn.Module) -> None:
             m.freeze_for_export()
         elif isinstance(m, QResidual):
             m.add_quant.freeze_for_export()
+        elif isinstance(m, QPredictionHead):
+            m.output_quant.freeze_for_export()
 
 
 def quantizers(detector: nn.Module) -> list[tuple[str, ActQuant]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lpdet.data import spec as spec_mod
-from lpdet.data.spec import DatasetSpec, load_dataset_yaml, resolve_dataset
+from lpdet.data.spec import SYNTH_VERSION, DatasetSpec, load_dataset_yaml, resolve_dataset
 from lpdet.errors import LpdetError
 
 
@@ -114,7 +114,7 @@ def test_synth_generates_once_into_the_cache(monkeypatch, tmp_path):
 
     monkeypatch.setattr(synth, "generate_synthetic_coco", counting)
     spec = resolve_dataset("synth")
-    final = tmp_path / "cache" / "synth-v1-train3-val2-seed0"
+    final = tmp_path / "cache" / f"synth-{SYNTH_VERSION}-train3-val2-seed0"
     assert spec.name == "synth" and spec.root == final
     assert spec.train.annotations.is_file() and spec.val.images.is_dir()
     assert len(list(spec.val.images.iterdir())) == 2
@@ -149,5 +149,5 @@ def test_synth_interrupted_generation_is_redone(monkeypatch, tmp_path):
     monkeypatch.undo()
     spec = resolve_dataset("synth", cache_dir=cache, synth_train=2, synth_val=1)
     assert spec.val.annotations.is_file() and not stale.exists()
-    assert sorted(p.name for p in cache.iterdir()) == ["synth-v1-train2-val1-seed0"]
-    assert os.listdir(cache / "synth-v1-train2-val1-seed0" / "images" / "train")
+    assert sorted(p.name for p in cache.iterdir()) == [f"synth-{SYNTH_VERSION}-train2-val1-seed0"]
+    assert os.listdir(cache / f"synth-{SYNTH_VERSION}-train2-val1-seed0" / "images" / "train")
