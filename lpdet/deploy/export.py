@@ -17,7 +17,7 @@ Graph contract (identical for both kinds; `onnxruntime` runs either as is):
   ``top_k`` best overall.
 * ``metadata_props["lpdet"]``: a JSON object with ``arch``, ``width``, ``resolution``,
   ``num_classes``, ``quantization`` (``"fp32"`` or ``"int8-qat"``), ``input``/``outputs``
-  names, plus whatever the caller passed in ``metadata`` (e.g. class names).
+  names, plus whatever the caller passed in ``metadata`` (e.g. class names; the keys above win).
 
 int8 (a detector prepared with `lpdet.quant.qat.prepare_qat`, observers calibrated): exported in
 eval mode with every scale and zero point frozen to a constant, BN folded, weights stored as
@@ -101,13 +101,10 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
                 opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=list(OUTPUT_NAMES),
-                # int8: the exporter's folding would turn the weights' Q->DQ pairs back into float
-                # constants; `_fold_constant_weight_quantization` folds just the Q into int8 instead.
-                do_constant_folding=True,
+                do_constant_folding=True,  # folds BN into the fp32 convs (int8: already folded)
             )
     proto = onnx.load(str(path))
-    if quantized:
-        _fold_constant_weight_quantization(proto)
+    _tidy_graph(proto)
     cfg = model.config
     info = dict(metadata or {})
     info.update(
@@ -138,11 +135,12 @@ def read_metadata(path: Path) -> dict:
     return {}
 
 
-def _fold_constant_weight_quantization(proto: onnx.ModelProto) -> None:
-    """Tidy the traced int8 graph: Constant nodes become initializers, Identity nodes of constants
-    become aliases, and every ``QuantizeLinear(constant)`` (the weights) becomes the int8 tensor
+def _tidy_graph(proto: onnx.ModelProto) -> None:
+    """Tidy the traced graph: Constant nodes become initializers, Identity nodes of constants
+    become aliases. int8: every ``QuantizeLinear(constant)`` (the weights) becomes the int8 tensor
     it produces, so weights are int8 initializers feeding a ``DequantizeLinear`` (the standard
-    QDQ layout; a 4x smaller file). Activation Q nodes are untouched."""
+    QDQ layout; a 4x smaller file), and conv biases become int32 (`_quantize_conv_biases`).
+    Activation Q nodes are untouched."""
     graph = proto.graph
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     outputs = {o.name for o in graph.output}

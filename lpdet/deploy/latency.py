@@ -46,7 +46,8 @@ class LatencyResult:
     path: str = ""
     resolution: int = 0
     runtime: str = ""  # e.g. "onnxruntime 1.32.0" / "torch 2.14.1"
-    ratio: float | None = None  # benchmark_paired: median per-iteration ratio to the first model
+    ratio: float | None = None  # benchmark_paired: median per-iteration end-to-end ratio to the baseline model
+    forward_ratio: float | None = None  # benchmark_paired: the same for the graph alone (NMS excluded)
 
 
 def cpu_name() -> str:
@@ -147,13 +148,18 @@ def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int
 
 
 def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 50, warmup: int = 5,
-                     postprocess: PostprocessConfig | None = None) -> list[LatencyResult]:
+                     postprocess: PostprocessConfig | None = None,
+                     baselines: list[int] | None = None) -> list[LatencyResult]:
     """Benchmark several models interleaved (each iteration runs every model once, in turn), so that
     load from other processes hits them alike. Each result's `ratio` is the median over iterations of
-    its end-to-end time divided by the first model's (1.0 for the first)."""
+    its end-to-end time divided by that of model `baselines[i]` in the same iteration (default: the
+    first model, so the first gets 1.0); `forward_ratio` is the same for the graph time alone."""
     if not paths:
         return []
     _check(runs, warmup, threads)
+    baselines = [0] * len(paths) if baselines is None else list(baselines)
+    if len(baselines) != len(paths) or not all(0 <= b < len(paths) for b in baselines):
+        raise ValueError(f"baselines: need one index in 0..{len(paths) - 1} per model, got {baselines}")
     cfg = postprocess or PostprocessConfig()
     loaded = [_load_timed(p, threads, None) for p in paths]
     inputs = {m.resolution: benchmark_input(m.resolution) for m, _ in loaded}
@@ -172,7 +178,9 @@ def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 5
     results = []
     for i, (model, load_s) in enumerate(loaded):
         result = _summarise(model, forward_s[i], post_s[i], load_s, threads)
-        result.ratio = float(np.median(totals[i] / totals[0]))
+        result.ratio = float(np.median(totals[i] / totals[baselines[i]]))
+        graph = np.asarray(forward_s[i]) / np.asarray(forward_s[baselines[i]])
+        result.forward_ratio = float(np.median(graph))
         results.append(result)
     return results
 
@@ -189,7 +197,7 @@ def format_latency(result: LatencyResult) -> str:
         f"load         {result.load_ms:.0f} ms",
     ]
     if result.ratio is not None:
-        lines.append(f"ratio        {result.ratio:.3f} (paired, vs the first model)")
+        lines.append(f"ratio        {result.ratio:.3f} (paired median ratio to the baseline model)")
     return "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ class DeployedModel:
     quantization: str = "fp32"  # "fp32", "qat", "int8-qat", "int8-ptq", "int8-naive", ...
     arch: str = ""
     metadata: dict = field(default_factory=dict, repr=False)  # the ONNX "lpdet" entry / checkpoint facts
-    threads: int = 0  # onnxruntime intra-op threads it was loaded with (0: runtime default)
+    threads: int = 0  # threads it runs with (0: the runtime's default)
 
     @property
     def num_classes(self) -> int:
@@ -186,7 +186,7 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
     )
 
 
-def _load_checkpoint(path: Path, resolution: int | None) -> DeployedModel:
+def _load_checkpoint(path: Path, resolution: int | None, threads: int = 0) -> DeployedModel:
     from lpdet.train.checkpoint import load_detector
 
     detector, ckpt = load_detector(path, resolution=resolution)
@@ -197,40 +197,48 @@ def _load_checkpoint(path: Path, resolution: int | None) -> DeployedModel:
     config = detector.config
 
     def forward(images: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.inference_mode():
-            cls_logits, box_deltas = detector(images)
-            return decode(cls_logits, box_deltas, anchors)
+        previous = torch.get_num_threads()
+        if threads > 0 and previous != threads:
+            torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                cls_logits, box_deltas = detector(images)
+                return decode(cls_logits, box_deltas, anchors)
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
 
     return DeployedModel(
         kind="torch-qat" if qat else "torch-fp32",
         path=Path(ckpt.path), resolution=int(config.resolution), class_names=list(ckpt.class_names),
         category_ids=list(ckpt.category_ids), forward=forward, quantization="qat" if qat else "fp32",
         arch=config.arch, metadata={"arch": config.arch, "width": config.width, "num_classes": config.num_classes},
+        threads=threads,
     )
 
 
 def load_model(path: Path | str, *, threads: int = 0, resolution: int | None = None) -> DeployedModel:
     """Load a checkpoint (a checkpoint or run directory) or an `.onnx` file exported by lpdet.
 
-    `threads` > 0 sets onnxruntime's intra-op threads (torch models use the process-wide
-    `torch.set_num_threads`). `resolution` re-sizes a checkpoint's anchors; an ONNX graph's
+    `threads` > 0 sets onnxruntime's intra-op threads, or the torch threads during each
+    `forward` of a checkpoint (0: the runtime's / process's default). `resolution` re-sizes a checkpoint's anchors; an ONNX graph's
     input size is fixed. Anything unusable raises `LpdetError` naming the file and the fix.
     """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if path.is_dir():
-        return _load_checkpoint(path, resolution)
+        return _load_checkpoint(path, resolution, threads)
     if not path.exists():
         if suffix == ".onnx":
             raise LpdetError(f"{path}: no such file; export one with lpdet export --format onnx")
         if suffix or not path.with_name(path.name + ".old").is_dir():
             raise LpdetError(f"{path}: no such model; pass a checkpoint or run directory, or an .onnx file "
                              f"from lpdet export")
-        return _load_checkpoint(path, resolution)  # a checkpoint caught mid-swap (NAME.old)
+        return _load_checkpoint(path, resolution, threads)  # a checkpoint caught mid-swap (NAME.old)
     if suffix == ".onnx":
         return _load_onnx(path, threads, resolution)
     if path.name in ("model.safetensors", "checkpoint.json"):
-        return _load_checkpoint(path, resolution)
+        return _load_checkpoint(path, resolution, threads)
     if suffix in (".tflite", ".lite"):
         import importlib.util
 

@@ -31,7 +31,9 @@ class CompareRow:
     quantization: str = ""  # fp32 | int8-naive | int8-ptq | int8-qat
     metrics: dict[str, float] = field(default_factory=dict)  # AP, AP50, AP75, AP_small, AP_medium, AP_large
     latency_ms: float | None = None  # median end-to-end per image (forward + NMS)
-    latency_ratio: float | None = None  # paired median ratio to the float row
+    latency_ratio: float | None = None  # paired median ratio to the float row (end to end)
+    graph_ms: float | None = None  # median of the graph alone (NMS excluded)
+    graph_ratio: float | None = None  # paired median ratio to the float row, graph alone
     size_mb: float | None = None  # model file size
 
     @property
@@ -139,6 +141,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     timed = [row for row in rows if row.ran]
     for row, latency in zip(timed, benchmark_paired([paths[r.name] for r in timed], threads=threads, runs=runs)):
         row.latency_ms, row.latency_ratio = latency.median_ms, latency.ratio
+        row.graph_ms, row.graph_ratio = latency.forward_ms, latency.forward_ratio
 
     result = CompareResult(
         checkpoint=str(float_ckpt.path), data=str(data), split="val", images=images, rows=rows,
@@ -158,7 +161,7 @@ def _metric(value: float | None) -> str:
 
 def format_compare(result: CompareResult) -> str:
     """The comparison as a Markdown table (AP figures in %), with a header line and notes."""
-    header = ["model", "AP", "AP50", "AP_S", "AP_M", "AP_L", "latency ms", "int8/fp32", "size MB"]
+    header = ["model", "AP", "AP50", "AP_S", "AP_M", "AP_L", "latency ms", "graph ms", "int8/fp32", "size MB"]
     lines = [
         f"Float vs 8-bit: {result.arch} @ {result.resolution} ({result.checkpoint}) on {result.data} "
         f"{result.split}, {result.images} images; onnxruntime CPU, {result.threads} thread(s), batch 1, "
@@ -173,6 +176,7 @@ def format_compare(result: CompareResult) -> str:
             continue
         cells = [row.name] + [_metric(row.metrics.get(m)) for m in METRICS] + [
             f"{row.latency_ms:.2f}" if row.latency_ms is not None else "–",
+            f"{row.graph_ms:.2f}" if row.graph_ms is not None else "–",
             "1.00" if row.name == "float" else (f"{row.latency_ratio:.2f}" if row.latency_ratio is not None else "–"),
             f"{row.size_mb:.2f}" if row.size_mb is not None else "–",
         ]
@@ -180,7 +184,8 @@ def format_compare(result: CompareResult) -> str:
     lines.append("")
     lines.append(f"naive 8-bit: per-tensor int8 weights, MinMax ranges from 2 images; calibrated PTQ: per-channel "
                  f"symmetric int8 weights, uint8 activations, MinMax ranges from {result.calibration_images} images; "
-                 f"QAT: quantization-aware training exported as int8. AP in %.")
+                 f"QAT: quantization-aware training exported as int8. AP in %; latency = graph + NMS per image, "
+                 f"int8/fp32 = median of per-image paired ratios (end to end).")
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
 
@@ -189,7 +194,7 @@ def compare_to_dict(result: CompareResult) -> dict:
     data = asdict(result)
     for row in data["rows"]:
         row["metrics"] = {k: round(v, 5) for k, v in row["metrics"].items()}
-        for key in ("latency_ms", "latency_ratio", "size_mb"):
+        for key in ("latency_ms", "latency_ratio", "graph_ms", "graph_ratio", "size_mb"):
             if row[key] is not None:
                 row[key] = round(row[key], 4)
     return data

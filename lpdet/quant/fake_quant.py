@@ -9,8 +9,11 @@ The integer scheme is the one onnxruntime's fast x86 kernels want (u8 activation
 * weights: int8, per output channel, symmetric (``z = 0``), ``s_c = max|w_c| / 127`` computed
   from the (BN-folded) weight at every forward pass (no state).
 * bias: int32 with scale ``s_in * s_c`` (what `QLinearConv` uses), simulated by snapping the
-  float bias to that grid with a straight-through estimator (ONNX has no int32 fake-quant op;
-  onnxruntime quantizes the snapped float bias to exactly these integers).
+  float bias to that grid with a straight-through estimator (torch has no exportable int32
+  fake-quant; the ONNX export stores these integers as int32 initializers).
+* residual adds: ``Q(x + y)`` with their own uint8 quantizer (`QResidual`, runs as QLinearAdd).
+* detection heads: the six output convs of a head share one quantizer (`QPredictionHead`), so
+  the concatenated head output is one uint8 tensor, dequantized once at the very end.
 
 All state is in tensors (buffers) so that ``state_dict()`` round-trips through safetensors.
 """
@@ -102,6 +105,10 @@ class ActQuant(nn.Module):
         if self.observing:
             self.observe(x)
         return self.quantize(x)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def weight_qparams(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,48 +216,47 @@ class QConv2d(nn.Conv2d):
         bn = self.bn
         return self.weight * factor.reshape(-1, 1, 1, 1), bn.bias + (bias - bn.running_mean) * factor
 
-    def quantized_weight_bias(self) -> tuple[Tensor, Tensor]:
-        """The deployed op's (fake-quantized weight, int32-grid bias)."""
+    def quantized_weight_bias(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The deployed op's (fake-quantized folded weight, its per-channel scales, folded bias
+        on the int32 grid ``s_in * s_w``; not snapped while the input quantizer is unknown)."""
         weight, bias = self.folded_weight_bias()
         weight_q, weight_scale = fake_quant_weight(weight)
         source = self.input_source
         if source is not None:
             bias = snap_bias(bias, weight_scale * source.scale().to(weight_scale.device))
-        return weight_q, bias
+        return weight_q, weight_scale, bias
 
     def freeze_for_export(self) -> None:
+        """Store the eval-mode weight, scales and bias as buffers (so the export traces them as
+        initializers, with no BN-folding or scale arithmetic in the graph)."""
         with torch.no_grad():
-            weight, bias = self.quantized_weight_bias()
-        # Buffers, not plain tensors: traced as initializers feeding the QuantizeLinear (the tracer
-        # would constant-propagate the Q->DQ of a plain tensor into a float constant).
+            weight, scale, bias = self.quantized_weight_bias()
+        # Buffers, not plain tensors: the tracer would constant-propagate the Q->DQ pair of a
+        # plain tensor into a float constant, losing the int8 weight.
         self.register_buffer("export_weight", weight.detach().clone())
+        self.register_buffer("export_weight_scale", scale.detach().clone())
+        self.register_buffer("export_weight_zero", torch.zeros_like(scale, dtype=torch.int32))
         self.register_buffer("export_bias", bias.detach().clone())
-        scale, zero = weight_qparams(weight)
-        self.register_buffer("export_weight_scale", scale)
-        self.register_buffer("export_weight_zero", zero)
         self.export_params = True
         if self.act_quant is not None:
             self.act_quant.freeze_for_export()
         if self.input_quant is not None:
             self.input_quant.freeze_for_export()
 
-    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return self._conv_forward(x, weight, bias)
-
     def forward(self, x: Tensor) -> Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
         if self.export_params:
-            weight, bias = self.export_weight, self.export_bias
             # Re-applying the fake quant to on-grid weights is exact; it is what becomes the
-            # QuantizeLinear -> DequantizeLinear pair (folded to an int8 initializer later).
-            scale, zero = self.export_weight_scale, self.export_weight_zero
-            weight = torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, WMIN, WMAX)
-            y = self._conv(x, weight, bias)
+            # QuantizeLinear -> DequantizeLinear pair (the Q is folded to int8 after export).
+            weight = torch.fake_quantize_per_channel_affine(
+                self.export_weight, self.export_weight_scale, self.export_weight_zero, 0, WMIN, WMAX)
+            y = self._conv_forward(x, weight, self.export_bias)
         elif self.bn is not None and self.training and not bool(self.bn_frozen):
             y = self._simulated_fold_forward(x)
         else:
-            y = self._conv(x, *self.quantized_weight_bias())
+            weight, _, bias = self.quantized_weight_bias()
+            y = self._conv_forward(x, weight, bias)
         if self.relu6:
             y = F.relu6(y)
         return y if self.act_quant is None else self.act_quant(y)
@@ -259,7 +265,7 @@ class QConv2d(nn.Conv2d):
         bn = self.bn
         factor = self._fold_factor()
         weight_q, _ = fake_quant_weight(self.weight * factor.reshape(-1, 1, 1, 1))
-        y = self._conv(x, weight_q, None) / factor.reshape(1, -1, 1, 1)
+        y = self._conv_forward(x, weight_q, None) / factor.reshape(1, -1, 1, 1)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         # nn.BatchNorm2d's training-mode bookkeeping (momentum None = cumulative average).
@@ -279,11 +285,10 @@ class QResidual(nn.Module):
         self.out_channels = block.out_channels
         self.use_res_connect = True
         self._is_cn = getattr(block, "_is_cn", False)
-        self.add_quant = ActQuant(ema_decay=ema_decay)
+        self.add_quant = ActQuant(ema_decay=ema_decay).to(_device_of(block))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.add_quant(x + self.conv(x))
-
 
 
 class QPredictionHead(PredictionHead):
@@ -298,7 +303,7 @@ class QPredictionHead(PredictionHead):
         new.values_per_anchor = head.values_per_anchor
         new.anchors_per_location = list(head.anchors_per_location)
         new.predictors = head.predictors
-        new.output_quant = ActQuant(ema_decay=ema_decay)
+        new.output_quant = ActQuant(ema_decay=ema_decay).to(_device_of(head))
         new.train(head.training)
         for conv in new.output_convs():
             conv.act_quant = None  # quantized by output_quant instead

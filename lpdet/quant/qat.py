@@ -2,11 +2,13 @@
 
 `prepare_qat(detector)` swaps, in place, every Conv2d (+ BatchNorm2d) (+ ReLU6) for a `QConv2d`
 that folds the BN and fake-quantizes its weights (int8, per channel, symmetric) and its output
-(uint8, per tensor), gives the network's first conv an input quantizer and wraps every residual
-block's add in a quantizer (`lpdet.quant.fake_quant` documents the integer scheme and the BN
-folding). The detector keeps its forward signature, outputs, `.config` and `.anchors`; its
-state dict keeps every float name (so float weights still load into it) and adds the
-quantizers' buffers (observer ranges, freeze flags: all tensors).
+(uint8, per tensor), gives the network's first conv an input quantizer, wraps every residual
+block's add in a quantizer and gives each prediction head one shared output quantizer
+(`lpdet.quant.fake_quant` documents the integer scheme and the BN folding). The detector keeps
+its forward signature, outputs, `.config` and `.anchors`; its state dict keeps every float name
+(so float weights still load into it, e.g. `transfer_weights` after `prepare_qat`) and adds the
+quantizers' buffers (observer ranges, freeze flags: all tensors). To load a QAT checkpoint,
+build the detector, `prepare_qat` it, then `load_state_dict`.
 
 Training loop contract::
 

@@ -109,3 +109,21 @@ def test_init_from_a_different_architecture_is_refused(data_yaml, tmp_path):
     cfg = tiny_train_config(data_yaml, tmp_path / "v1", arch="mobilenet_v1_ssd", init=tmp_path / "v2" / "last")
     with pytest.raises(LpdetError, match="--init"):
         train(cfg, progress=False)
+
+
+def test_qat_run_from_float_init_resumes_and_exports_fully_int8(data_yaml, tmp_path):
+    from lpdet.deploy.export import export_onnx, read_metadata
+    from lpdet.train.checkpoint import load_detector
+
+    train(tiny_train_config(data_yaml, tmp_path / "float", epochs=1), progress=False)
+    cfg = tiny_train_config(data_yaml, tmp_path / "qat", epochs=1, qat=True, init=tmp_path / "float" / "last",
+                            qat_freeze_bn_after=1, qat_freeze_observers_after=2)
+    train(cfg, progress=False)
+    detector, ckpt = load_detector(tmp_path / "qat")
+    assert ckpt.quantization == "qat" and getattr(detector, "quantization", None) == "qat"
+    onnx_path = export_onnx(detector, tmp_path / "model.onnx")
+    assert read_metadata(onnx_path)["quantization"] == "int8-qat"
+    # a float --init into a QAT run is fine; a QAT --init into a float run is refused
+    with pytest.raises(LpdetError, match="--qat"):
+        train(tiny_train_config(data_yaml, tmp_path / "back", epochs=1, init=tmp_path / "qat" / "last"),
+              progress=False)
