@@ -73,7 +73,8 @@ def count_macs(model: nn.Module, resolution: int) -> int:
         nonlocal total
         if isinstance(module, nn.Conv2d):
             k_h, k_w = module.kernel_size
-            total += k_h * k_w * (module.in_channels // module.groups) * module.out_channels * output.shape[-2] * output.shape[-1]
+            per_pixel = k_h * k_w * (module.in_channels // module.groups) * module.out_channels
+            total += per_pixel * output.shape[-2] * output.shape[-1]
         else:
             total += module.in_features * module.out_features * (output.numel() // module.out_features)
 
@@ -136,7 +137,8 @@ def build(out: Path, calibration: int, peer_int8: bool) -> list[Entry]:
     int8 = None
     if peer_int8:
         try:
-            int8 = quantize_calibrated(fp32, out / "peer_int8.onnx", torch.rand(calibration, 3, 320, 320, generator=generator))
+            images = torch.rand(calibration, 3, 320, 320, generator=generator)
+            int8 = quantize_calibrated(fp32, out / "peer_int8.onnx", images)
         except Exception as e:  # the peer's hardswish/SE blocks are not ours to support
             print(f"peer int8 failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     entries.append(Entry("tv ssdlite320_mnv3_large (peer)", 320, macs, fp32, int8))
@@ -183,7 +185,8 @@ def main() -> None:
           f"runs\n{cpu_name()}\n"
           "graph = the ONNX graph (ratios: median of per-iteration int8/fp32 graph times); e2e = graph + our NMS "
           "(select_detections),\nwhich on random weights depends on the init: ours start at a 0.99 background prior "
-          "(few candidates), the peer\nat uniform scores (every class above the 0.01 threshold), so NMS is not comparable "
+          "(few candidates), the peer\nat uniform scores (every class above the 0.01 threshold), so NMS is not "
+          "comparable "
           "across them here.\n")
     header = (f"{'model':<34}{'GMACs':>7}{'graph fp32':>11}{'graph int8':>11}{'int8/fp32':>10}"
               f"{'GMAC/s fp32':>12}{'GMAC/s int8':>12}{'e2e fp32':>10}{'e2e int8':>10}{'NMS':>7}")

@@ -12,6 +12,7 @@ they carry holds the resolution, class names and COCO category ids.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,11 @@ def onnx_session(path: Path | str, *, threads: int = 0, optimized_model: Path | 
 
 
 def _first_line(error: BaseException) -> str:
+    """A short reason from an onnx/onnxruntime exception (its code prefix and the repeated path removed)."""
     text = str(error).strip()
-    line = text.splitlines()[-1] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", line)
+    line = re.sub(r"Load model from .* failed:\s*", "", line)
     return line[:300]
 
 
@@ -122,7 +126,8 @@ def read_onnx_metadata(path: Path | str, custom: dict[str, str] | None = None) -
     try:
         meta = json.loads(custom[METADATA_KEY])
     except json.JSONDecodeError as e:
-        raise LpdetError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({e}); re-export it with lpdet export") from None
+        raise LpdetError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({e}); "
+                         f"re-export it with lpdet export") from None
     if not isinstance(meta, dict):
         raise LpdetError(f"{path}: its '{METADATA_KEY}' metadata is not a JSON object; re-export it with lpdet export")
     return meta
@@ -133,7 +138,8 @@ def _check_images(images: Tensor, resolution: int, path: Path) -> None:
         raise LpdetError(f"{path}: model input must be [B, 3, {resolution}, {resolution}], got {list(images.shape)}; "
                          f"resize images to {resolution}x{resolution}")
     if not images.is_floating_point():
-        raise LpdetError(f"{path}: model input must be float in [0, 1], got {images.dtype}; convert with .float() / 255")
+        raise LpdetError(f"{path}: model input must be float in [0, 1], got {images.dtype}; "
+                         f"convert with .float() / 255")
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -221,8 +227,9 @@ def load_model(path: Path | str, *, threads: int = 0, resolution: int | None = N
     """Load a checkpoint (a checkpoint or run directory) or an `.onnx` file exported by lpdet.
 
     `threads` > 0 sets onnxruntime's intra-op threads, or the torch threads during each
-    `forward` of a checkpoint (0: the runtime's / process's default). `resolution` re-sizes a checkpoint's anchors; an ONNX graph's
-    input size is fixed. Anything unusable raises `LpdetError` naming the file and the fix.
+    `forward` of a checkpoint (0: the runtime's / process's default). `resolution` re-sizes a
+    checkpoint's anchors; an ONNX graph's input size is fixed. Anything unusable raises
+    `LpdetError` naming the file and the fix.
     """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()

@@ -7,7 +7,6 @@ options (``--resolutions 300,280``) are parsed here, so a bad value is a one-lin
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from lpdet.errors import LpdetError

@@ -16,7 +16,6 @@ model (`load_model(...).predict`), except the training curves, which come from e
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Iterable, Sequence

@@ -117,7 +117,8 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     if qat_ckpt is not None:
         qat_detector, qat_meta = load_detector(qat_ckpt)
         if getattr(qat_meta, "quantization", None) != "qat" and getattr(qat_detector, "quantization", None) != "qat":
-            raise LpdetError(f"{qat_meta.path}: is not a QAT checkpoint; train one with lpdet train --qat --init {ckpt}")
+            raise LpdetError(f"{qat_meta.path}: is not a QAT checkpoint; "
+                             f"train one with lpdet train --qat --init {ckpt}")
         if qat_meta.category_ids != float_ckpt.category_ids or qat_detector.config.resolution != resolution:
             raise LpdetError(f"{qat_meta.path}: its classes or resolution differ from {float_ckpt.path}; "
                              f"train the QAT model with --init {ckpt}")

@@ -15,6 +15,8 @@ The "lpdet" metadata entry is kept with ``quantization`` = ``"int8-ptq"`` / ``"i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -76,7 +78,8 @@ def _load(path: Path):
     try:
         return onnx.load(str(path))
     except Exception as e:
-        raise LpdetError(f"{path}: not a readable ONNX model ({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}); "
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LpdetError(f"{path}: not a readable ONNX model ({reason}); "
                          f"export one with lpdet export --format onnx") from None
 
 
@@ -149,6 +152,22 @@ class _Reader:
         self.index = 0
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence onnxruntime.quantization's INFO logging and its histogram calibrators' prints."""
+    loggers = [logging.getLogger(name) for name in ("onnxruntime.quantization", "onnxruntime.quantization.shape_inference",
+                                                     "onnxruntime.quantization.quant_utils")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _check_images(images: Tensor, resolution: int, path: Path) -> Tensor:
     if not isinstance(images, Tensor):
         images = torch.as_tensor(np.asarray(images))
@@ -165,7 +184,8 @@ def _check_images(images: Tensor, resolution: int, path: Path) -> Tensor:
 def _quantize(fp32_onnx: Path, out: Path, images: Tensor, *, per_channel: bool, method: str,
               label: str, extra: dict | None = None) -> Path:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_onnx, out = Path(fp32_onnx), Path(out)
@@ -182,18 +202,20 @@ def _quantize(fp32_onnx: Path, out: Path, images: Tensor, *, per_channel: bool, 
     with tempfile.TemporaryDirectory(prefix="lpdet-ptq-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         named = Path(tmp) / "named.onnx"
-        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=False)
+        with _quiet():
+            quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=False)
         pre_model = onnx.load(str(pre))
         _name_nodes(pre_model)
         exclude = float_tail_nodes(pre_model)
         onnx.save(pre_model, str(named))
         options = {"WeightSymmetric": True, "ActivationSymmetric": False, **(extra or {})}
-        quantize_static(
-            str(named), str(Path(tmp) / "q.onnx"), reader_cls(images, input_name),
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=per_channel, reduce_range=False, calibrate_method=getattr(CalibrationMethod, method),
-            nodes_to_exclude=exclude, extra_options=options,
-        )
+        with _quiet():
+            quantize_static(
+                str(named), str(Path(tmp) / "q.onnx"), reader_cls(images, input_name),
+                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=per_channel, reduce_range=False, calibrate_method=getattr(CalibrationMethod, method),
+                nodes_to_exclude=exclude, extra_options=options,
+            )
         quantized = onnx.load(str(Path(tmp) / "q.onnx"))
     meta = {**meta, "quantization": label, "calibration": {
         "method": method, "images": int(len(images)), "weights": "per-channel" if per_channel else "per-tensor",
@@ -222,7 +244,9 @@ def quantize_naive(fp32_onnx: Path, out: Path, calibration_images: Tensor | Sequ
     """The naive 8-bit baseline: per-TENSOR int8 weights, MinMax activation ranges from the first
     `NAIVE_CALIBRATION_IMAGES` (2) images only. Reproduces the large accuracy loss of MobileNets
     (depthwise convolutions) under naive quantization. Returns `out`."""
-    images = calibration_images if isinstance(calibration_images, Tensor) else torch.as_tensor(np.asarray(calibration_images))
+    images = calibration_images
+    if not isinstance(images, Tensor):
+        images = torch.as_tensor(np.asarray(images))
     if images.dim() == 3:
         images = images[None]
     return _quantize(fp32_onnx, out, images[:NAIVE_CALIBRATION_IMAGES], per_channel=False, method="MinMax",
