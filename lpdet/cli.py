@@ -399,12 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, help="output folder (default MODEL/quant-compare)")
     compare.set_defaults(func=cmd_compare_quant)
 
-    try:
-        from lpdet.design.cli import add_design_commands
-    except ImportError:  # the design commands are optional while that package is being built
-        pass
-    else:
-        add_design_commands(commands, common)
+    from lpdet.design.cli import add_design_commands
+
+    add_design_commands(commands, common)
     return parser
 
 

@@ -30,9 +30,8 @@ __all__ = ["DeployedModel", "load_model", "model_size_bytes", "read_onnx_metadat
 METADATA_KEY = "lpdet"
 KINDS = ("torch-fp32", "torch-qat", "onnx-fp32", "onnx-int8")
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
-_TFLITE_HINT = ("TFLite models need the optional LiteRT runtime (pip install 'lpdet[tflite]', which "
-                "provides ai-edge-litert); load_model runs checkpoints and .onnx files: export one with "
-                "lpdet export --format onnx")
+_TFLITE_HINT = ('TFLite models need the optional LiteRT runtime: pip install "lpdet[tflite]" (ai-edge-litert), '
+                "or export the checkpoint with lpdet export --format onnx")
 
 
 @dataclass
@@ -251,8 +250,9 @@ def load_model(path: Path | str, *, threads: int = 0, resolution: int | None = N
 
         if importlib.util.find_spec("ai_edge_litert") is None:
             raise LpdetError(f"{path}: {_TFLITE_HINT}")
-        raise LpdetError(f"{path}: this lpdet runs TFLite models only through their own runtime "
-                         f"(ai_edge_litert.interpreter); evaluate/benchmark the .onnx export instead")
+        from lpdet.deploy.tflite import load_tflite
+
+        return load_tflite(path, threads, resolution)
     if suffix in _PICKLE_SUFFIXES:
         raise LpdetError(f"{path}: lpdet never unpickles (a pickle can run arbitrary code); pass an lpdet checkpoint "
                          f"directory (model.safetensors + checkpoint.json) or an .onnx file from lpdet export")

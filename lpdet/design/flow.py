@@ -101,6 +101,7 @@ class DesignSettings:
     threads: int = 1  # inference threads for every latency (the budget is for this many)
     bench_runs: int = 50
     bench_warmup: int = 5
+    bench_repeats: int = 3  # each latency: the lowest median of this many benchmarks (shared machines)
     compare_runs: int = 30
     calibration_images: int = 100
     eval_max_images: int = 0  # deployed-model evaluations on val (0: all)
@@ -142,8 +143,8 @@ class DesignSettings:
             (min(self.base_epochs, self.qat_epochs, self.finetune_epochs) >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
             (self.threads >= 0, "--threads must be >= 0"),
-            (min(self.bench_runs, self.compare_runs, self.calibration_images) >= 1,
-             "bench_runs, compare_runs and calibration_images must be >= 1"),
+            (min(self.bench_runs, self.bench_repeats, self.compare_runs, self.calibration_images) >= 1,
+             "bench_runs, bench_repeats, compare_runs and calibration_images must be >= 1"),
             (bool(self.nms_ious) and all(0 < v <= 1 for v in self.nms_ious), "nms_ious: values in (0, 1]"),
             (self.small_max > 0, "small_max must be > 0"),
         ]
@@ -257,7 +258,7 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
     base_r = s.base_resolution
     candidates = s.candidates()
     cache.plan(2 + 1 + 1 + 2 * len(candidates))
-    bench_kw = dict(threads=s.threads, runs=s.bench_runs, warmup=s.bench_warmup)
+    bench_kw = dict(threads=s.threads, runs=s.bench_runs, warmup=s.bench_warmup, repeats=s.bench_repeats)
 
     # 1-2. float model, then QAT from it --------------------------------------------------------
     base = cache.train(f"float-r{base_r}", _train_config(ctx, epochs=s.base_epochs, lr=s.lr,
@@ -294,7 +295,8 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
     search_table = Table("Resolution search: int8 latency of the QAT model at each candidate (no training)",
                          ["resolution", "multiple of 8", "int8 latency ms", "meets budget"],
                          [[r, r % 8 == 0, latency[r], latency[r] <= budget] for r in candidates],
-                         note=f"Budget {budget:g} ms: median of {s.bench_runs} batch-1 runs, {s.threads} thread(s).",
+                         note=f"Budget {budget:g} ms. Latency: median of {s.bench_runs} batch-1 runs (end-to-end: forward + NMS), "
+                              f"{s.threads} thread(s), the lowest of {s.bench_repeats} repeats.",
                          formats={"int8 latency ms": ".2f"})
     if not fitting:
         fastest = min(candidates, key=lambda r: latency[r])
@@ -336,7 +338,8 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
               ref.metrics, ref.latency_ms)
     _step(ctx, "resolution", chosen.label, chosen.resolution, chosen.metrics, chosen.latency_ms,
           note="unchanged: the base resolution meets the budget" if chosen.resolution == base_r else
-          f"largest fitting {'multiple of 8' if chosen.resolution % 8 == 0 else 'size'}")
+          f"best AP among the fine-tuned sizes that fit ({'a' if chosen.resolution % 8 == 0 else 'not a'} "
+          f"multiple of 8)")
     current = chosen
 
     # 6. filtering ablation (Figs 11.3 / 11.4) ------------------------------------------------------
@@ -571,7 +574,7 @@ def _final_section(ctx: _Context) -> Section:
              ["budget ms", f["budget_ms"]], ["size MB", f["size_mb"]], ["NMS IoU", f["nms_iou"]],
              ["score threshold", f["score_threshold"]], ["top-k", f["top_k"]], ["threads", f["threads"]]]
     return Section("Final model", f"{f['description']}: {f['model']} (summary: final/summary.json). Latency "
-                                  f"re-benchmarked with the chosen NMS setting on {f['device']}; AP on val with it.",
+                                  f"re-benchmarked with the NMS setting below on {f['device']}; AP on val with it.",
                    [Table("Final model", ["quantity", "value"], [[k, _cell(v)] for k, v in rows])])
 
 

@@ -87,6 +87,7 @@ class ResolutionSweep:
     qat: bool
     budget_ms: float | None = None
     device: str = ""
+    repeats: int = 1
 
     def row(self, resolution: int) -> ResolutionRow | None:
         return next((r for r in self.rows if r.resolution == resolution), None)
@@ -117,7 +118,7 @@ def resolution_geometry(arch: str, width: float, num_classes: int, resolution: i
 
 def measure_int8(cache: TrialCache, prefix: str, checkpoint: Path, data: str | Path, *, resolution: int | None,
                  threads: int, runs: int, warmup: int, max_images: int = 0, calibration_images: int = 100,
-                 evaluate: bool = True, benchmark: bool = True, int8: bool = True) -> dict:
+                 evaluate: bool = True, benchmark: bool = True, int8: bool = True, repeats: int = 1) -> dict:
     """Trials ``<prefix>-export`` (int8 ONNX at `resolution`), ``<prefix>-eval`` (COCO AP of that ONNX on
     val) and ``<prefix>-bench`` (its latency). Returns ``{"export", "eval", "bench", "onnx"}`` (results)."""
     export = cache.export(f"{prefix}-export", checkpoint, resolution=resolution, int8=int8, data=data,
@@ -127,7 +128,8 @@ def measure_int8(cache: TrialCache, prefix: str, checkpoint: Path, data: str | P
     if evaluate:
         out["eval"] = cache.evaluate(f"{prefix}-eval", onnx, data, max_images=max_images)
     if benchmark:
-        out["bench"] = cache.benchmark(f"{prefix}-bench", onnx, threads=threads, runs=runs, warmup=warmup)
+        out["bench"] = cache.benchmark(f"{prefix}-bench", onnx, threads=threads, runs=runs, warmup=warmup,
+                                       repeats=repeats)
     return out
 
 
@@ -142,7 +144,7 @@ def _finetune_config(init: Path, data: Path, resolution: int, epochs: int, qat: 
 
 def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Iterable[int], out_dir: Path | str, *,
                      epochs: int = 1, qat: bool = True, finetune: bool | Iterable[int] = True, batch_size: int = 32,
-                     threads: int = 1, runs: int = 30, warmup: int = 5, max_images: int = 0,
+                     threads: int = 1, runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0,
                      calibration_images: int = 100, budget_ms: float | None = None,
                      train_overrides: dict | None = None, cache: TrialCache | None = None, progress: bool = True,
                      write: bool = True) -> ResolutionSweep:
@@ -177,7 +179,8 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
         row = ResolutionRow(resolution=r, **resolution_geometry(model_cfg.arch, model_cfg.width,
                                                                len(ckpt.class_names), r))
         m = measure_int8(cache, f"noft-r{r}", ckpt.path, data_path, resolution=r, threads=threads, runs=runs,
-                         warmup=warmup, max_images=max_images, calibration_images=calibration_images, int8=int8)
+                         warmup=warmup, max_images=max_images, calibration_images=calibration_images, int8=int8,
+                         repeats=repeats)
         row.metrics = m["eval"]["metrics"]
         row.latency_ms = m["bench"]["latency"]["median_ms"]
         row.latency_p90_ms = m["bench"]["latency"]["p90_ms"]
@@ -192,14 +195,14 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
             best = cache.file(trained, "best")
             ft = measure_int8(cache, f"finetune-r{r}", best, data_path, resolution=None, threads=threads, runs=runs,
                               warmup=warmup, max_images=max_images, calibration_images=calibration_images,
-                              int8=int8)
+                              int8=int8, repeats=repeats)
             row.ft_metrics = ft["eval"]["metrics"]
             row.ft_latency_ms = ft["bench"]["latency"]["median_ms"]
             row.ft_onnx, row.ft_checkpoint, row.ft_steps = str(ft["onnx"]), str(best), trained["steps"]
         rows.append(row)
 
     sweep = ResolutionSweep(rows=rows, init=str(ckpt.path), data=str(data), threads=threads, runs=runs, epochs=epochs,
-                            qat=qat, budget_ms=budget_ms, device=cpu_name())
+                            qat=qat, budget_ms=budget_ms, device=cpu_name(), repeats=repeats)
     if write:
         write_sweep_files(out_dir, "resolution_sweep", "Resolution sweep", [resolution_table(sweep)],
                           [resolution_figure(sweep)], sweep.to_dict(),
@@ -239,7 +242,8 @@ def resolution_table(sweep: ResolutionSweep, *, title: str = "AP and int8 latenc
                   r.ft_latency_ms]
         cells += [ap_or_none(sizes.get(k)) for k in SIZE_METRICS]
         rows.append(cells)
-    note = (f"int8 latency: median of {sweep.runs} batch-1 runs with {sweep.threads} thread(s) on {sweep.device}, "
+    note = (f"int8 latency: median of {sweep.runs} batch-1 runs with {sweep.threads} thread(s) on {sweep.device}"
+            f"{f' (lowest of {sweep.repeats} repeats)' if sweep.repeats > 1 else ''}, "
             f"of the checkpoint loaded at each resolution (% of the {ref.resolution if ref else '-'} row) and of the "
             f"fine-tuned model (same graph, measured again). Fine-tuning: {sweep.epochs} epoch(s) "
             f"{'QAT ' if sweep.qat else ''}from {sweep.init}. AP_small/medium/large: of the fine-tuned model where "
@@ -381,13 +385,13 @@ def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads:
 
 def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = (0.30, 0.25, 0.20, 0.15, 0.10), *,
               score_thresholds: Sequence[float] | None = None, top_ks: Sequence[int] | None = None, threads: int = 1,
-              runs: int = 30, warmup: int = 5, max_images: int = 0, out_dir: Path | str | None = None,
+              runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0, out_dir: Path | str | None = None,
               cache: TrialCache | None = None, name: str = "nms", progress: bool = True) -> NmsSweep:
     """AP and end-to-end latency per post-processing setting (every IoU × score threshold × top-k).
 
     Latency per image = the model's forward median (`benchmark`, batch 1, `threads` threads) +
     the median time of `select_detections` measured on the model's real predictions on val at
-    that setting. With `out_dir`, writes ``nms_sweep.{md,json}`` there and caches the two trials
+    that setting (the forward median: the lowest of `repeats` benchmarks). With `out_dir`, writes ``nms_sweep.{md,json}`` there and caches the two trials
     (``<name>-bench``, ``<name>-sweep``) in ``out_dir/trials`` (or `cache`)."""
     from lpdet.deploy.latency import cpu_name
 
@@ -403,14 +407,16 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
             "threads": threads}
     if cache is not None:
         cache.plan(2)
-        bench = cache.benchmark(f"{name}-bench", model_path, threads=threads, runs=runs, warmup=warmup)["latency"]
+        bench = cache.benchmark(f"{name}-bench", model_path, threads=threads, runs=runs, warmup=warmup,
+                                repeats=repeats)["latency"]
         measured = cache.run(f"{name}-sweep", spec, lambda _d: _measure_nms(model_path, data_path, settings,
                                                                             threads=threads, max_images=max_images),
                              kind="nms")
     else:
         from lpdet.deploy.latency import benchmark, latency_to_dict
 
-        bench = latency_to_dict(benchmark(model_path, threads=threads, runs=runs, warmup=warmup))
+        bench = latency_to_dict(min((benchmark(model_path, threads=threads, runs=runs, warmup=warmup)
+                                     for _ in range(max(1, repeats))), key=lambda r: r.median_ms))
         measured = _measure_nms(model_path, data_path, settings, threads=threads, max_images=max_images)
     forward = float(bench["forward_ms"])
     rows = [NmsRow(nms_iou=r["nms_iou"], score_threshold=r["score_threshold"], top_k=r["top_k"], metrics=r["metrics"],
@@ -580,6 +586,6 @@ def filter_figures(ablation: FilterAblation) -> list[Figure]:
         steps = [int(r["step"]) for r in val]
         series = {name: (steps, [ap_or_none(r.get(name)) for r in val]) for name in SIZE_METRICS}
         figures.append(line_plot(titles[key], "training step", "COCO AP (val)", series,
-                                 caption=f"{run['train_images']} training images, {run['steps']} steps; one point per "
+                                 caption=f"{run['train_images']} training images, {run['steps']} step(s); one point per "
                                          f"epoch (val.csv of {run['name']})."))
     return figures

@@ -22,14 +22,6 @@ from lpdet.data.transforms import eval_transforms, train_transforms  # noqa: E40
 from lpdet.errors import LpdetError  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Like a DataLoader worker; small image ops are slower with intra-op threads on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory):

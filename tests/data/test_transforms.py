@@ -13,14 +13,6 @@ from torchvision.transforms.v2 import functional as F
 from lpdet.data.transforms import adjust_hue_uint8, eval_transforms, train_transforms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Like a DataLoader worker; small image ops are slower with intra-op threads on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _image(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))

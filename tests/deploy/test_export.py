@@ -24,7 +24,6 @@ from lpdet.models.registry import ModelConfig, build_detector
 from lpdet.quant.fake_quant import QConv2d, QResidual
 from lpdet.quant.qat import calibrate, prepare_qat
 
-torch.set_num_threads(1)
 
 R = 128
 SCORE_THRESHOLD = 0.3

@@ -8,7 +8,6 @@ from lpdet.deploy.latency import LatencyResult, benchmark, benchmark_paired, for
 from lpdet.errors import LpdetError
 from tests.deploy.tiny import CATEGORY_IDS, CLASS_NAMES, tiny_checkpoint, tiny_detector
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig
 from tests.deploy.tiny import CATEGORY_IDS, CLASS_NAMES, tiny_checkpoint, tiny_detector
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

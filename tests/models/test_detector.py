@@ -7,15 +7,6 @@ from lpdet.models.anchors import num_anchors_per_location
 from lpdet.models.registry import ARCHITECTURES, ModelConfig, build_detector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and when other jobs share the 2 cores
-    OpenMP's spinning threads slow these tests 10× or more; restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 TINY = dict(num_classes=3, width=0.25)
 
 

@@ -1,20 +1,10 @@
 import json
 
 import pytest
-import torch
 
 from lpdet.models.profile import format_profile, profile_model, profile_to_dict
 from lpdet.models.registry import ModelConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and when other jobs share the 2 cores
-    OpenMP's spinning threads slow these tests 10× or more; restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _within(value: float, reference: float, tolerance: float = 0.10) -> bool:

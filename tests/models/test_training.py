@@ -1,19 +1,9 @@
-import pytest
 import torch
 
 from lpdet.models.loss import multibox_loss
 from lpdet.models.postprocess import postprocess
 from lpdet.models.registry import ModelConfig, build_detector
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and when other jobs share the 2 cores
-    OpenMP's spinning threads slow these tests 10× or more; restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_overfits_one_tiny_batch():

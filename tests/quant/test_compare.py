@@ -10,7 +10,6 @@ from lpdet.errors import LpdetError
 from lpdet.quant.compare import QAT_HINT, compare_quantization, format_compare
 from tests.deploy.tiny import tiny_checkpoint, tiny_detector
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from lpdet.errors import LpdetError
 from lpdet.quant.ptq import calibration_batch, quantize_calibrated, quantize_naive
 from tests.deploy.tiny import CATEGORY_IDS, CLASS_NAMES, tiny_detector
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from lpdet.models.registry import ModelConfig, build_detector
 from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QPredictionHead, QResidual
 from lpdet.quant.qat import QatConfig, calibrate, is_qat, prepare_qat, quantizers, set_qat_step
 
-torch.set_num_threads(1)
 
 R = 96
 CFG = ModelConfig("mobilenet_v2_ssdlite", num_classes=3, width=0.25, resolution=R)
