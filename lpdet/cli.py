@@ -188,10 +188,19 @@ def cmd_export(args) -> None:
     from lpdet.quant.ptq import quantize_calibrated
     from lpdet.train.checkpoint import load_detector
 
-    out = _output_path(args.output, ".onnx")
+    out = _output_path(args.output, ".tflite" if args.format.startswith("tflite") else ".onnx")
     detector, ckpt = load_detector(args.model, resolution=args.resolution)
     is_qat = ckpt.quantization == "qat"
-    if args.format == "onnx":
+    if args.format.startswith("tflite"):
+        from lpdet.deploy.tflite import export_tflite
+
+        if is_qat:
+            raise LpdetError(f"{ckpt.path} is a QAT checkpoint: TFLite export takes a float checkpoint "
+                             f"(int8 by calibrated PTQ); use --format onnx-int8 for QAT")
+        images = (_calibration_images(args.data, detector.config.resolution, args.calibration_images)
+                  if args.format == "tflite-int8" else None)
+        export_tflite(detector, out, calibration_images=images, metadata=_export_metadata(ckpt))
+    elif args.format == "onnx":
         if is_qat:
             raise LpdetError(f"{ckpt.path} is a QAT checkpoint: export it with --format onnx-int8")
         export_onnx(detector, out, metadata=_export_metadata(ckpt))
@@ -366,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", parents=[common], help="export a checkpoint for on-device runtimes")
     export.add_argument("model", type=Path, help="checkpoint or run directory")
-    export.add_argument("--format", choices=["onnx", "onnx-int8"], default="onnx-int8")
+    export.add_argument("--format", choices=["onnx", "onnx-int8", "tflite", "tflite-int8"], default="onnx-int8",
+                        help="tflite formats need the extra: pip install \"lpdet[tflite]\"")
     export.add_argument("--resolution", type=int, help="export at another input resolution")
     export.add_argument("-o", "--output", type=Path, required=True)
     export.add_argument("--data", default="synth", help="calibration data for a float checkpoint exported as int8")

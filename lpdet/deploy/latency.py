@@ -73,6 +73,10 @@ def _runtime_name(model: DeployedModel) -> str:
         import onnxruntime
 
         return f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
+    if model.kind.startswith("tflite"):
+        from importlib.metadata import version
+
+        return f"LiteRT (ai-edge-litert {version('ai-edge-litert')})"
     return f"torch {torch.__version__}"
 
 

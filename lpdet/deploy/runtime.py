@@ -28,7 +28,7 @@ __all__ = ["DeployedModel", "load_model", "model_size_bytes", "read_onnx_metadat
            "METADATA_KEY", "KINDS"]
 
 METADATA_KEY = "lpdet"
-KINDS = ("torch-fp32", "torch-qat", "onnx-fp32", "onnx-int8")
+KINDS = ("torch-fp32", "torch-qat", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 _PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
 _TFLITE_HINT = ('TFLite models need the optional LiteRT runtime: pip install "lpdet[tflite]" (ai-edge-litert), '
                 "or export the checkpoint with lpdet export --format onnx")
