@@ -37,11 +37,12 @@ Presets (`DesignSettings`, written to ``out_dir/settings.json``):
   fine-tuning epochs per resolution (lr 0.005); 17 candidates (300, 296, ..., 192 and 250, 236);
   the 2 largest fitting multiples of 8 fine-tuned; 50 benchmark runs, 100 calibration images;
   NMS IoU 0.6 (baseline), 0.30, 0.25, 0.20, 0.15, 0.10; every val image for deployed APs.
+  Every latency (both presets): 3 benchmarks of 50 batch-1 runs, the lowest median kept.
 * `quick()` shrinks every step so ``--data synth`` finishes in about 15 minutes on 2 idle CPU
   cores: width 0.5, 240 train / 60 val synthetic images, batch 16, 2 float epochs and 1 epoch
   for every other training, 8 candidates (300, 288, 272, 256, 240, 224, 250, 236), 1 fine-tuned
-  resolution, 20 benchmark runs. Its APs are those of barely trained models: it demonstrates
-  and tests the flow, it does not reproduce the paper's accuracy.
+  resolution, 16 calibration images, 20 paired runs in the quantization table. Its APs are those
+  of barely trained models: it demonstrates and tests the flow, not the paper's accuracy.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ class DesignSettings:
         settings = dict(width=0.5, resolutions=[300, 288, 272, 256, 240, 224], table_resolutions=[250, 236],
                         finetune_top=1, synth_train=240, synth_val=60, base_epochs=2, qat_epochs=1,
                         finetune_epochs=1, batch_size=16, lr=0.05, warmup_steps=10, qat_lr=0.01, finetune_lr=0.01,
-                        finetune_warmup_steps=5, workers=1, max_val_images=30, checkpoint_every=10, bench_runs=20,
-                        bench_warmup=3, compare_runs=10, calibration_images=16)
+                        finetune_warmup_steps=5, workers=1, max_val_images=30, checkpoint_every=10, bench_runs=50,
+                        bench_warmup=5, compare_runs=20, calibration_images=16)
         settings.update(overrides)
         return cls(**settings)
 
@@ -317,15 +318,13 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
              for row in sweep.rows if row.ft_metrics is not None]
     untuned = [_Model(f"QAT @{base_r} loaded at {row.resolution}", f"noft-r{row.resolution}", row.resolution,
                       Path(row.onnx), qat_ckpt, row.metrics, row.latency_ms) for row in sweep.rows]
-    # the base-resolution reference competes too when it fits (same fine-tuning, by AP)
-    fit_tuned = [m for m in tuned if (m.resolution in to_tune or latency[m.resolution] <= budget)
-                 and m.latency_ms <= budget]
-    pool = fit_tuned or [m for m in untuned if m.latency_ms <= budget]
-    if not pool:
-        raise _NoFit(f"no model meets --budget-ms {budget:g} when re-measured (fastest: "
-                     f"{min(m.latency_ms for m in tuned + untuned):.2f} ms); the machine's load may have changed: "
-                     f"rerun, or raise the budget")
-    chosen = max(pool, key=lambda m: (_ap(m.metrics), -m.latency_ms))
+    # Whether a resolution fits is decided once, by the search's measurement of its graph (a fine-tuned
+    # model has the same graph; measuring it again near the budget would only add noise to the decision).
+    # The final model is re-benchmarked before it is accepted. The base-resolution reference competes
+    # too when it fits (same fine-tuning); ties in AP go to the faster.
+    fit_tuned = [m for m in tuned if latency[m.resolution] <= budget]
+    pool = fit_tuned or [m for m in untuned if latency[m.resolution] <= budget]
+    chosen = max(pool, key=lambda m: (_ap(m.metrics), -latency[m.resolution]))
     ctx.sections.append(_resolution_section(ctx, sweep, search_table, to_tune, chosen, latency))
 
     # Table 11.4 rows so far
@@ -366,8 +365,9 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
     from lpdet.models.postprocess import PostprocessConfig
 
     post = PostprocessConfig(score_threshold=best.score_threshold, nms_iou=best.nms_iou, top_k=best.top_k)
-    order = [current] + sorted((m for m in fit_tuned + [m for m in untuned if m.latency_ms <= budget]
-                                if m.onnx != current.onnx), key=lambda m: (-_ap(m.metrics), m.latency_ms))
+    others = fit_tuned + [m for m in untuned if latency[m.resolution] <= budget]
+    order = [current] + sorted((m for m in others if m.onnx != current.onnx),
+                               key=lambda m: (-_ap(m.metrics), latency[m.resolution]))
     tried = []
     final = None
     for model in order:
@@ -407,7 +407,7 @@ def _filtering(ctx: _Context, cache: TrialCache, qat_ckpt: Path, current: _Model
                       m["onnx"], ckpt, m["eval"]["metrics"], m["bench"]["latency"]["median_ms"], m["export"]["size_mb"])
     # the unfiltered arm is the fine-tuning at r when the chosen model is that one (same trial)
     unfiltered_metrics = current.metrics if current.tag == f"finetune-r{r}" else None
-    keep = _ap(filtered.metrics) > _ap(current.metrics) and filtered.latency_ms <= ctx.budget_ms
+    keep = _ap(filtered.metrics) > _ap(current.metrics)  # same graph and resolution: only AP differs
     deployed = {"filtered": filtered.metrics, **({"all": unfiltered_metrics} if unfiltered_metrics else {})}
     dropped = ablation.filter_report
     text = (f"Fine-tuning at {r} repeated without the {dropped.get('removed_images')} training images (of "
