@@ -26,14 +26,12 @@ import html
 import io
 import math
 import numbers
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lpdet.serialize import atomic_write_text
+from lpdet.serialize import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Table", "Figure", "Section", "figure_from_matplotlib", "line_plot", "write_report", "format_cell"]
 
@@ -318,20 +316,6 @@ def _slug(text: str) -> str:
     return s or "figure"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _FIGURE_NAME = re.compile(r"^\d{2,}-[a-z0-9-]+\.png$")
 
 
@@ -355,7 +339,7 @@ def write_report(sections: list[Section], out_dir: Path, *, title: str) -> tuple
     for n, fig in enumerate(figures, 1):
         name = f"{n:0{width}d}-{_slug(fig.title)}.png"
         if id(fig) not in paths:  # the same Figure object used twice: one file
-            _atomic_write_bytes(out_dir / "figures" / name, fig.png)
+            atomic_write_bytes(out_dir / "figures" / name, fig.png)
             paths[id(fig)] = f"figures/{name}"
             written.add(name)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"

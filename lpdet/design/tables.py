@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from lpdet.design.report import Figure, Table, format_cell
-from lpdet.serialize import atomic_write_text, to_dict
+from lpdet.serialize import atomic_write_bytes, atomic_write_text, to_dict
 
 __all__ = ["markdown_table", "write_sweep_files", "save_json_atomic", "ap_or_none", "fmt_delta"]
 
@@ -42,21 +42,6 @@ def save_json_atomic(data, path: Path) -> Path:
     return Path(path)
 
 
-def _write_png(path: Path, png: bytes) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_sweep_files(out_dir: Path, stem: str, title: str, tables: list[Table], figures: list[Figure],
                       data, text: str = "") -> tuple[Path, Path]:
     """``out_dir/stem.md`` (tables + linked PNGs ``stem[-N].png``) and ``out_dir/stem.json`` (`data`)."""
@@ -68,7 +53,7 @@ def write_sweep_files(out_dir: Path, stem: str, title: str, tables: list[Table],
         parts += [markdown_table(table), ""]
     for i, fig in enumerate(figures):
         name = f"{stem}.png" if len(figures) == 1 else f"{stem}-{i + 1}.png"
-        _write_png(out_dir / name, fig.png)
+        atomic_write_bytes(out_dir / name, fig.png)
         parts += [f"![{_md_escape(fig.title)}]({name})", ""]
         if fig.caption:
             parts += [f"*{_md_escape(fig.caption)}*", ""]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import lpdet.design.trials as trials
 from lpdet.design.flow import DesignSettings, design
@@ -29,42 +28,37 @@ def test_presets_round_trip():
 
 
 def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = tiny_synth(tmp_path / "data", n_train=12, n_val=4)
-        out = tmp_path / "design"
-        result = design(data, 10_000.0, out, settings=tiny_settings(), progress=False)
+    data = tiny_synth(tmp_path / "data", n_train=12, n_val=4)
+    out = tmp_path / "design"
+    result = design(data, 10_000.0, out, settings=tiny_settings(), progress=False)
 
-        assert result.final_model == out / "final" / "model.onnx" and result.final_model.stat().st_size > 0
-        summary = json.loads((out / "final" / "summary.json").read_text())
-        for key in ("AP", "AP_small", "AP_medium", "AP_large", "latency_median_ms", "size_mb", "resolution", "nms_iou"):
-            assert key in summary
-        assert summary["meets_budget"] and summary["resolution"] in (128, 96) and summary["nms_iou"] in (0.6, 0.3)
-        md = (out / "report.md").read_text()
-        for heading in ("Setup", "Table 11.1", "Table 11.2", "Figure 11.2", "Figures 11.3 / 11.4", "Table 11.3",
-                        "Table 11.4", "Final model"):
-            assert heading in md, heading
-        html = (out / "report.html").read_text()
-        assert html.count("data:image/png;base64,") == 3  # Fig 11.2, 11.3, 11.4
-        assert json.loads((out / "settings.json").read_text())["settings"]["width"] == 0.25
-        for name in ("float-r128", "qat-r128", "quant-compare", "noft-r96-bench", "finetune-r128",
-                     "finetune-r128-no-small", "final-finetune-r128-bench"):
-            assert (out / "trials" / name / "result.json").is_file(), name
-        assert result.trials_run and (out / "resolution" / "resolution_sweep.json").is_file()
+    assert result.final_model == out / "final" / "model.onnx" and result.final_model.stat().st_size > 0
+    summary = json.loads((out / "final" / "summary.json").read_text())
+    for key in ("AP", "AP_small", "AP_medium", "AP_large", "latency_median_ms", "size_mb", "resolution", "nms_iou"):
+        assert key in summary
+    assert summary["meets_budget"] and summary["resolution"] in (128, 96) and summary["nms_iou"] in (0.6, 0.3)
+    md = (out / "report.md").read_text()
+    for heading in ("Setup", "Table 11.1", "Table 11.2", "Figure 11.2", "Figures 11.3 / 11.4", "Table 11.3",
+                    "Table 11.4", "Final model"):
+        assert heading in md, heading
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # Fig 11.2, 11.3, 11.4
+    assert json.loads((out / "settings.json").read_text())["settings"]["width"] == 0.25
+    for name in ("float-r128", "qat-r128", "quant-compare", "noft-r96-bench", "finetune-r128",
+                 "finetune-r128-no-small", "final-finetune-r128-bench"):
+        assert (out / "trials" / name / "result.json").is_file(), name
+    assert result.trials_run and (out / "resolution" / "resolution_sweep.json").is_file()
 
-        # a second call redoes nothing: no training, no measurement
-        def no_training(*args, **kwargs):
-            raise AssertionError("trained again")
+    # a second call redoes nothing: no training, no measurement
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
 
-        monkeypatch.setattr(trials, "train", no_training)
-        again = design(data, 10_000.0, out, settings=tiny_settings(), progress=False)
-        assert again.trials_run == [] and len(again.trials_cached) == len(result.trials_run) + len(result.trials_cached)
-        assert again.summary["latency_median_ms"] == summary["latency_median_ms"]
+    monkeypatch.setattr(trials, "train", no_training)
+    again = design(data, 10_000.0, out, settings=tiny_settings(), progress=False)
+    assert again.trials_run == [] and len(again.trials_cached) == len(result.trials_run) + len(result.trials_cached)
+    assert again.summary["latency_median_ms"] == summary["latency_median_ms"]
 
-        # an impossible budget: a clear error naming the fastest measured latency (from the cache)
-        with pytest.raises(LpdetError, match=r"no resolution meets --budget-ms 0.001: the fastest candidate"):
-            design(data, 0.001, out, settings=tiny_settings(), progress=False)
-        assert "no model meets the budget" in (out / "report.md").read_text()
-    finally:
-        torch.set_num_threads(previous)
+    # an impossible budget: a clear error naming the fastest measured latency (from the cache)
+    with pytest.raises(LpdetError, match=r"no resolution meets --budget-ms 0.001: the fastest candidate"):
+        design(data, 0.001, out, settings=tiny_settings(), progress=False)
+    assert "no model meets the budget" in (out / "report.md").read_text()

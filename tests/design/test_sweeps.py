@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lpdet.design.sweeps import ResolutionRow, nms_sweep, nms_table, resolution_geometry
 from lpdet.errors import LpdetError
 from lpdet.train.loop import train
 from tests.helpers import tiny_synth, tiny_train_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

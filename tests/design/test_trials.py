@@ -6,20 +6,12 @@ import json
 import logging
 
 import pytest
-import torch
 
 import lpdet.design.trials as trials
 import lpdet.train.loop as loop
 from lpdet.design.trials import TrialCache, read_val_csv
 from tests.helpers import tiny_synth, tiny_train_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_finished_trial_is_cached_not_redone(tmp_path, caplog):
