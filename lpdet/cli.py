@@ -87,7 +87,8 @@ def cmd_train(args) -> None:
             batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, restart_epochs=args.restart_epochs, seed=args.seed,
             workers=args.workers, out=args.out, init=args.init, backbone_weights=args.backbone_weights,
-            checkpoint_every=args.checkpoint_every, max_val_images=args.max_val_images, threads=args.threads,
+            checkpoint_every=args.checkpoint_every, augment=args.augment, max_val_images=args.max_val_images,
+            threads=args.threads,
             qat=args.qat, qat_freeze_bn_after=args.freeze_bn_after,
             qat_freeze_observers_after=args.freeze_observers_after)
         best = train(config, progress=not args.quiet)
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone-weights", type=Path, help="ImageNet backbone state dict (torchvision layout)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     train.add_argument("--checkpoint-every", type=int, default=200, help="steps between `last` checkpoints")
+    train.add_argument("--augment", choices=["ssd", "light"], default="ssd",
+                       help="ssd: zoom-out, IoU crop, flip, photometric; light: flip and photometric only")
     train.add_argument("--max-val-images", type=int, default=0, help="validate on at most N images (0: all)")
     train.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (use with --init FLOAT_CKPT)")
     train.add_argument("--freeze-bn-after", type=int, default=0, help="QAT: freeze BN statistics after N steps")

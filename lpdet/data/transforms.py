@@ -34,6 +34,8 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from lpdet.errors import LpdetError
+
 __all__ = ["train_transforms", "eval_transforms", "adjust_hue_uint8", "ZOOM_OUT_FILL"]
 
 # ImageNet mean as uint8 RGB: the canvas colour for zoom-out (what the model's normalisation
@@ -194,12 +196,13 @@ class _IoUCrop:
 class _Pipeline:
     """The shared wrapper: PIL -> uint8 tv_tensors, the steps, resize, sanitize, float."""
 
-    def __init__(self, resolution: int, *, train: bool):
+    def __init__(self, resolution: int, *, train: bool, geometric: bool = True):
         resolution = int(resolution)
         if resolution <= 0:
             raise ValueError(f"resolution must be positive, got {resolution}")
         self.resolution = resolution
         self.train = train
+        self.geometric = geometric
         if train:
             self.photometric = _PhotometricDistort(p=0.5)
             self.zoom_out = v2.RandomZoomOut(fill=list(ZOOM_OUT_FILL), side_range=(1.0, 4.0), p=0.5)
@@ -223,13 +226,14 @@ class _Pipeline:
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
             "labels": labels,
         }
-        if self.train:
+        if self.train and self.geometric:
             sample = self.zoom_out(sample)
             # RandomIoUCrop needs at least one box (with none it can only loop until it draws
             # the "keep as is" option), so images without boxes are not cropped.
             if sample["boxes"].shape[0] > 0:
                 sample = self.iou_crop(sample)
                 sample = self.sanitize(sample)  # drop the boxes the crop marked invalid
+        if self.train:
             sample = self.flip(sample)
         sample = self.resize(sample)
         sample = self.sanitize(sample)
@@ -242,9 +246,19 @@ class _Pipeline:
         return out_img.contiguous(), out_boxes, sample["labels"]
 
 
-def train_transforms(resolution: int) -> Callable:
-    """SSD augmentation ending in an ``R x R`` float image; see the module docstring."""
-    return _Pipeline(resolution, train=True)
+AUGMENTATIONS = ("ssd", "light")
+
+
+def train_transforms(resolution: int, augment: str = "ssd") -> Callable:
+    """SSD augmentation ending in an ``R x R`` float image; see the module docstring.
+
+    ``augment="light"`` keeps the photometric distortion and the flip but skips zoom-out and
+    the IoU crop: on short CPU schedules the full SSD geometry (which makes most objects
+    small) slowed early learning about tenfold in our measurements; use it for short runs.
+    """
+    if augment not in AUGMENTATIONS:
+        raise LpdetError(f"--augment {augment!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    return _Pipeline(resolution, train=True, geometric=augment == "ssd")
 
 
 def eval_transforms(resolution: int) -> Callable:

@@ -28,6 +28,7 @@ class TrainConfig:
     init: Path | None = None            # checkpoint to transfer weights from (any resolution/width)
     backbone_weights: Path | None = None  # ImageNet backbone state dict, torchvision layout
     checkpoint_every: int = 200         # steps between mid-epoch `last` checkpoints (0: only per epoch)
+    augment: str = "ssd"                # "ssd" (zoom-out, IoU crop, flip, photometric) or "light" (flip, photometric)
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
     threads: int = 0                    # torch intra-op threads (0: torch's default)
     qat: bool = False                   # 8-bit quantization-aware training (fake quant, BN folded, ReLU6)

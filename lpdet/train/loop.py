@@ -58,7 +58,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if spec.train is None:
         raise LpdetError(f"--data {cfg.data}: the dataset has no train: split; add one to the dataset YAML")
     train_set = CocoDetection(spec.train.annotations, spec.train.images,
-                              transform=train_transforms(cfg.resolution), seed=cfg.seed)
+                              transform=train_transforms(cfg.resolution, cfg.augment), seed=cfg.seed)
     val_set = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(cfg.resolution))
     if train_set.category_ids != val_set.category_ids:
         raise LpdetError(f"{spec.val.annotations}: its categories differ from the train split's; "

@@ -11,6 +11,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from lpdet.data.transforms import adjust_hue_uint8, eval_transforms, train_transforms
+from lpdet.errors import LpdetError
 
 
 
@@ -122,3 +123,22 @@ def test_train_transform_speed():
         tf(pil, boxes, labels)
     ms = (time.process_time() - t0) / n * 1e3
     assert ms < 50, f"{ms:.1f} ms/image"  # ~6 ms on one core; a loose bound for busy CI machines
+
+
+def test_light_augmentation_keeps_every_box_and_only_flips_geometry():
+    image = Image.new("RGB", (400, 200), (90, 120, 60))
+    boxes = torch.tensor([[100.0, 50.0, 200.0, 150.0], [10.0, 10.0, 30.0, 40.0]])
+    labels = torch.tensor([1, 2])
+    transform = train_transforms(100, augment="light")
+    for seed in range(10):
+        torch.manual_seed(seed)
+        _, out_boxes, out_labels = transform(image, boxes, labels)
+        resized = boxes * torch.tensor([0.25, 0.5, 0.25, 0.5])
+        flipped = resized[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + torch.tensor([100.0, 0, 100.0, 0])
+        assert torch.equal(out_labels, labels)
+        assert torch.allclose(out_boxes, resized, atol=1e-3) or torch.allclose(out_boxes, flipped, atol=1e-3)
+
+
+def test_unknown_augmentation_is_a_clear_error():
+    with pytest.raises(LpdetError, match="--augment"):
+        train_transforms(100, augment="heavy")
