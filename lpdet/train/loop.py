@@ -68,6 +68,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         raise LpdetError(f"the train split has {len(train_set)} images, fewer than --batch-size "
                          f"{cfg.batch_size}; lower --batch-size")
     total_steps = steps_per_epoch * cfg.epochs
+    # A warm-up longer than a fifth of the run would leave too little of it at the peak rate.
+    warmup_steps = min(cfg.warmup_steps, total_steps // 5)
+    if warmup_steps < cfg.warmup_steps:
+        log.info("warm-up shortened to %d steps (a fifth of the %d-step run)", warmup_steps, total_steps)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
 
@@ -132,7 +136,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             if not targets:
                 continue
             lr = lr_at(state["global_step"], base_lr=cfg.lr, total_steps=total_steps,
-                       warmup_steps=cfg.warmup_steps, restart_steps=cfg.restart_epochs * steps_per_epoch,
+                       warmup_steps=warmup_steps, restart_steps=cfg.restart_epochs * steps_per_epoch,
                        min_lr_ratio=cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -28,6 +28,8 @@ def test_training_writes_logs_and_checkpoints(data_yaml, tmp_path):
     steps = _rows(run / "metrics.csv")
     assert [int(r["step"]) for r in steps] == list(range(6))  # 12 images / batch 4 × 2 epochs
     assert all(float(r["loss"]) > 0 for r in steps)
+    # warm-up is capped at a fifth of the 6-step run (1 step), so step 0 already runs at the peak
+    assert float(steps[0]["lr"]) == pytest.approx(cfg.lr)
     val = _rows(run / "val.csv")
     assert [int(r["epoch"]) for r in val] == [1, 2]
     assert (run / "config.yaml").is_file() and any((run / "tb").iterdir())
