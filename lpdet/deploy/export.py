@@ -105,17 +105,7 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
             )
     proto = onnx.load(str(path))
     _tidy_graph(proto)
-    cfg = model.config
-    info = dict(metadata or {})
-    info.update(
-        arch=cfg.arch,
-        width=cfg.width,
-        resolution=resolution,
-        num_classes=cfg.num_classes,
-        quantization="int8-qat" if quantized else "fp32",
-        input=INPUT_NAME,
-        outputs=list(OUTPUT_NAMES),
-    )
+    info = export_metadata(model.config, resolution, "int8-qat" if quantized else "fp32", metadata)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key = METADATA_KEY
@@ -124,6 +114,15 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
+
+
+def export_metadata(config, resolution: int, quantization: str, extra: dict | None = None, **more) -> dict:
+    """The lpdet metadata every exported model carries: the caller's `extra` plus the model's
+    facts (which win), so a runtime can rebuild labels and the input contract from the file."""
+    info = dict(extra or {})
+    info.update(arch=config.arch, width=config.width, resolution=resolution, num_classes=config.num_classes,
+                quantization=quantization, input=INPUT_NAME, outputs=list(OUTPUT_NAMES), **more)
+    return info
 
 
 def read_metadata(path: Path) -> dict:

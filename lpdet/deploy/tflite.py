@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lpdet.deploy.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, _ExportGraph
+from lpdet.deploy.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, _ExportGraph, export_metadata
 from lpdet.errors import LpdetError
 
 __all__ = ["export_tflite", "load_tflite", "read_tflite_metadata", "INSTALL_HINT"]
@@ -126,17 +126,7 @@ def export_tflite(detector: nn.Module, path: Path, *, calibration_images: Tensor
                              f"export ONNX instead with --format onnx / onnx-int8") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         converted.export(str(path))
-    info = dict(metadata or {})
-    info.update(
-        arch=cfg.arch,
-        width=cfg.width,
-        resolution=resolution,
-        num_classes=cfg.num_classes,
-        quantization="int8-ptq" if quantized else "fp32",
-        input=INPUT_NAME,
-        outputs=list(OUTPUT_NAMES),
-        runtime="litert",
-    )
+    info = export_metadata(cfg, resolution, "int8-ptq" if quantized else "fp32", metadata, runtime="litert")
     if quantized:
         info["calibration_images"] = len(calibration_images)
     _write_metadata(path, json.dumps(info, default=str))
