@@ -20,3 +20,35 @@ def tiny_train_config(data_yaml: Path, out: Path, **overrides) -> TrainConfig:
                     batch_size=4, lr=0.01, warmup_steps=2, workers=0, out=out, checkpoint_every=2, threads=1)
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+def overfit_detector(root: Path, resolution: int):
+    """A width-0.5 MobileNetV2-SSDLite overfitted for 40 steps on 4 of 8 real (synthetic-dataset)
+    images, so that its detections mean something; returns (detector in eval mode, dataset, images)."""
+    import torch
+
+    from lpdet.data.coco import CocoDetection
+    from lpdet.data.spec import load_dataset_yaml
+    from lpdet.data.synth import generate_synthetic_coco
+    from lpdet.data.transforms import eval_transforms
+    from lpdet.models.loss import multibox_loss
+    from lpdet.models.registry import ModelConfig, build_detector
+
+    spec = load_dataset_yaml(generate_synthetic_coco(root / "data", 0, 8, seed=1, progress=False))
+    dataset = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(resolution))
+    items = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([image for image, _ in items])
+    targets = [{"boxes": t["boxes"] / resolution, "labels": t["labels"]} for _, t in items]
+    torch.manual_seed(0)
+    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", dataset.num_classes, width=0.5,
+                                          resolution=resolution))
+    optimizer = torch.optim.SGD(detector.parameters(), lr=0.05, momentum=0.9)
+    detector.train()
+    for _ in range(40):
+        cls_logits, box_deltas = detector(images[:4])
+        loss = multibox_loss(cls_logits, box_deltas, targets[:4], detector.anchors)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    detector.eval()
+    return detector, dataset, images

@@ -12,18 +12,14 @@ import torch
 from onnx import numpy_helper
 from torchvision.ops import batched_nms, box_iou
 
-from lpdet.data.coco import CocoDetection
-from lpdet.data.spec import load_dataset_yaml
-from lpdet.data.synth import generate_synthetic_coco
-from lpdet.data.transforms import eval_transforms
 from lpdet.deploy.export import export_onnx, read_metadata
 from lpdet.errors import LpdetError
 from lpdet.models.box_coder import decode
-from lpdet.models.loss import multibox_loss
 from lpdet.models.registry import ModelConfig, build_detector
 from lpdet.quant.fake_quant import QConv2d, QResidual
 from lpdet.quant.qat import calibrate, prepare_qat
 
+from tests.helpers import overfit_detector
 
 R = 128
 SCORE_THRESHOLD = 0.3
@@ -56,22 +52,7 @@ def trained(tmp_path_factory):
     (synthetic-dataset) images, converted with prepare_qat and calibrated on 8; plus its int8
     and fp32 exports."""
     root = tmp_path_factory.mktemp("export")
-    spec = load_dataset_yaml(generate_synthetic_coco(root / "data", 0, 8, seed=1, progress=False))
-    dataset = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(R))
-    items = [dataset[i] for i in range(len(dataset))]
-    images = torch.stack([image for image, _ in items])
-    targets = [{"boxes": t["boxes"] / R, "labels": t["labels"]} for _, t in items]
-    torch.manual_seed(0)
-    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", dataset.num_classes, width=0.5, resolution=R))
-    optimizer = torch.optim.SGD(detector.parameters(), lr=0.05, momentum=0.9)
-    detector.train()
-    for _ in range(40):
-        cls_logits, box_deltas = detector(images[:4])
-        loss = multibox_loss(cls_logits, box_deltas, targets[:4], detector.anchors)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    detector.eval()
+    detector, dataset, images = overfit_detector(root, R)
     fp32 = export_onnx(detector, root / "fp32.onnx")
     prepare_qat(detector)  # the --init FLOAT_CKPT route
     calibrate(detector, [images[:4], images[4:]] * 10)  # 20 train-mode passes: observers see real ranges

@@ -13,18 +13,12 @@ pytest.importorskip("ai_edge_litert")
 
 from torchvision.ops import batched_nms, box_iou  # noqa: E402
 
-from lpdet.data.coco import CocoDetection  # noqa: E402
-from lpdet.data.spec import load_dataset_yaml  # noqa: E402
-from lpdet.data.synth import generate_synthetic_coco  # noqa: E402
-from lpdet.data.transforms import eval_transforms  # noqa: E402
 from lpdet.deploy.runtime import load_model  # noqa: E402
 from lpdet.deploy.tflite import export_tflite, read_tflite_metadata  # noqa: E402
 from lpdet.errors import LpdetError  # noqa: E402
 from lpdet.models.box_coder import decode  # noqa: E402
-from lpdet.models.loss import multibox_loss  # noqa: E402
 from lpdet.models.registry import ModelConfig, build_detector  # noqa: E402
-
-torch.set_num_threads(1)
+from tests.helpers import overfit_detector  # noqa: E402
 
 R = 128
 SCORE_THRESHOLD = 0.3
@@ -36,22 +30,7 @@ def exported(tmp_path_factory):
     """A float detector overfitted on 4 synthetic images (detections that mean something), and
     its fp32 and int8 (PTQ calibrated on all 8 images) TFLite exports."""
     root = tmp_path_factory.mktemp("tflite")
-    spec = load_dataset_yaml(generate_synthetic_coco(root / "data", 0, 8, seed=1, progress=False))
-    dataset = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(R))
-    items = [dataset[i] for i in range(len(dataset))]
-    images = torch.stack([image for image, _ in items])
-    targets = [{"boxes": t["boxes"] / R, "labels": t["labels"]} for _, t in items]
-    torch.manual_seed(0)
-    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", dataset.num_classes, width=0.5, resolution=R))
-    optimizer = torch.optim.SGD(detector.parameters(), lr=0.05, momentum=0.9)
-    detector.train()
-    for _ in range(40):
-        cls_logits, box_deltas = detector(images[:4])
-        loss = multibox_loss(cls_logits, box_deltas, targets[:4], detector.anchors)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    detector.eval()
+    detector, dataset, images = overfit_detector(root, R)
     meta = {"class_names": dataset.class_names, "category_ids": dataset.category_ids}
     fp32 = export_tflite(detector, root / "fp32.tflite", metadata=meta)
     int8 = export_tflite(detector, root / "int8.tflite", calibration_images=images, metadata=meta)
