@@ -88,7 +88,7 @@ def cmd_train(args) -> None:
             warmup_steps=args.warmup_steps, restart_epochs=args.restart_epochs, seed=args.seed,
             workers=args.workers, out=args.out, init=args.init, backbone_weights=args.backbone_weights,
             checkpoint_every=args.checkpoint_every, augment=args.augment, max_val_images=args.max_val_images,
-            threads=args.threads,
+            threads=args.threads, device=args.device,
             qat=args.qat, qat_freeze_bn_after=args.freeze_bn_after,
             qat_freeze_observers_after=args.freeze_observers_after)
         best = train(config, progress=not args.quiet)
@@ -342,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=1, help="data-loading processes")
     train.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when available)")
     train.add_argument("--out", type=Path, default=Path("runs/train"))
     train.add_argument("--init", type=Path, help="checkpoint to transfer weights from")
     train.add_argument("--backbone-weights", type=Path, help="ImageNet backbone state dict (torchvision layout)")

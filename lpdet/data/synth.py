@@ -42,16 +42,17 @@ SYNTH_CLASSES: tuple[str, ...] = (
 )
 
 _SPLITS = {"train": 0, "val": 1}  # the split's number is part of each image's seed
-_IMG_SIZE_RANGE = (288, 448)      # width and height are drawn independently: varied aspect ratios
+_IMG_SIZE_RANGE = (256, 384)      # width and height are drawn independently: varied aspect ratios
 _JPEG_QUALITY = 90
 _MIN_VISIBLE = 0.5                # drop/avoid annotations more than half occluded
+_CLUTTER_SAT = 0.6                # background clutter is duller than objects (saturation 0.55-1)
 _ALPHA_SOLID = 0.5                # alpha at which a pixel counts as "object" (label mask, bbox)
 _TEXTURES = ("solid", "stripes", "checker", "dots", "gradient", "noise")
 
 # Bucket weights are a little above the target 40/35/25 for large objects because large
 # objects are the ones most often rejected by the occlusion check or cut by the border.
 _BUCKETS = (  # (probability, smallest side, largest side) of sqrt(bbox area) in pixels
-    (0.385, 8.0, 31.5),
+    (0.385, 10.0, 31.5),
     (0.345, 32.5, 95.5),
     (0.270, 96.5, 230.0),
 )
@@ -80,9 +81,9 @@ _STYLES: dict[str, _ClassStyle] = {
     "ring": _ClassStyle(265, "solid", 0),
     "crescent": _ClassStyle(305, "gradient", 180),
 }
-_HUE_JITTER = 15.0
-_RANDOM_HUE_P = 0.06
-_PREFERRED_TEXTURE_P = 0.75
+_HUE_JITTER = 12.0
+_RANDOM_HUE_P = 0.04
+_PREFERRED_TEXTURE_P = 0.8
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -165,7 +166,7 @@ def _random_colour(rng: np.random.Generator, sat_max: float = 1.0) -> np.ndarray
 def _object_colours(rng: np.random.Generator, style: _ClassStyle) -> tuple[np.ndarray, np.ndarray]:
     """Main colour from the class hue family, and a secondary colour for the texture."""
     hue = rng.uniform(0, 360) if rng.random() < _RANDOM_HUE_P else style.hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)
-    s, v = rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)
+    s, v = rng.uniform(0.55, 1.0), rng.uniform(0.5, 1.0)
     c1 = _hsv(hue, s, v)
     r = rng.random()
     if r < 0.45:    # darker shade of the same hue
@@ -322,31 +323,31 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
     draw = ImageDraw.Draw(img, "RGBA")  # RGBA mode: translucent fills blend onto the image
     s = max(w, h)
-    for _ in range(int(rng.integers(0, 3))):  # textured patches with blob outlines
+    for _ in range(int(rng.integers(0, 2))):  # textured patches with blob outlines
         _textured_patch(rng, img, w, h)
-    for _ in range(int(rng.integers(1, 6))):  # distractor blobs of all sizes, small ones too
+    for _ in range(int(rng.integers(0, 4))):  # distractor blobs of all sizes, small ones too
         r = s * math.exp(rng.uniform(math.log(0.01), math.log(0.2)))
-        draw.polygon(_irregular_polygon(rng, rng.uniform(0, w), rng.uniform(0, h), r), fill=_rgba(rng, 0.9))
-    for _ in range(int(rng.integers(0, 5))):  # elongated ellipses (aspect >= 2.2: never a disc)
+        draw.polygon(_irregular_polygon(rng, rng.uniform(0, w), rng.uniform(0, h), r), fill=_rgba(rng, _CLUTTER_SAT))
+    for _ in range(int(rng.integers(0, 3))):  # elongated ellipses (aspect >= 2.2: never a disc)
         a = s * rng.uniform(0.01, 0.15)
         b = a * rng.uniform(2.2, 5)
         rx, ry = (a, b) if rng.random() < 0.5 else (b, a)
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=_rgba(rng, 0.9))
-    for _ in range(int(rng.integers(0, 4))):  # elongated bars (never a square)
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=_rgba(rng, _CLUTTER_SAT))
+    for _ in range(int(rng.integers(0, 3))):  # elongated bars (never a square)
         a = s * rng.uniform(0.005, 0.04)
         b = a * rng.uniform(3, 10)
         cx, cy, th = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, np.pi)
         c, sn = math.cos(th), math.sin(th)
         pts = [(cx + dx * b * c - dy * a * sn, cy + dx * b * sn + dy * a * c) for dx, dy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
-        draw.polygon(pts, fill=_rgba(rng, 0.8))
-    for _ in range(int(rng.integers(2, 12))):  # lines, like edges, cables and branches
+        draw.polygon(pts, fill=_rgba(rng, _CLUTTER_SAT))
+    for _ in range(int(rng.integers(1, 8))):  # lines, like edges, cables and branches
         pts = [(rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h) for _ in range(2)]
-        draw.line(pts, fill=_rgba(rng, 0.8), width=int(rng.integers(1, 7)))
-    for _ in range(int(rng.integers(0, 4))):  # open arcs (less than 3/4 of a circle: never a ring)
+        draw.line(pts, fill=_rgba(rng, _CLUTTER_SAT), width=int(rng.integers(1, 5)))
+    for _ in range(int(rng.integers(0, 3))):  # open arcs (less than 3/4 of a circle: never a ring)
         r = s * rng.uniform(0.02, 0.25)
         cx, cy, a0 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, 360)
-        draw.arc([cx - r, cy - r, cx + r, cy + r], a0, a0 + rng.uniform(40, 260), fill=_rgba(rng, 0.8), width=int(rng.integers(1, 5)))
+        draw.arc([cx - r, cy - r, cx + r, cy + r], a0, a0 + rng.uniform(40, 260), fill=_rgba(rng, _CLUTTER_SAT), width=int(rng.integers(1, 4)))
     return np.asarray(img, np.float32)
 
 
@@ -375,7 +376,7 @@ def _place_objects(rng: np.random.Generator, img: np.ndarray) -> list[tuple[int,
     so every label is for something that can be seen.
     """
     h, w = img.shape[:2]
-    n = 2 + min(int(rng.poisson(3.6 * w * h / 368**2)), 10)
+    n = 2 + min(int(rng.poisson(3.6 * w * h / 320**2)), 10)
     labels = np.full((h, w), -1, np.int16)  # index of the top-most object at each pixel
     visible: list[int] = []
     in_image: list[int] = []
@@ -465,7 +466,7 @@ def _degrade_image(rng: np.random.Generator, img: np.ndarray) -> Image.Image:
     lut = (np.arange(256)[None] * gain[:, None] + offset[:, None]).round().clip(0, 255).astype(int)
     out = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB").point(lut.ravel().tolist())
     r = rng.random()
-    sigma = rng.uniform(0, 4) if r < 0.5 else rng.uniform(4, 10) if r < 0.85 else rng.uniform(10, 18)
+    sigma = rng.uniform(0, 4) if r < 0.5 else rng.uniform(4, 9) if r < 0.85 else rng.uniform(9, 14)
     img = np.asarray(out, np.float32) + _sensor_noise(rng, *img.shape[:2]) * np.float32(sigma)
     out = Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB")
     if rng.random() < 0.25:
@@ -574,10 +575,10 @@ def generate_synthetic_coco(
         image_dir.mkdir(parents=True, exist_ok=True)
         tasks += [(str(image_dir), split, i, seed) for i in range(1, n + 1)]
 
-    from tqdm import tqdm
+    from lpdet.progress import progress_bar
 
     workers = workers or _default_workers(len(tasks))
-    bar = tqdm(total=len(tasks), desc="synth", unit="img", disable=not progress)
+    bar = progress_bar(total=len(tasks), enabled=progress, desc="synth", unit="img")
     results = []
     try:
         if workers == 1:

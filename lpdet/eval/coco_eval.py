@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from lpdet.progress import progress_bar
 
 from lpdet.data.loader import make_loader
 
@@ -42,7 +42,7 @@ def detector_predictor(detector: torch.nn.Module, postprocess_config=None) -> Pr
 
     @torch.no_grad()
     def predict(images: torch.Tensor) -> list[dict]:
-        cls_logits, box_deltas = detector(images)
+        cls_logits, box_deltas = detector(images.to(anchors.device))
         return postprocess(cls_logits, box_deltas, anchors, config)
 
     return predict
@@ -95,8 +95,7 @@ def evaluate(predict: Predictor, dataset, *, batch_size: int = 16, workers: int 
     results: list[dict] = []
     evaluated: list[int] = []
     skipped = 0
-    for images, targets, dropped in tqdm(loader, desc=desc, disable=not progress, leave=False,
-                                         unit="batch", dynamic_ncols=True):
+    for images, targets, dropped in progress_bar(loader, enabled=progress, desc=desc, leave=False, unit="batch"):
         skipped += dropped
         if not targets:
             continue

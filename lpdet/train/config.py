@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class TrainConfig:
     augment: str = "ssd"                # "ssd" (zoom-out, IoU crop, flip, photometric) or "light" (flip, photometric)
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
     threads: int = 0                    # torch intra-op threads (0: torch's default)
+    device: str = "cpu"                 # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     qat: bool = False                   # 8-bit quantization-aware training (fake quant, BN folded, ReLU6)
     qat_freeze_bn_after: int = 0        # QAT: steps after which BN statistics freeze (0: never)
     qat_freeze_observers_after: int = 0  # QAT: steps after which activation ranges freeze (0: never)
@@ -51,6 +53,8 @@ class TrainConfig:
             (self.qat_freeze_bn_after >= 0, "--freeze-bn-after must be >= 0"),
             (self.qat_freeze_observers_after >= 0, "--freeze-observers-after must be >= 0"),
         ]
+        device_ok = self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device) is not None
+        checks.append((device_ok, f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}"))
         for ok, message in checks:
             if not ok:
                 raise LpdetError(message)

@@ -10,15 +10,14 @@ import csv
 import logging
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lpdet.errors import LpdetError
+from lpdet.progress import progress_bar
 from lpdet.serialize import from_dict, load_mapping, save_yaml
 from lpdet.train.checkpoint import (load_checkpoint, restore_optimizer, save_checkpoint, transfer_weights)
 from lpdet.train.config import TrainConfig
@@ -52,6 +51,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = _resolve_device(cfg.device)
     _seed_everything(cfg.seed)
 
     spec = resolve_dataset(cfg.data)
@@ -99,7 +99,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                              f"use a checkpoint of the same architecture")
     if cfg.qat and getattr(model, "quantization", "fp32") != "qat":
         _prepare_qat(model, cfg)  # after loading float weights: QAT starts from the trained float model
-    model = model.to(memory_format=torch.channels_last)  # measurably faster for these convs on CPU
+    model = model.to(device=device, memory_format=torch.channels_last)  # measurably faster for these convs on CPU
     optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1}
@@ -123,14 +123,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     predict = detector_predictor(model)
     step_log = _CsvLog(out / "metrics.csv", STEP_FIELDS)
     val_log = _CsvLog(out / "val.csv", VAL_FIELDS)
-    interactive = progress and sys.stderr.isatty()
     for epoch in range(state["epoch"], cfg.epochs):
         model.train()
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                              workers=cfg.workers, skip_batches=state["step_in_epoch"])
-        bar = tqdm(loader, total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, dynamic_ncols=True, mininterval=0.5 if interactive else 30,
-                   unit="batch")
+        bar = progress_bar(loader, enabled=progress, total=steps_per_epoch, initial=state["step_in_epoch"],
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         tick = time.perf_counter()
         for images, targets, dropped in bar:
             if not targets:
@@ -144,7 +142,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 from lpdet.quant.qat import set_qat_step
 
                 set_qat_step(model, state["global_step"])
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             norm_targets = [{"boxes": t["boxes"] / cfg.resolution, "labels": t["labels"]} for t in targets]
             cls_logits, box_deltas = model(images)
             losses = multibox_loss(cls_logits, box_deltas, norm_targets, model.anchors)
@@ -192,6 +190,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         checkpoint("last", with_optimizer=True)
     tb.close()
     return out / "best"
+
+
+def _resolve_device(name: str) -> torch.device:
+    """`--device` as a torch device; a clear error when CUDA is asked for but absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LpdetError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        index = torch.device(name).index or 0
+        if index >= torch.cuda.device_count():
+            raise LpdetError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device(name)
 
 
 def _prepare_qat(model, cfg: TrainConfig) -> None:

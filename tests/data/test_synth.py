@@ -51,7 +51,7 @@ def test_writes_valid_coco(dataset: Path):
             with Image.open(path) as im:
                 assert im.format == "JPEG" and im.mode == "RGB"
                 assert im.size == (img["width"], img["height"])
-            assert 288 <= img["width"] <= 448 and 288 <= img["height"] <= 448
+            assert 256 <= img["width"] <= 384 and 256 <= img["height"] <= 384
         for a in anns:
             img = coco.imgs[a["image_id"]]
             x, y, w, h = a["bbox"]
