@@ -56,6 +56,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from lpdet.data.transforms import AUGMENTATIONS
 from lpdet.design.report import Section, Table, write_report
 from lpdet.design.sweeps import (FilterTooSmall, filter_figures, filter_table, filtering_ablation, measure_int8,
                                  nms_sweep, nms_table, resolution_figure, resolution_sweep, resolution_table)
@@ -145,7 +146,7 @@ class DesignSettings:
             (self.finetune_top >= 1, "finetune_top must be >= 1"),
             (min(self.base_epochs, self.qat_epochs, self.finetune_epochs) >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
-            (self.augment in ("ssd", "light"), "augment must be 'ssd' or 'light'"),
+            (self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}"),
             (self.threads >= 0, "--threads must be >= 0"),
             (min(self.bench_runs, self.bench_repeats, self.compare_runs, self.calibration_images) >= 1,
              "bench_runs, bench_repeats, compare_runs and calibration_images must be >= 1"),
