@@ -333,17 +333,21 @@ class TrialCache:
         With `repeats` > 1 the benchmark runs that many times and the repeat with the lowest median
         is kept (timeit's rule: on a shared machine the others are inflated by other jobs' load);
         every repeat's median is recorded in ``medians_ms``."""
+        from lpdet.models.postprocess import PostprocessConfig
+
+        # The key holds the effective settings, so a changed default re-runs the trial.
+        cfg = postprocess or PostprocessConfig()
 
         def fn(directory: Path) -> dict:
             from lpdet.deploy.latency import benchmark, latency_to_dict
 
-            results = [benchmark(model, threads=threads, runs=runs, warmup=warmup, postprocess=postprocess)
+            results = [benchmark(model, threads=threads, runs=runs, warmup=warmup, postprocess=cfg)
                        for _ in range(max(1, repeats))]
             best = min(results, key=lambda r: r.median_ms)
             return {"latency": latency_to_dict(best), "medians_ms": [round(r.median_ms, 4) for r in results]}
 
         spec = {"model": file_identity(model), "threads": threads, "runs": runs, "warmup": warmup,
-                "postprocess": to_dict(postprocess) if postprocess is not None else None, "repeats": repeats}
+                "postprocess": to_dict(cfg), "repeats": repeats}
         return self.run(name, spec, fn, kind="bench")
 
 
