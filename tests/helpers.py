@@ -17,7 +17,8 @@ def tiny_synth(root: Path, n_train: int = 12, n_val: int = 4, seed: int = 0) -> 
 def tiny_train_config(data_yaml: Path, out: Path, **overrides) -> TrainConfig:
     """A model and schedule small enough to train in seconds on 2 cores."""
     settings = dict(data=str(data_yaml), arch="mobilenet_v2_ssdlite", width=0.25, resolution=96, epochs=2,
-                    batch_size=4, lr=0.01, warmup_steps=2, workers=0, out=out, checkpoint_every=2, threads=1)
+                    batch_size=4, lr=0.01, warmup_steps=2, workers=0, out=out, checkpoint_every=2, threads=1,
+                    precision="fp32")  # bit-exact runs (resume tests); bf16 has its own test
     settings.update(overrides)
     return TrainConfig(**settings)
 

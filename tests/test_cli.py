@@ -49,3 +49,20 @@ def test_argparse_rejects_non_numbers(capsys):
         main(["data", "synth", "out", "--train", "many"])
     assert exit_info.value.code == 2
     assert "expected a whole number" in capsys.readouterr().err
+
+
+def test_bench_uses_the_models_nms_setting_and_flags_override(capsys, tmp_path):
+    import json
+
+    from lpdet.deploy.export import export_onnx, update_metadata
+    from tests.deploy.tiny import CLASS_NAMES, tiny_detector
+
+    plain = export_onnx(tiny_detector(), tmp_path / "m.onnx", metadata={"class_names": CLASS_NAMES})
+    tuned = update_metadata(plain, tmp_path / "tuned.onnx", {"postprocess": {"nms_iou": 0.2}})
+    assert main(["bench", str(tuned), "--runs", "2", "--warmup", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["postprocess"]["nms_iou"] == 0.2
+    assert main(["bench", str(tuned), "--runs", "2", "--warmup", "0", "--json", "--nms-iou", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["postprocess"] == {"score_threshold": 0.01, "nms_iou": 0.5,
+                                                                   "top_k": 100, "pre_nms_top_k": 100}
+    assert main(["bench", str(tuned), "--nms-iou", "1.5"]) == 2
+    assert "--nms-iou 1.5: must be in (0, 1]" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -123,6 +124,22 @@ def export_metadata(config, resolution: int, quantization: str, extra: dict | No
     info.update(arch=config.arch, width=config.width, resolution=resolution, num_classes=config.num_classes,
                 quantization=quantization, input=INPUT_NAME, outputs=list(OUTPUT_NAMES), **more)
     return info
+
+
+def update_metadata(source: Path, target: Path, updates: dict) -> Path:
+    """Copy the ONNX model `source` to `target` with `updates` merged into its lpdet metadata
+    (written to a temporary file first, then renamed: `target` is never half-written)."""
+    proto = onnx.load(str(source))
+    info = read_metadata(source)
+    info.update(updates)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(info, default=str)
+    tmp = target.with_name(f".{target.name}.tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, target)
+    return target
 
 
 def read_metadata(path: Path) -> dict:

@@ -48,6 +48,7 @@ class LatencyResult:
     runtime: str = ""  # e.g. "onnxruntime 1.32.0" / "torch 2.14.1"
     ratio: float | None = None  # benchmark_paired: median per-iteration end-to-end ratio to the baseline model
     forward_ratio: float | None = None  # benchmark_paired: the same for the graph alone (NMS excluded)
+    postprocess: dict | None = None  # the PostprocessConfig timed (the model's own unless overridden)
 
 
 def cpu_name() -> str:
@@ -111,7 +112,7 @@ def _time_once(model: DeployedModel, images: torch.Tensor, cfg: PostprocessConfi
 
 
 def _summarise(model: DeployedModel, forward_s: list[float], post_s: list[float], load_s: float,
-               threads: int) -> LatencyResult:
+               threads: int, cfg: PostprocessConfig) -> LatencyResult:
     total = np.asarray(forward_s) + np.asarray(post_s)
     share = np.asarray(post_s) / np.maximum(total, 1e-12)
     ms = total * 1e3
@@ -120,7 +121,7 @@ def _summarise(model: DeployedModel, forward_s: list[float], post_s: list[float]
         mean_ms=float(ms.mean()), load_ms=load_s * 1e3, postprocess_ms=float(np.median(post_s) * 1e3),
         postprocess_share=float(np.clip(np.median(share), 0.0, 1.0)), runs=len(ms), threads=threads,
         kind=model.kind, device=cpu_name(), forward_ms=float(np.median(forward_s) * 1e3), path=str(model.path),
-        resolution=model.resolution, runtime=_runtime_name(model),
+        resolution=model.resolution, runtime=_runtime_name(model), postprocess=asdict(cfg),
     )
 
 
@@ -137,8 +138,8 @@ def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int
     (0: the runtime's default). Torch models run under `torch.set_num_threads(threads)` and
     `torch.inference_mode`; ONNX models in an ORT_ENABLE_ALL session with that many intra-op threads."""
     _check(runs, warmup, threads)
-    cfg = postprocess or PostprocessConfig()
     model, load_s = _load_timed(path, threads, resolution)
+    cfg = postprocess or model.postprocess
     images = benchmark_input(model.resolution)
     forward_s, post_s = [], []
     with _torch_threads(threads):
@@ -148,7 +149,7 @@ def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int
             f, p = _time_once(model, images, cfg)
             forward_s.append(f)
             post_s.append(p)
-    return _summarise(model, forward_s, post_s, load_s, threads)
+    return _summarise(model, forward_s, post_s, load_s, threads, cfg)
 
 
 def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 50, warmup: int = 5,
@@ -164,7 +165,6 @@ def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 5
     baselines = [0] * len(paths) if baselines is None else list(baselines)
     if len(baselines) != len(paths) or not all(0 <= b < len(paths) for b in baselines):
         raise ValueError(f"baselines: need one index in 0..{len(paths) - 1} per model, got {baselines}")
-    cfg = postprocess or PostprocessConfig()
     loaded = [_load_timed(p, threads, None) for p in paths]
     inputs = {m.resolution: benchmark_input(m.resolution) for m, _ in loaded}
     forward_s = [[] for _ in loaded]
@@ -172,16 +172,16 @@ def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 5
     with _torch_threads(threads):
         for _ in range(warmup):
             for model, _ in loaded:
-                _time_once(model, inputs[model.resolution], cfg)
+                _time_once(model, inputs[model.resolution], postprocess or model.postprocess)
         for _ in range(runs):
             for i, (model, _) in enumerate(loaded):
-                f, p = _time_once(model, inputs[model.resolution], cfg)
+                f, p = _time_once(model, inputs[model.resolution], postprocess or model.postprocess)
                 forward_s[i].append(f)
                 post_s[i].append(p)
     totals = [np.asarray(f) + np.asarray(p) for f, p in zip(forward_s, post_s)]
     results = []
     for i, (model, load_s) in enumerate(loaded):
-        result = _summarise(model, forward_s[i], post_s[i], load_s, threads)
+        result = _summarise(model, forward_s[i], post_s[i], load_s, threads, postprocess or model.postprocess)
         result.ratio = float(np.median(totals[i] / totals[baselines[i]]))
         graph = np.asarray(forward_s[i]) / np.asarray(forward_s[baselines[i]])
         result.forward_ratio = float(np.median(graph))
@@ -197,12 +197,19 @@ def format_latency(result: LatencyResult) -> str:
         f"latency      median {result.median_ms:.2f} ms   p90 {result.p90_ms:.2f}   min {result.min_ms:.2f}   "
         f"mean {result.mean_ms:.2f}   ({result.runs} runs)",
         f"  graph      {result.forward_ms:.2f} ms (median)",
-        f"  postproc   {result.postprocess_ms:.2f} ms (median; {result.postprocess_share:.1%} of end-to-end)",
+        f"  postproc   {result.postprocess_ms:.2f} ms (median; {result.postprocess_share:.1%} of end-to-end)"
+        + (f"; {describe_postprocess(result.postprocess)}" if result.postprocess else ""),
         f"load         {result.load_ms:.0f} ms",
     ]
     if result.ratio is not None:
         lines.append(f"ratio        {result.ratio:.3f} (paired median ratio to the baseline model)")
     return "\n".join(lines)
+
+
+def describe_postprocess(settings: dict) -> str:
+    """e.g. 'score > 0.01, NMS IoU 0.6, top-k 100'."""
+    return (f"score > {settings['score_threshold']:g}, NMS IoU {settings['nms_iou']:g}, "
+            f"top-k {settings['top_k']}")
 
 
 def latency_to_dict(result: LatencyResult) -> dict:

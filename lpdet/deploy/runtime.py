@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lpdet.errors import LpdetError
-from lpdet.models.postprocess import PostprocessConfig, decode, select_detections
+from lpdet.models.postprocess import PostprocessConfig, decode, postprocess_from_metadata, select_detections
 
 __all__ = ["DeployedModel", "load_model", "model_size_bytes", "read_onnx_metadata", "onnx_session",
            "METADATA_KEY", "KINDS"]
@@ -48,15 +48,19 @@ class DeployedModel:
     arch: str = ""
     metadata: dict = field(default_factory=dict, repr=False)  # the ONNX "lpdet" entry / checkpoint facts
     threads: int = 0  # threads it runs with (0: the runtime's default)
+    # Post-processing it is deployed with: from the metadata (a model picked by `lpdet design`
+    # carries its tuned NMS setting), else the defaults. `predict` and `benchmark` use it.
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def predict(self, images: Tensor, cfg: PostprocessConfig | None = None) -> list[dict]:
-        """Detections per image (normalised xyxy boxes, scores, labels 1..K): forward + select_detections."""
+        """Detections per image (normalised xyxy boxes, scores, labels 1..K): forward + select_detections
+        with `cfg` (default: the model's own `postprocess`)."""
         scores, boxes = self.forward(images)
-        return select_detections(scores, boxes, cfg)
+        return select_detections(scores, boxes, cfg or self.postprocess)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -188,6 +192,7 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
         kind="onnx-fp32" if quantization == "fp32" else "onnx-int8",
         path=path, resolution=model_resolution, class_names=class_names, category_ids=category_ids,
         forward=forward, quantization=quantization, arch=str(meta.get("arch", "")), metadata=meta, threads=threads,
+        postprocess=postprocess_from_metadata(meta),
     )
 
 

@@ -188,6 +188,7 @@ def load_tflite(path: Path | str, threads: int = 0, resolution: int | None = Non
     interpreter; `threads` > 0 fixes its thread count (0: LiteRT's default). Batches run one
     image at a time (the graph has batch 1)."""
     from lpdet.deploy.runtime import DeployedModel, _check_images
+    from lpdet.models.postprocess import postprocess_from_metadata
 
     path = Path(path)
     interpreter_module = _require("ai_edge_litert.interpreter")
@@ -232,4 +233,5 @@ def load_tflite(path: Path | str, threads: int = 0, resolution: int | None = Non
         kind="tflite-fp32" if quantization == "fp32" else "tflite-int8",
         path=path, resolution=model_resolution, class_names=class_names, category_ids=category_ids,
         forward=forward, quantization=quantization, arch=str(meta.get("arch", "")), metadata=meta, threads=threads,
+        postprocess=postprocess_from_metadata(meta),
     )

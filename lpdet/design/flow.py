@@ -51,7 +51,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,7 +63,7 @@ from lpdet.design.tables import ap_or_none, save_json_atomic
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity
 from lpdet.errors import LpdetError
 from lpdet.serialize import to_dict
-from lpdet.train.config import TrainConfig
+from lpdet.train.config import PRECISIONS, TrainConfig
 
 __all__ = ["DesignSettings", "DesignResult", "design"]
 
@@ -99,6 +98,7 @@ class DesignSettings:
     seed: int = 0
     workers: int = 2
     train_threads: int = 0  # torch threads while training (0: torch's default)
+    precision: str = "auto"  # float training: "fp32", "bf16" or "auto" (TrainConfig.precision); QAT runs in fp32
     max_val_images: int = 500  # per-epoch validation during training (0: all)
     checkpoint_every: int = 200
     # measuring
@@ -147,6 +147,7 @@ class DesignSettings:
             (min(self.base_epochs, self.qat_epochs, self.finetune_epochs) >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
             (self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.threads >= 0, "--threads must be >= 0"),
             (min(self.bench_runs, self.bench_repeats, self.compare_runs, self.calibration_images) >= 1,
              "bench_runs, bench_repeats, compare_runs and calibration_images must be >= 1"),
@@ -248,7 +249,7 @@ def _train_config(ctx: _Context, **fields_) -> TrainConfig:
     s = ctx.settings
     values = dict(data=str(ctx.data_path), arch=s.arch, width=s.width, resolution=s.base_resolution,
                   batch_size=s.batch_size, augment=s.augment, seed=s.seed, workers=s.workers, threads=s.train_threads,
-                  max_val_images=s.max_val_images, checkpoint_every=s.checkpoint_every, out=Path("unused"))
+                  precision=s.precision, max_val_images=s.max_val_images, checkpoint_every=s.checkpoint_every, out=Path("unused"))
     values.update(fields_)
     return TrainConfig(**values)
 
@@ -298,7 +299,7 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
         latency[r] = m["bench"]["latency"]["median_ms"]
     fitting = [r for r in candidates if latency[r] <= budget]
     search_table = Table("Resolution search: int8 latency of the QAT model at each candidate (no training)",
-                         ["resolution", "multiple of 8", "int8 latency ms", "meets budget"],
+                         ["resolution", "input multiple of 8", "int8 latency ms", "meets budget"],
                          [[r, r % 8 == 0, latency[r], latency[r] <= budget] for r in candidates],
                          note=f"Budget {budget:g} ms. Latency: median of {s.bench_runs} batch-1 runs (end-to-end: forward + NMS), "
                               f"{s.threads} thread(s), the lowest of {s.bench_repeats} repeats.",
@@ -427,14 +428,13 @@ def _filtering(ctx: _Context, cache: TrialCache, qat_ckpt: Path, current: _Model
 
 
 def _finalise(ctx: _Context, model: _Model, bench: dict, post, metrics: dict) -> Path:
+    from lpdet.deploy.export import update_metadata
     from lpdet.deploy.runtime import model_size_bytes
 
     final_dir = ctx.out_dir / "final"
     final_dir.mkdir(parents=True, exist_ok=True)
-    target = final_dir / "model.onnx"
-    tmp = final_dir / ".model.onnx.tmp"
-    shutil.copyfile(model.onnx, tmp)
-    os.replace(tmp, target)
+    # The chosen NMS setting travels in the model: `lpdet bench` / `eval` / `predict` use it.
+    target = update_metadata(model.onnx, final_dir / "model.onnx", {"postprocess": to_dict(post)})
     s = ctx.settings
     ctx.summary = {
         "model": str(target), "source_onnx": str(model.onnx), "checkpoint": str(model.checkpoint),

@@ -25,6 +25,16 @@ class PostprocessConfig:
     pre_nms_top_k: int = 100  # candidates kept per class before NMS (bounds NMS cost; TF OD API: 100)
 
 
+def postprocess_from_metadata(meta: dict) -> PostprocessConfig:
+    """The settings an exported model carries in its metadata (``"postprocess"``; written by
+    `lpdet design` for the model it picks), else the defaults. Unknown keys are ignored."""
+    saved = meta.get("postprocess") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict):
+        return PostprocessConfig()
+    fields = PostprocessConfig.__dataclass_fields__
+    return PostprocessConfig(**{k: type(getattr(PostprocessConfig(), k))(v) for k, v in saved.items() if k in fields})
+
+
 def decode(cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
     """Class probabilities without background `[B, A, K]` and boxes normalised xyxy clipped
     to [0, 1] `[B, A, 4]` from the raw head outputs (what an exported graph outputs)."""

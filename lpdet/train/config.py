@@ -9,6 +9,9 @@ from pathlib import Path
 from lpdet.errors import LpdetError
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class TrainConfig:
     data: str = "synth"                 # dataset YAML path or "synth"
@@ -33,6 +36,7 @@ class TrainConfig:
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
     threads: int = 0                    # torch intra-op threads (0: torch's default)
     device: str = "cpu"                 # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
+    precision: str = "auto"             # "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it)
     qat: bool = False                   # 8-bit quantization-aware training (fake quant, BN folded, ReLU6)
     qat_freeze_bn_after: int = 0        # QAT: steps after which BN statistics freeze (0: never)
     qat_freeze_observers_after: int = 0  # QAT: steps after which activation ranges freeze (0: never)
@@ -55,6 +59,11 @@ class TrainConfig:
         ]
         device_ok = self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device) is not None
         checks.append((device_ok, f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}"))
+        checks.append((self.precision in PRECISIONS,
+                       f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"))
+        checks.append((not (self.qat and self.precision == "bf16"),
+                       "--precision bf16 cannot be combined with --qat: fake quantization simulates the int8 "
+                       "grid in fp32; drop --precision (QAT always runs in fp32)"))
         for ok, message in checks:
             if not ok:
                 raise LpdetError(message)

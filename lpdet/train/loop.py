@@ -26,6 +26,7 @@ from lpdet.train.schedule import lr_at
 log = logging.getLogger("lpdet.train")
 
 STEP_FIELDS = ["step", "epoch", "lr", "loss", "cls_loss", "box_loss", "images_per_s", "skipped_images"]
+MAX_SKIPPED_STEPS = 20  # consecutive updates skipped for non-finite gradients before training stops
 VAL_FIELDS = ["epoch", "step", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "seconds"]
 
 
@@ -52,6 +53,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device)
+    autocast_bf16 = _use_bf16(cfg.precision, device, cfg.qat)
+    if autocast_bf16:
+        log.info("training in bf16 mixed precision (autocast; weights, loss and optimizer in fp32)")
     _seed_everything(cfg.seed)
 
     spec = resolve_dataset(cfg.data)
@@ -123,6 +127,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     predict = detector_predictor(model)
     step_log = _CsvLog(out / "metrics.csv", STEP_FIELDS)
     val_log = _CsvLog(out / "val.csv", VAL_FIELDS)
+    bad_steps = 0
     for epoch in range(state["epoch"], cfg.epochs):
         model.train()
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
@@ -144,8 +149,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 set_qat_step(model, state["global_step"])
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             norm_targets = [{"boxes": t["boxes"] / cfg.resolution, "labels": t["labels"]} for t in targets]
-            cls_logits, box_deltas = model(images)
-            losses = multibox_loss(cls_logits, box_deltas, norm_targets, model.anchors)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                cls_logits, box_deltas = model(images)
+            # The loss (softmax, hard-negative mining, smooth L1) stays in fp32.
+            losses = multibox_loss(cls_logits.float(), box_deltas.float(), norm_targets, model.anchors)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise LpdetError(
@@ -153,7 +160,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                     f"stopped. The last good checkpoint is {out / 'last'}; lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if _gradients_finite(model):
+                optimizer.step()
+                bad_steps = 0
+            else:
+                # A finite loss with a non-finite gradient: seen (rarely) from oneDNN's bf16 depthwise
+                # backward on 1x1 maps. Skip the update, as mixed-precision training does (GradScaler).
+                bad_steps += 1
+                log.warning("step %d: non-finite gradient with a finite loss; update skipped", state["global_step"])
+                if bad_steps >= MAX_SKIPPED_STEPS:
+                    raise LpdetError(
+                        f"{bad_steps} steps in a row had non-finite gradients (step {state['global_step']}); "
+                        f"training stopped. The last good checkpoint is {out / 'last'}; lower --lr"
+                        + (" or use --precision fp32" if autocast_bf16 else ""))
 
             now = time.perf_counter()
             row = {"step": state["global_step"], "epoch": epoch, "lr": lr, "loss": loss.item(),
@@ -203,6 +222,28 @@ def _resolve_device(name: str) -> torch.device:
         if index >= torch.cuda.device_count():
             raise LpdetError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return torch.device(name)
+
+
+def _gradients_finite(model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()) if grads else True
+
+
+def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
+    """Whether to autocast the forward pass to bf16 (`--precision`; see `TrainConfig.precision`)."""
+    if precision == "fp32" or qat:  # fake quantization simulates the int8 grid in fp32
+        return False
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:  # oneDNN runs bf16 convolutions natively only with AVX512-BF16 or AMX; emulated it is slower
+        try:
+            supported = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a private op: absent from some builds
+            supported = False
+    if precision == "bf16" and not supported:
+        raise LpdetError(f"--precision bf16: this {device.type.upper()} has no native bf16 support; "
+                         f"use --precision fp32")
+    return supported
 
 
 def _prepare_qat(model, cfg: TrainConfig) -> None:

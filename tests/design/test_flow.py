@@ -17,7 +17,8 @@ def tiny_settings() -> DesignSettings:
                           finetune_top=1, base_epochs=1, qat_epochs=1, finetune_epochs=1, batch_size=4, lr=0.01,
                           warmup_steps=1, qat_lr=0.005, finetune_lr=0.005, finetune_warmup_steps=1, workers=0,
                           train_threads=1, max_val_images=0, checkpoint_every=0, bench_runs=3, bench_warmup=1, bench_repeats=1,
-                          compare_runs=2, calibration_images=2, small_max=12.0, nms_ious=[0.6, 0.3])
+                          compare_runs=2, calibration_images=2, small_max=12.0, nms_ious=[0.6, 0.3],
+                          precision="fp32")
 
 
 def test_presets_round_trip():
@@ -37,6 +38,11 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
     for key in ("AP", "AP_small", "AP_medium", "AP_large", "latency_median_ms", "size_mb", "resolution", "nms_iou"):
         assert key in summary
     assert summary["meets_budget"] and summary["resolution"] in (128, 96) and summary["nms_iou"] in (0.6, 0.3)
+    # the chosen NMS setting travels in the model, so lpdet bench / eval use what the report measured
+    from lpdet.deploy.runtime import load_model
+
+    deployed = load_model(result.final_model)
+    assert deployed.postprocess.nms_iou == summary["nms_iou"] and deployed.postprocess.top_k == summary["top_k"]
     md = (out / "report.md").read_text()
     for heading in ("Setup", "Table 11.1", "Table 11.2", "Figure 11.2", "Figures 11.3 / 11.4", "Table 11.3",
                     "Table 11.4", "Final model"):

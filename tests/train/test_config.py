@@ -3,7 +3,7 @@ import torch
 
 from lpdet.errors import LpdetError
 from lpdet.train.config import TrainConfig
-from lpdet.train.loop import _resolve_device
+from lpdet.train.loop import _resolve_device, _use_bf16
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "auto"])
@@ -26,3 +26,32 @@ def test_auto_device_falls_back_to_cpu_without_cuda():
 def test_cuda_without_cuda_names_the_fix():
     with pytest.raises(LpdetError, match="CUDA is not available.*--device cpu"):
         _resolve_device("cuda")
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_precision_names_accepted(precision):
+    TrainConfig(precision=precision).validate()
+
+
+def test_unknown_precision_is_a_clear_error():
+    with pytest.raises(LpdetError, match="--precision must be one of auto, fp32, bf16"):
+        TrainConfig(precision="fp16").validate()
+
+
+def test_bf16_with_qat_is_refused():
+    with pytest.raises(LpdetError, match="cannot be combined with --qat"):
+        TrainConfig(precision="bf16", qat=True).validate()
+    assert not _use_bf16("auto", torch.device("cpu"), qat=True)  # auto QAT: fp32
+
+
+def test_fp32_never_autocasts():
+    assert not _use_bf16("fp32", torch.device("cpu"), qat=False)
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not _use_bf16("auto", torch.device("cpu"), qat=False)
+    with pytest.raises(LpdetError, match="no native bf16 support; use --precision fp32"):
+        _use_bf16("bf16", torch.device("cpu"), qat=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert _use_bf16("auto", torch.device("cpu"), qat=False) == torch.backends.mkldnn.is_available()

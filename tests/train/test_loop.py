@@ -129,3 +129,31 @@ def test_qat_run_from_float_init_resumes_and_exports_fully_int8(data_yaml, tmp_p
     with pytest.raises(LpdetError, match="--qat"):
         train(tiny_train_config(data_yaml, tmp_path / "back", epochs=1, init=tmp_path / "qat" / "last"),
               progress=False)
+
+
+def test_a_non_finite_gradient_skips_the_update(data_yaml, tmp_path, monkeypatch, caplog):
+    real = loop._gradients_finite
+    calls = {"n": 0}
+
+    def finite_except_the_second(model):
+        calls["n"] += 1
+        return real(model) and calls["n"] != 2
+
+    monkeypatch.setattr(loop, "_gradients_finite", finite_except_the_second)
+    train(tiny_train_config(data_yaml, tmp_path / "run", epochs=1), progress=False)
+    assert "step 1: non-finite gradient with a finite loss; update skipped" in caplog.text
+    assert load_checkpoint(tmp_path / "run" / "last").train_state["global_step"] == 3
+
+    monkeypatch.setattr(loop, "_gradients_finite", lambda model: False)
+    monkeypatch.setattr(loop, "MAX_SKIPPED_STEPS", 2)
+    with pytest.raises(LpdetError, match="2 steps in a row had non-finite gradients"):
+        train(tiny_train_config(data_yaml, tmp_path / "run2", epochs=1), progress=False)
+
+
+def test_bf16_training_runs_and_saves_fp32_weights(data_yaml, tmp_path):
+    if not loop._use_bf16("auto", torch.device("cpu"), qat=False):
+        pytest.skip("this CPU has no native bf16")
+    train(tiny_train_config(data_yaml, tmp_path / "run", epochs=1, precision="bf16"), progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last").model_state
+    assert all(t.dtype != torch.bfloat16 for t in state.values())
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
