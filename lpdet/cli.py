@@ -445,7 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; a training run continues with `lpdet train --resume RUN_DIR`", file=sys.stderr)
+        if args.command in ("design", "sweep"):
+            hint = "run the same command again: finished trials are reused and an unfinished training resumes"
+        elif args.command == "train":
+            hint = f"continue with `lpdet train --resume {getattr(args, 'resume', None) or args.out}`"
+        else:
+            hint = ""
+        print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
     return 0
 

@@ -66,3 +66,19 @@ def test_bench_uses_the_models_nms_setting_and_flags_override(capsys, tmp_path):
                                                                    "top_k": 100, "pre_nms_top_k": 100}
     assert main(["bench", str(tuned), "--nms-iou", "1.5"]) == 2
     assert "--nms-iou 1.5: must be in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, hint", [(["design", "--data", "synth", "--budget-ms", "5", "--out", "d"], "run the same command again"),
+                                        (["train", "--out", "runs/x"], "lpdet train --resume runs/x")])
+def test_interrupt_says_how_to_continue(capsys, monkeypatch, argv, hint):
+    import lpdet.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=interrupted)
+    assert main(argv) == 130
+    assert hint in capsys.readouterr().err
