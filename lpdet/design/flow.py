@@ -40,8 +40,9 @@ Presets (`DesignSettings`, written to ``out_dir/settings.json``):
   Every latency (both presets): 3 benchmarks of 50 batch-1 runs, the lowest median kept.
 * `quick()` shrinks every step so ``--data synth`` finishes in about 15 minutes on 2 idle CPU
   cores: width 0.5, 1200 train / 200 val synthetic images, batch 16, light augmentation,
-  5 float epochs (lr 0.03) and 1 epoch for every other training, 8 candidates (300, 288, 272,
-  256, 240, 224, 250, 236), 1 fine-tuned resolution, 32 calibration images, 20 paired runs in
+  5 float epochs (lr 0.03) and 1 epoch for every other training, 10 candidates (300, 288, 272,
+  256, 240, 224, 208, 192, 250, 236: down to 192 so that a budget a little under the 300 model's
+  latency still finds a fit on a slower machine), 1 fine-tuned resolution, 32 calibration images, 20 paired runs in
   the quantization table. Its models see ~6000 images: their APs are low, but every step's
   comparison is measured on the same val images.
 """
@@ -122,7 +123,7 @@ class DesignSettings:
     @classmethod
     def quick(cls, **overrides) -> "DesignSettings":
         """About 15 minutes for ``--data synth`` on 2 CPU cores."""
-        settings = dict(width=0.5, resolutions=[300, 288, 272, 256, 240, 224], table_resolutions=[250, 236],
+        settings = dict(width=0.5, resolutions=[300, 288, 272, 256, 240, 224, 208, 192], table_resolutions=[250, 236],
                         finetune_top=1, synth_train=1200, synth_val=200, base_epochs=5, qat_epochs=1,
                         finetune_epochs=1, batch_size=16, augment="light", lr=0.03, warmup_steps=30, qat_lr=0.005,
                         finetune_lr=0.005, finetune_warmup_steps=0, workers=1, max_val_images=100,
