@@ -1,8 +1,9 @@
 """Per-image latency of a deployed model: batch 1, end to end (forward + NMS), on this CPU.
 
-`benchmark(path)` loads the model with `load_model` (timed), runs `warmup` untimed images and
-then `runs` timed ones, timing the graph (`forward`) and the post-processing
-(`select_detections`) separately so the post-processing share is reported.
+`benchmark(path)` loads the model with `load_model` (timed), runs `warmup` untimed images (and
+more until 0.5 s have passed: the CPU needs that long to come up to speed), then `runs` timed
+ones, timing the graph (`forward`) and the post-processing (`select_detections`) separately so
+the post-processing share is reported.
 
 On a shared machine single medians drift with other jobs' load; to compare models (int8 vs
 fp32) use `benchmark_paired`, which interleaves them image by image and reports the median
@@ -102,6 +103,21 @@ def _check(runs: int, warmup: int, threads: int) -> None:
         raise LpdetError(f"threads: must be >= 0 (0: runtime default), got {threads}")
 
 
+WARMUP_SECONDS = 0.5  # measured here: the first ~0.4 s of runs after an idle spell are up to 1.5x slower
+
+
+def _warm_up(run_once, warmup: int) -> None:
+    """`warmup` untimed runs, continued until WARMUP_SECONDS have passed (`warmup` 0: none at all).
+    A fixed count of a few runs of a 3 ms model is over before the CPU has come up to speed."""
+    if warmup <= 0:
+        return
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < WARMUP_SECONDS:
+        run_once()
+        done += 1
+
+
 def _time_once(model: DeployedModel, images: torch.Tensor, cfg: PostprocessConfig) -> tuple[float, float]:
     start = time.perf_counter()
     scores, boxes = model.forward(images)
@@ -143,8 +159,7 @@ def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int
     images = benchmark_input(model.resolution)
     forward_s, post_s = [], []
     with _torch_threads(threads):
-        for _ in range(warmup):
-            _time_once(model, images, cfg)
+        _warm_up(lambda: _time_once(model, images, cfg), warmup)
         for _ in range(runs):
             f, p = _time_once(model, images, cfg)
             forward_s.append(f)
@@ -170,9 +185,8 @@ def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 5
     forward_s = [[] for _ in loaded]
     post_s = [[] for _ in loaded]
     with _torch_threads(threads):
-        for _ in range(warmup):
-            for model, _ in loaded:
-                _time_once(model, inputs[model.resolution], postprocess or model.postprocess)
+        _warm_up(lambda: [_time_once(model, inputs[model.resolution], postprocess or model.postprocess)
+                          for model, _ in loaded], warmup)
         for _ in range(runs):
             for i, (model, _) in enumerate(loaded):
                 f, p = _time_once(model, inputs[model.resolution], postprocess or model.postprocess)

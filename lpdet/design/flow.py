@@ -578,8 +578,11 @@ def _final_section(ctx: _Context) -> Section:
     rows += [["latency median ms", f["latency_median_ms"]], ["latency p90 ms", f["latency_p90_ms"]],
              ["budget ms", f["budget_ms"]], ["size MB", f["size_mb"]], ["NMS IoU", f["nms_iou"]],
              ["score threshold", f["score_threshold"]], ["top-k", f["top_k"]], ["threads", f["threads"]]]
+    check = (f"To check it: `lpdet bench {f['model']} --threads {f['threads']}` (the model carries its NMS "
+             f"setting) and `lpdet eval {f['model']} --data {ctx.data_path}`.")
     return Section("Final model", f"{f['description']}: {f['model']} (summary: final/summary.json). Latency "
-                                  f"re-benchmarked with the NMS setting below on {f['device']}; AP on val with it.",
+                                  f"re-benchmarked with the NMS setting below on {f['device']}; AP on val with it. "
+                                  f"{check}",
                    [Table("Final model", ["quantity", "value"], [[k, _cell(v)] for k, v in rows])])
 
 

@@ -95,23 +95,28 @@ def _float_or_nan(v) -> float:
         return math.nan
 
 
-def _plot_series(ax, series: dict, colors, linestyle: str) -> list:
+def _plot_series(ax, series: dict, colors, linestyle: str, points: frozenset = frozenset()) -> list:
     lines = []
     for name, xy in series.items():
         xs, ys = xy
         if len(xs) != len(ys):
             raise ValueError(f"series {name!r}: {len(xs)} x values but {len(ys)} y values")
+        alone = name in points  # measured at a few x only: a line between them would invent values
         (line,) = ax.plot([_float_or_nan(x) for x in xs], [_float_or_nan(y) for y in ys], marker="o",
-                          markersize=4, linewidth=1.6, linestyle=linestyle, color=next(colors), label=str(name))
+                          markersize=7 if alone else 4, linewidth=1.6, linestyle="none" if alone else linestyle,
+                          color=next(colors), label=str(name))
         lines.append(line)
     return lines
 
 
 def line_plot(title: str, x_label: str, y_label: str, series: dict[str, tuple[list, list]], *, caption: str = "",
-              secondary: dict[str, tuple[list, list]] | None = None, secondary_label: str = "") -> Figure:
+              secondary: dict[str, tuple[list, list]] | None = None, secondary_label: str = "",
+              points: frozenset[str] = frozenset(), secondary_levels: dict[str, float] | None = None) -> Figure:
     """Lines (one per `series` entry: name -> (xs, ys)); `secondary` series on a twin right y axis.
 
-    ``None`` y values leave gaps. Integer x values (e.g. resolutions) become the x ticks when few.
+    ``None`` y values leave gaps. Series named in `points` are drawn as unconnected markers.
+    `secondary_levels` (name -> y) are horizontal dotted lines on the right axis (e.g. a budget).
+    Integer x values (e.g. resolutions) become the x ticks when few (slanted when crowded).
     """
     import itertools
 
@@ -121,21 +126,26 @@ def line_plot(title: str, x_label: str, y_label: str, series: dict[str, tuple[li
     ax = fig.add_subplot()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f"]
     colors = itertools.cycle(palette)
-    lines = _plot_series(ax, series, colors, "-")
+    lines = _plot_series(ax, series, colors, "-", points)
     ax.set_title(title)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(True, color="#dddddd", linewidth=0.7)
     ax.set_axisbelow(True)
-    if secondary:
+    if secondary or secondary_levels:
         ax2 = ax.twinx()
-        lines += _plot_series(ax2, secondary, colors, "--")
+        lines += _plot_series(ax2, secondary or {}, colors, "--", points)
+        for name, level in (secondary_levels or {}).items():
+            lines.append(ax2.axhline(level, linestyle=":", linewidth=1.8, color=next(colors), label=str(name)))
         ax2.set_ylabel(secondary_label)
     xs_all = [x for s in [series, secondary or {}] for xs, _ in s.values() for x in xs]
     if xs_all and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in xs_all):
         ticks = sorted(set(int(x) for x in xs_all))
         if len(ticks) <= 12:
             ax.set_xticks(ticks)
+            span = (ticks[-1] - ticks[0]) or 1
+            if len(ticks) > 1 and min(b - a for a, b in zip(ticks, ticks[1:])) < span / 15:
+                ax.tick_params(axis="x", labelrotation=45)  # close values (236, 240) would overlap
     if lines:
         ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize="small", framealpha=0.9)
     fig.tight_layout()

@@ -263,11 +263,14 @@ def resolution_figure(sweep: ResolutionSweep, *, title: str = "AP and int8 laten
     if tuned:
         series["AP, fine-tuned"] = ([r.resolution for r in tuned], [ap_or_none(r.ft_metrics.get("AP")) for r in tuned])
     secondary = {"int8 latency": (xs, [r.latency_ms for r in rows])}
-    if sweep.budget_ms is not None:
-        secondary["budget"] = (xs, [sweep.budget_ms] * len(xs))
+    levels = {f"budget ({sweep.budget_ms:g} ms)": sweep.budget_ms} if sweep.budget_ms is not None else None
+    caption = f"Solid: AP (left axis); dashed: int8 latency on {sweep.threads} thread(s) (right axis)"
+    caption += "; dotted: the latency budget." if levels else "."
+    if tuned:
+        caption += " Large dots: AP after fine-tuning at that resolution (only some resolutions are fine-tuned)."
     return line_plot(title, "input resolution", "COCO AP (val)", series, secondary=secondary,
-                     secondary_label="int8 latency, ms (median, batch 1)",
-                     caption=f"Solid: AP (left axis); dashed: int8 latency on {sweep.threads} thread(s) (right axis).")
+                     secondary_label="int8 latency, ms (median, batch 1)", caption=caption,
+                     points=frozenset({"AP, fine-tuned"}), secondary_levels=levels)
 
 
 # ============================================================================ NMS

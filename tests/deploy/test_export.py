@@ -140,8 +140,9 @@ def _detections(scores, boxes):
     return out
 
 
-@pytest.mark.xfail(reason="open (issue 3): on the synth-v3 fixture 118 of 121 detections match (97.5%, target 99%); "
-                          "box offsets differ by up to 4 LSB. Passed on synth-v2 (88 of 89)", strict=False)
+@pytest.mark.xfail(reason="open (issue 3): on the synth-v3 fixture 99.27% of box offsets are within 1 LSB (test wants "
+                          "99.5%), max 4 LSB, and one 0.52-score box matches its twin at IoU 0.845 (< 0.9) with the "
+                          "same class and score. Passed on synth-v2 (88 of 89 detections)", strict=False)
 def test_int8_onnxruntime_matches_the_fake_quant_model(trained):
     detector, images, int8, _ = trained
     scores, boxes, logits, deltas = _torch_outputs(detector, images)

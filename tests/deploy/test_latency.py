@@ -58,3 +58,15 @@ def test_paired(models):
 def test_bad_arguments(models):
     with pytest.raises(LpdetError, match="runs"):
         benchmark(models[1], runs=0)
+
+
+def test_warm_up_runs_for_a_minimum_time(monkeypatch):
+    import lpdet.deploy.latency as latency
+
+    calls = []
+    monkeypatch.setattr(latency, "WARMUP_SECONDS", 0.05)
+    latency._warm_up(lambda: calls.append(1), 2)
+    assert len(calls) > 2  # a fast run goes on until the time is up, not just twice
+    calls.clear()
+    latency._warm_up(lambda: calls.append(1), 0)
+    assert calls == []  # warmup 0: none at all
