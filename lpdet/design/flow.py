@@ -416,10 +416,11 @@ def _filtering(ctx: _Context, cache: TrialCache, qat_ckpt: Path, current: _Model
     keep = _ap(filtered.metrics) > _ap(current.metrics)  # same graph and resolution: only AP differs
     deployed = {"filtered": filtered.metrics, **({"all": unfiltered_metrics} if unfiltered_metrics else {})}
     dropped = ablation.filter_report
-    text = (f"Fine-tuning at {r} repeated without the {dropped.get('removed_images')} training images (of "
-            f"{dropped.get('before', {}).get('images')}) that hold small objects (area < {s.small_max:g}²). Deployed "
-            f"(int8) AP on val: {_ap(filtered.metrics):.3f} filtered vs {_ap(current.metrics):.3f} for the chosen "
-            f"model: the filtered model is {'kept' if keep else 'not kept'}.")
+    text = (f"Fine-tuning at {r} repeated, for about the same number of steps, without the "
+            f"{dropped.get('removed_images')} training images (of {dropped.get('before', {}).get('images')}) that "
+            f"hold small objects (area < {s.small_max:g}²). Deployed (int8) AP on val: "
+            f"{_ap(filtered.metrics):.3f} filtered vs {_ap(current.metrics):.3f} for the chosen model: the "
+            f"filtered model is {'kept' if keep else 'not kept'}.")
     ctx.sections.append(Section("Figures 11.3 / 11.4: dataset filtering", text,
                                 [filter_table(ablation, deployed=deployed), *filter_figures(ablation)]))
     _step(ctx, "dataset filtering", filtered.label, r, filtered.metrics, filtered.latency_ms, kept=keep)

@@ -54,6 +54,11 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
                  "finetune-r128-no-small", "final-finetune-r128-bench"):
         assert (out / "trials" / name / "result.json").is_file(), name
     assert result.trials_run and (out / "resolution" / "resolution_sweep.json").is_file()
+    runs = json.loads((out / "filtering" / "filter_ablation.json").read_text())["runs"]
+    # the filtered run sees fewer images, so it gets more epochs: about the same number of steps
+    assert runs["filtered"]["train_images"] < runs["all"]["train_images"]
+    assert runs["filtered"]["epochs"] > runs["all"]["epochs"]
+    assert abs(runs["filtered"]["steps"] - runs["all"]["steps"]) <= runs["all"]["steps"] / 2
 
     # a second call redoes nothing: no training, no measurement
     def no_training(*args, **kwargs):
