@@ -16,9 +16,9 @@ interrupted call continues where it stopped; a changed setting redoes what it af
    (any fitting size if no multiple of 8 fits) are fine-tuned with QAT at their resolution, and
    so is the base resolution as a reference with the same extra training (Table 11.2, Fig 11.2).
    The fine-tuned model (reference included) that fits with the best AP is chosen.
-5. **Filtering ablation** at the chosen resolution: the same fine-tuning without the training
-   images holding small objects (Figs 11.3 / 11.4); the filtered model is kept only if its
-   deployed AP is higher.
+5. **Filtering ablation** at the chosen resolution: the same fine-tuning, for about the same
+   number of steps, without the training images holding small objects (Figs 11.3 / 11.4); the
+   filtered model is kept only if its deployed AP is higher.
 6. **NMS sweep** on the chosen model (Table 11.3); the setting with the best AP is kept (ties:
    the faster).
 7. **Final**: the chosen int8 ONNX re-benchmarked with the chosen NMS setting; if it meets the
