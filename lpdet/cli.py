@@ -101,6 +101,11 @@ def _postprocess_config(args, model):
     each --nms-iou / --score-threshold / --top-k given on the command line replacing its value."""
     from dataclasses import replace
 
+    return replace(model.postprocess, **_postprocess_overrides(args))
+
+
+def _postprocess_overrides(args) -> dict:
+    """The --nms-iou / --score-threshold / --top-k values given (checked), as PostprocessConfig fields."""
     if args.nms_iou is not None and not 0 < args.nms_iou <= 1:
         raise LpdetError(f"--nms-iou {args.nms_iou}: must be in (0, 1]")
     if args.score_threshold is not None and not 0 <= args.score_threshold < 1:
@@ -108,7 +113,7 @@ def _postprocess_config(args, model):
     if args.top_k is not None and args.top_k < 1:
         raise LpdetError(f"--top-k {args.top_k}: must be >= 1")
     given = {"nms_iou": args.nms_iou, "score_threshold": args.score_threshold, "top_k": args.top_k}
-    return replace(model.postprocess, **{k: v for k, v in given.items() if v is not None})
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def cmd_eval(args) -> None:
@@ -248,11 +253,8 @@ def cmd_bench(args) -> None:
 
     if args.runs < 1 or args.threads < 0:
         raise LpdetError("--runs must be >= 1 and --threads >= 0")
-    from lpdet.deploy.runtime import load_model
-
-    # The model's own post-processing with the command line's changes (checked before timing).
-    config = _postprocess_config(args, load_model(args.model))
-    result = benchmark(args.model, threads=args.threads, runs=args.runs, warmup=args.warmup, postprocess=config)
+    result = benchmark(args.model, threads=args.threads, runs=args.runs, warmup=args.warmup,
+                       postprocess_overrides=_postprocess_overrides(args))
     print(json.dumps(latency_to_dict(result), indent=2) if args.json else format_latency(result))
 
 

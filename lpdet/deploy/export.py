@@ -106,11 +106,7 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
             )
     proto = onnx.load(str(path))
     _tidy_graph(proto)
-    info = export_metadata(model.config, resolution, "int8-qat" if quantized else "fp32", metadata)
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = json.dumps(info, default=str)
+    _set_metadata(proto, export_metadata(model.config, resolution, "int8-qat" if quantized else "fp32", metadata))
     proto.producer_name = "lpdet"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
@@ -126,16 +122,19 @@ def export_metadata(config, resolution: int, quantization: str, extra: dict | No
     return info
 
 
-def update_metadata(source: Path, target: Path, updates: dict) -> Path:
-    """Copy the ONNX model `source` to `target` with `updates` merged into its lpdet metadata
-    (written to a temporary file first, then renamed: `target` is never half-written)."""
-    proto = onnx.load(str(source))
-    info = read_metadata(source)
-    info.update(updates)
+def _set_metadata(proto: onnx.ModelProto, info: dict) -> None:
+    """Make `info` the model's only metadata entry (``lpdet``: JSON)."""
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = json.dumps(info, default=str)
+
+
+def update_metadata(source: Path, target: Path, updates: dict) -> Path:
+    """Copy the ONNX model `source` to `target` with `updates` merged into its lpdet metadata
+    (written to a temporary file first, then renamed: `target` is never half-written)."""
+    proto = onnx.load(str(source))
+    _set_metadata(proto, {**read_metadata(source), **updates})
     tmp = target.with_name(f".{target.name}.tmp")
     onnx.save(proto, str(tmp))
     os.replace(tmp, target)

@@ -16,7 +16,7 @@ import contextlib
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +149,15 @@ def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple
 
 
 def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int = 5,
-              resolution: int | None = None, postprocess: PostprocessConfig | None = None) -> LatencyResult:
+              resolution: int | None = None, postprocess: PostprocessConfig | None = None,
+              postprocess_overrides: dict | None = None) -> LatencyResult:
     """Latency of one model (checkpoint or .onnx) at batch 1 with `threads` CPU threads
     (0: the runtime's default). Torch models run under `torch.set_num_threads(threads)` and
     `torch.inference_mode`; ONNX models in an ORT_ENABLE_ALL session with that many intra-op threads."""
     _check(runs, warmup, threads)
     model, load_s = _load_timed(path, threads, resolution)
-    cfg = postprocess or model.postprocess
+    # `postprocess`, else the model's own setting with `postprocess_overrides` (field -> value) applied
+    cfg = postprocess or replace(model.postprocess, **(postprocess_overrides or {}))
     images = benchmark_input(model.resolution)
     forward_s, post_s = [], []
     with _torch_threads(threads):
