@@ -183,21 +183,22 @@ def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 5
     if len(baselines) != len(paths) or not all(0 <= b < len(paths) for b in baselines):
         raise ValueError(f"baselines: need one index in 0..{len(paths) - 1} per model, got {baselines}")
     loaded = [_load_timed(p, threads, None) for p in paths]
+    configs = [postprocess or model.postprocess for model, _ in loaded]  # each model's own unless given
     inputs = {m.resolution: benchmark_input(m.resolution) for m, _ in loaded}
     forward_s = [[] for _ in loaded]
     post_s = [[] for _ in loaded]
     with _torch_threads(threads):
-        _warm_up(lambda: [_time_once(model, inputs[model.resolution], postprocess or model.postprocess)
-                          for model, _ in loaded], warmup)
+        _warm_up(lambda: [_time_once(model, inputs[model.resolution], cfg)
+                          for (model, _), cfg in zip(loaded, configs)], warmup)
         for _ in range(runs):
             for i, (model, _) in enumerate(loaded):
-                f, p = _time_once(model, inputs[model.resolution], postprocess or model.postprocess)
+                f, p = _time_once(model, inputs[model.resolution], configs[i])
                 forward_s[i].append(f)
                 post_s[i].append(p)
     totals = [np.asarray(f) + np.asarray(p) for f, p in zip(forward_s, post_s)]
     results = []
     for i, (model, load_s) in enumerate(loaded):
-        result = _summarise(model, forward_s[i], post_s[i], load_s, threads, postprocess or model.postprocess)
+        result = _summarise(model, forward_s[i], post_s[i], load_s, threads, configs[i])
         result.ratio = float(np.median(totals[i] / totals[baselines[i]]))
         graph = np.asarray(forward_s[i]) / np.asarray(forward_s[baselines[i]])
         result.forward_ratio = float(np.median(graph))

@@ -42,8 +42,8 @@ Presets (`DesignSettings`, written to ``out_dir/settings.json``):
   cores: width 0.5, 1200 train / 200 val synthetic images, batch 16, light augmentation,
   5 float epochs (lr 0.03) and 1 epoch for every other training, 10 candidates (300, 288, 272,
   256, 240, 224, 208, 192, 250, 236: down to 192 so that a budget a little under the 300 model's
-  latency still finds a fit on a slower machine), 1 fine-tuned resolution, 32 calibration images, 20 paired runs in
-  the quantization table. Its models see ~6000 images: their APs are low, but every step's
+  latency still finds a fit on a slower machine), 1 fine-tuned resolution, 32 calibration images,
+  20 paired runs in the quantization table. Its models see ~6000 images: their APs are low, but every step's
   comparison is measured on the same val images.
 """
 

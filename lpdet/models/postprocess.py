@@ -31,8 +31,9 @@ def postprocess_from_metadata(meta: dict) -> PostprocessConfig:
     saved = meta.get("postprocess") if isinstance(meta, dict) else None
     if not isinstance(saved, dict):
         return PostprocessConfig()
-    fields = PostprocessConfig.__dataclass_fields__
-    return PostprocessConfig(**{k: type(getattr(PostprocessConfig(), k))(v) for k, v in saved.items() if k in fields})
+    defaults = PostprocessConfig()
+    known = {k: v for k, v in saved.items() if k in PostprocessConfig.__dataclass_fields__}
+    return PostprocessConfig(**{k: type(getattr(defaults, k))(v) for k, v in known.items()})
 
 
 def decode(cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
