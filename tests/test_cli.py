@@ -60,12 +60,16 @@ def test_bench_uses_the_models_nms_setting_and_flags_override(capsys, tmp_path):
     plain = export_onnx(tiny_detector(), tmp_path / "m.onnx", metadata={"class_names": CLASS_NAMES})
     tuned = update_metadata(plain, tmp_path / "tuned.onnx", {"postprocess": {"nms_iou": 0.2}})
     assert main(["bench", str(tuned), "--runs", "2", "--warmup", "0", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["postprocess"]["nms_iou"] == 0.2
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["postprocess"]["nms_iou"] == 0.2
+    assert len(measured["repeat_medians_ms"]) == 3  # by default the lowest median of 3 repeats, as lpdet design
     assert main(["bench", str(tuned), "--runs", "2", "--warmup", "0", "--json", "--nms-iou", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["postprocess"] == {"score_threshold": 0.01, "nms_iou": 0.5,
                                                                    "top_k": 100, "pre_nms_top_k": 100}
     assert main(["bench", str(tuned), "--nms-iou", "1.5"]) == 2
     assert "--nms-iou 1.5: must be in (0, 1]" in capsys.readouterr().err
+    assert main(["bench", str(tuned), "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, hint", [(["design", "--data", "synth", "--budget-ms", "5", "--out", "d"], "run the same command again"),

@@ -50,6 +50,7 @@ class LatencyResult:
     ratio: float | None = None  # benchmark_paired: median per-iteration end-to-end ratio to the baseline model
     forward_ratio: float | None = None  # benchmark_paired: the same for the graph alone (NMS excluded)
     postprocess: dict | None = None  # the PostprocessConfig timed (the model's own unless overridden)
+    repeat_medians_ms: list[float] | None = None  # benchmark(repeats>1): every repeat's median (this is the lowest)
 
 
 def cpu_name() -> str:
@@ -150,23 +151,35 @@ def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple
 
 def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int = 5,
               resolution: int | None = None, postprocess: PostprocessConfig | None = None,
-              postprocess_overrides: dict | None = None) -> LatencyResult:
+              postprocess_overrides: dict | None = None, repeats: int = 1) -> LatencyResult:
     """Latency of one model (checkpoint or .onnx) at batch 1 with `threads` CPU threads
     (0: the runtime's default). Torch models run under `torch.set_num_threads(threads)` and
-    `torch.inference_mode`; ONNX models in an ORT_ENABLE_ALL session with that many intra-op threads."""
+    `torch.inference_mode`; ONNX models in an ORT_ENABLE_ALL session with that many intra-op threads.
+
+    With `repeats` > 1 the `runs` timed images are run that many times and the repeat with the
+    lowest median is returned (timeit's rule: on a shared machine the others are inflated by
+    other jobs' load); every repeat's median is in `repeat_medians_ms`."""
     _check(runs, warmup, threads)
+    if repeats < 1:
+        raise LpdetError(f"repeats: must be >= 1, got {repeats}")
     model, load_s = _load_timed(path, threads, resolution)
     # `postprocess`, else the model's own setting with `postprocess_overrides` (field -> value) applied
     cfg = postprocess or replace(model.postprocess, **(postprocess_overrides or {}))
     images = benchmark_input(model.resolution)
-    forward_s, post_s = [], []
+    results = []
     with _torch_threads(threads):
         _warm_up(lambda: _time_once(model, images, cfg), warmup)
-        for _ in range(runs):
-            f, p = _time_once(model, images, cfg)
-            forward_s.append(f)
-            post_s.append(p)
-    return _summarise(model, forward_s, post_s, load_s, threads, cfg)
+        for _ in range(repeats):
+            forward_s, post_s = [], []
+            for _ in range(runs):
+                f, p = _time_once(model, images, cfg)
+                forward_s.append(f)
+                post_s.append(p)
+            results.append(_summarise(model, forward_s, post_s, load_s, threads, cfg))
+    best = min(results, key=lambda r: r.median_ms)
+    if repeats > 1:
+        best.repeat_medians_ms = [r.median_ms for r in results]
+    return best
 
 
 def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 50, warmup: int = 5,
@@ -212,7 +225,9 @@ def format_latency(result: LatencyResult) -> str:
         f"{result.path}  ({result.kind}, {result.resolution}x{result.resolution}, batch 1)",
         f"device       {result.device}; {result.runtime}; {result.threads or 'default'} thread(s)",
         f"latency      median {result.median_ms:.2f} ms   p90 {result.p90_ms:.2f}   min {result.min_ms:.2f}   "
-        f"mean {result.mean_ms:.2f}   ({result.runs} runs)",
+        f"mean {result.mean_ms:.2f}   ({result.runs} runs"
+        + (f"; the lowest-median of {len(result.repeat_medians_ms)} repeats: "
+           + ", ".join(f"{m:.2f}" for m in result.repeat_medians_ms) + ")" if result.repeat_medians_ms else ")"),
         f"  graph      {result.forward_ms:.2f} ms (median)",
         f"  postproc   {result.postprocess_ms:.2f} ms (median; {result.postprocess_share:.1%} of end-to-end)"
         + (f"; {describe_postprocess(result.postprocess)}" if result.postprocess else ""),
@@ -235,4 +250,6 @@ def latency_to_dict(result: LatencyResult) -> dict:
     for key, value in data.items():
         if isinstance(value, float):
             data[key] = round(value, 4)
+        elif key == "repeat_medians_ms" and value:
+            data[key] = [round(v, 4) for v in value]
     return data

@@ -135,6 +135,10 @@ def cmd_design(args) -> None:
     if args.width is not None and not args.width > 0:
         raise LpdetError(f"--width {args.width}: must be > 0")
     overrides = {}
+    if args.budget_margin is not None:
+        if not 0 <= args.budget_margin < 1:
+            raise LpdetError(f"--budget-margin {args.budget_margin}: must be a fraction in [0, 1), e.g. 0.1")
+        overrides["budget_margin"] = args.budget_margin
     resolutions = parse_int_list("--resolutions", args.resolutions, minimum=32)
     if resolutions:
         overrides["resolutions"] = resolutions
@@ -213,6 +217,9 @@ def add_design_commands(commands, common: argparse.ArgumentParser) -> None:
     des.add_argument("--data", default="synth")
     des.add_argument("--budget-ms", type=float, required=True, help="int8 latency budget (median, batch 1, ms)")
     des.add_argument("--out", type=Path, required=True)
+    des.add_argument("--budget-margin", type=float,
+                     help="fraction of the budget kept in reserve: a model fits when it measures at most "
+                          "budget x (1 - margin), so it still meets the budget when benchmarked again (default 0.1)")
     des.add_argument("--quick", action="store_true", help="a ~15 minute version of every step (2 CPU cores, synth)")
     des.add_argument("--threads", type=int, default=1, help="inference threads the budget is for (default 1)")
     des.add_argument("--arch", help="default mobilenet_v2_ssdlite")

@@ -418,8 +418,7 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
     else:
         from lpdet.deploy.latency import benchmark, latency_to_dict
 
-        bench = latency_to_dict(min((benchmark(model_path, threads=threads, runs=runs, warmup=warmup)
-                                     for _ in range(max(1, repeats))), key=lambda r: r.median_ms))
+        bench = latency_to_dict(benchmark(model_path, threads=threads, runs=runs, warmup=warmup, repeats=repeats))
         measured = _measure_nms(model_path, data_path, settings, threads=threads, max_images=max_images)
     forward = float(bench["forward_ms"])
     rows = [NmsRow(nms_iou=r["nms_iou"], score_threshold=r["score_threshold"], top_k=r["top_k"], metrics=r["metrics"],

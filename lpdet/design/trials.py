@@ -341,10 +341,9 @@ class TrialCache:
         def fn(directory: Path) -> dict:
             from lpdet.deploy.latency import benchmark, latency_to_dict
 
-            results = [benchmark(model, threads=threads, runs=runs, warmup=warmup, postprocess=cfg)
-                       for _ in range(max(1, repeats))]
-            best = min(results, key=lambda r: r.median_ms)
-            return {"latency": latency_to_dict(best), "medians_ms": [round(r.median_ms, 4) for r in results]}
+            best = benchmark(model, threads=threads, runs=runs, warmup=warmup, postprocess=cfg, repeats=repeats)
+            return {"latency": latency_to_dict(best),
+                    "medians_ms": [round(m, 4) for m in best.repeat_medians_ms or [best.median_ms]]}
 
         spec = {"model": file_identity(model), "threads": threads, "runs": runs, "warmup": warmup,
                 "postprocess": to_dict(cfg), "repeats": repeats}

@@ -55,9 +55,20 @@ def test_paired(models):
         _sane(r, 4)
 
 
+def test_repeats_keep_the_lowest_median(models):
+    result = benchmark(models[1], threads=1, runs=3, warmup=0, repeats=3)
+    _sane(result, 3)
+    assert len(result.repeat_medians_ms) == 3 and result.median_ms == min(result.repeat_medians_ms)
+    assert "lowest-median of 3 repeats" in format_latency(result)
+    assert len(latency_to_dict(result)["repeat_medians_ms"]) == 3
+    assert benchmark(models[1], runs=2, warmup=0).repeat_medians_ms is None  # one repeat: nothing to list
+
+
 def test_bad_arguments(models):
     with pytest.raises(LpdetError, match="runs"):
         benchmark(models[1], runs=0)
+    with pytest.raises(LpdetError, match="repeats"):
+        benchmark(models[1], runs=2, repeats=0)
 
 
 def test_warm_up_runs_for_a_minimum_time(monkeypatch):

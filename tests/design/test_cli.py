@@ -45,6 +45,7 @@ def test_list_parsing():
     (["design", "--budget-ms", "-3", "--out", "o"], "--budget-ms -3"),
     (["design", "--budget-ms", "10", "--out", "o", "--threads", "-1"], "--threads -1"),
     (["design", "--budget-ms", "10", "--out", "o", "--resolutions", "300,abc"], "--resolutions 300,abc"),
+    (["design", "--budget-ms", "10", "--out", "o", "--budget-margin", "1"], "--budget-margin 1"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -70,6 +71,12 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
     assert again.summary["latency_median_ms"] == summary["latency_median_ms"]
 
     # an impossible budget: a clear error naming the fastest measured latency (from the cache)
-    with pytest.raises(LpdetError, match=r"no resolution meets --budget-ms 0.001: the fastest candidate"):
+    with pytest.raises(LpdetError, match=r"no resolution fits --budget-ms 0.001 .*: the fastest candidate"):
         design(data, 0.001, out, settings=tiny_settings(), progress=False)
     assert "no model meets the budget" in (out / "report.md").read_text()
+
+    # the margin: a budget the fastest candidate meets, but not with half of it kept in reserve
+    fastest = min(json.loads((out / "trials" / f"noft-r{r}-bench" / "result.json").read_text())
+                  ["latency"]["median_ms"] for r in (128, 96))
+    with pytest.raises(LpdetError, match=r"fits at <= "):
+        design(data, fastest * 1.2, out, settings=replace(tiny_settings(), budget_margin=0.5), progress=False)
