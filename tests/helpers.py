@@ -23,9 +23,10 @@ def tiny_train_config(data_yaml: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def overfit_detector(root: Path, resolution: int):
-    """A width-0.5 MobileNetV2-SSDLite overfitted for 40 steps on 4 of 8 real (synthetic-dataset)
-    images, so that its detections mean something; returns (detector in eval mode, dataset, images)."""
+def overfit_detector(root: Path, resolution: int, n_images: int = 8):
+    """A width-0.5 MobileNetV2-SSDLite overfitted for 40 steps on 4 of `n_images` real
+    (synthetic-dataset) images, so that its detections mean something; returns (detector in eval
+    mode, dataset, images)."""
     import torch
 
     from lpdet.data.coco import CocoDetection
@@ -35,7 +36,7 @@ def overfit_detector(root: Path, resolution: int):
     from lpdet.models.loss import multibox_loss
     from lpdet.models.registry import ModelConfig, build_detector
 
-    spec = load_dataset_yaml(generate_synthetic_coco(root / "data", 0, 8, seed=1, progress=False))
+    spec = load_dataset_yaml(generate_synthetic_coco(root / "data", 0, n_images, seed=1, progress=False))
     dataset = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(resolution))
     items = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([image for image, _ in items])

@@ -32,7 +32,7 @@ __all__ = [
     "synth_dir_name", "SYNTH_DEFAULT_TRAIN", "SYNTH_DEFAULT_VAL", "SYNTH_DEFAULT_SEED", "SYNTH_VERSION",
 ]
 
-SYNTH_VERSION = "v3"  # bump when the generator's output changes, so old caches are not reused
+SYNTH_VERSION = "v4"  # bump when the generator's output changes, so old caches are not reused
 SYNTH_DEFAULT_TRAIN = 4000
 SYNTH_DEFAULT_VAL = 500
 SYNTH_DEFAULT_SEED = 0

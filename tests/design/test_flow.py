@@ -18,7 +18,7 @@ def tiny_settings() -> DesignSettings:
                           finetune_top=1, base_epochs=1, qat_epochs=1, finetune_epochs=1, batch_size=4, lr=0.01,
                           warmup_steps=1, qat_lr=0.005, finetune_lr=0.005, finetune_warmup_steps=1, workers=0,
                           train_threads=1, max_val_images=0, checkpoint_every=0, bench_runs=3, bench_warmup=1, bench_repeats=1,
-                          compare_runs=2, calibration_images=2, small_max=12.0, nms_ious=[0.6, 0.3],
+                          compare_runs=2, calibration_images=2, small_max=18.0, nms_ious=[0.6, 0.3],
                           precision="fp32")
 
 
