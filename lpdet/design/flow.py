@@ -13,9 +13,10 @@ interrupted call continues where it stopped; a changed setting redoes what it af
 4. **Resolution search**: the QAT model exported int8 at each candidate resolution (300 down,
    multiples of 8, plus non-multiples such as 250 / 236 for the table) and benchmarked; those
    whose median latency is at most `budget_ms`·(1 − `budget_margin`) fit (the margin, 10% by
-   default, keeps the pick within the budget when the machine's speed drifts). The largest `finetune_top` fitting multiples of 8
-   (any fitting size if no multiple of 8 fits) are fine-tuned with QAT at their resolution, and
-   so is the base resolution as a reference with the same extra training (Table 11.2, Fig 11.2).
+   default, keeps the pick within the budget when the machine's speed drifts). The largest
+   `finetune_top` fitting multiples of 8 (any fitting size if no multiple of 8 fits) are
+   fine-tuned with QAT at their resolution, and so is the base resolution as a reference with
+   the same extra training (Table 11.2, Fig 11.2).
    The fine-tuned model (reference included) that fits with the best AP is chosen.
 5. **Filtering ablation** at the chosen resolution: the same fine-tuning, for about the same
    number of steps, without the training images holding small objects (Figs 11.3 / 11.4); the
@@ -23,8 +24,8 @@ interrupted call continues where it stopped; a changed setting redoes what it af
 6. **NMS sweep** on the chosen model (Table 11.3); the setting with the best AP is kept (ties:
    the faster).
 7. **Final**: the chosen int8 ONNX re-benchmarked with the chosen NMS setting; if it still fits
-   (budget less margin) it is copied to ``out_dir/final/model.onnx`` with ``final/summary.json`` (else the
-   next best fitting model is tried). Table 11.4 lists each step's measured change in AP and
+   (budget less margin) it is copied to ``out_dir/final/model.onnx`` with ``final/summary.json``
+   (else the next best fitting model is tried). Table 11.4 lists each step's measured change in AP and
    latency (losses included).
 
 ``report.md`` / ``report.html`` hold all of it; every number in them was measured by this flow
@@ -43,9 +44,9 @@ Presets (`DesignSettings`, written to ``out_dir/settings.json``):
   cores: width 0.5, 1200 train / 200 val synthetic images, batch 16, light augmentation,
   5 float epochs (lr 0.03) and 1 epoch for every other training, 12 candidates (300, 288, 272,
   256, 240, 224, 208, 192, 176, 160, 250, 236: down to 160 so that a budget well under the 300
-  model's latency still finds a fit on a slower machine), 1 fine-tuned resolution, 32 calibration images,
-  20 paired runs in the quantization table. Its models see ~6000 images: their APs are low, but every step's
-  comparison is measured on the same val images.
+  model's latency still finds a fit on a slower machine), 1 fine-tuned resolution, 32
+  calibration images, 20 paired runs in the quantization table. Its models see ~6000 images:
+  their APs are low, but every step's comparison is measured on the same val images.
 """
 
 from __future__ import annotations
