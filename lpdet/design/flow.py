@@ -348,7 +348,7 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
     fit_tuned = [m for m in tuned if latency[m.resolution] <= limit]
     pool = fit_tuned or [m for m in untuned if latency[m.resolution] <= limit]
     chosen = max(pool, key=lambda m: (_ap(m.metrics), -latency[m.resolution]))
-    ctx.sections.append(_resolution_section(ctx, sweep, search_table, to_tune, chosen, latency))
+    ctx.sections.append(_resolution_section(ctx, sweep, search_table, to_tune, chosen, latency, fitting))
 
     # Table 11.4 rows so far
     noft_base = sweep.row(base_r)
@@ -564,10 +564,9 @@ def _quant_section(compare: dict) -> Section:
 
 
 def _resolution_section(ctx: _Context, sweep, search_table: Table, to_tune: list[int], chosen: _Model,
-                        latency: dict) -> Section:
+                        latency: dict, fit: list[int]) -> Section:
     s = ctx.settings
     base = s.base_resolution
-    fit = [r for r, v in latency.items() if v <= s.latency_limit(ctx.budget_ms)]
     text = (f"Every candidate was exported int8 from the QAT model and benchmarked without training; "
             f"{len(fit)} of {len(latency)} fit the {ctx.budget_ms:g} ms budget ({_limit_text(s, ctx.budget_ms)}) "
             f"({', '.join(str(r) for r in sorted(fit, reverse=True)) or 'none'}). Fine-tuned with QAT for "
@@ -619,7 +618,7 @@ def _final_section(ctx: _Context) -> Section:
 
 
 def _limit_text(s: DesignSettings, budget_ms: float) -> str:
-    """e.g. 'a model fits at <= 4.5 ms, 10% of the budget kept for re-benchmarks'."""
+    """e.g. 'a model fits at <= 4.5 ms, 10% of the budget kept in reserve for the machine's drift ...'."""
     if not s.budget_margin:
         return "a model fits at <= the budget"
     return (f"a model fits at <= {s.latency_limit(budget_ms):.3g} ms, {s.budget_margin:.0%} of the budget kept "
