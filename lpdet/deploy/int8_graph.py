@@ -1,0 +1,87 @@
+"""Rewrites of an int8 QDQ graph that change how fast onnxruntime runs it, never what it computes.
+
+`pad_stem_channels`: the first convolution sees the 3-channel image. onnxruntime's int8
+convolution (u8 activations, s8 weights, NHWC) gathers each output pixel's 3x3x3 input window
+3 bytes at a time, and on the AVX-512 VNNI CPU we measured it ran the stem at about half the speed
+of the fp32 convolution (0.51 ms against 0.28 ms for MobileNetV2 @300): the one layer where int8
+was slower than float. Padding the quantized input to 4 channels with zeros (and the stem's weights
+with a zero input channel) lets it gather 4-byte groups: the padded stem is about 0.35 ms faster
+there. The result is bit for bit the same: a padded value is the zero point, i.e. exactly 0.0, and
+it meets zero weights, whose per-output-channel scales do not change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = ["pad_stem_channels", "STEM_CHANNELS"]
+
+STEM_CHANNELS = 4
+
+
+def _consumers(graph) -> dict[str, list]:
+    result: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            result.setdefault(name, []).append(node)
+    return result
+
+
+def _stem(graph, producer: dict, consumers: dict, initializers: dict):
+    """(QuantizeLinear, DequantizeLinear of the weights, weight initializer) of the first group-1 Conv
+    over a 3-channel quantized input, when each link feeds that Conv alone; None otherwise."""
+    for conv in graph.node:
+        if conv.op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in conv.attribute):
+            continue
+        act_dq, weight_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
+        if act_dq is None or weight_dq is None or act_dq.op_type != "DequantizeLinear" \
+                or weight_dq.op_type != "DequantizeLinear":
+            continue
+        act_q = producer.get(act_dq.input[0])
+        weight = initializers.get(weight_dq.input[0])
+        if act_q is None or act_q.op_type != "QuantizeLinear" or weight is None or len(weight.dims) != 4 \
+                or weight.dims[1] != 3:
+            continue
+        axis = next((a.i for a in weight_dq.attribute if a.name == "axis"), 1)
+        exclusive = all(len(consumers.get(name, [])) == 1 for name in
+                        (act_q.output[0], act_dq.output[0], weight_dq.output[0], weight.name))
+        if exclusive and (axis == 0 or numpy_helper.to_array(initializers[weight_dq.input[1]]).size == 1):
+            return act_q, weight
+        return None
+    return None
+
+
+def pad_stem_channels(proto: onnx.ModelProto, channels: int = STEM_CHANNELS) -> bool:
+    """Pad the input of `proto`'s stem convolution to `channels` channels (in place; see the
+    module docstring). Returns False, leaving the graph alone, when it has no such stem."""
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    found = _stem(graph, producer, _consumers(graph), initializers)
+    if found is None:
+        return False
+    quantize, weight = found
+    source = quantize.input[0]
+    pads_name, padded_name = f"{source}_stem_pads", f"{source}_stem_padded"
+    graph.initializer.append(numpy_helper.from_array(
+        np.array([0, 0, 0, 0, 0, channels - 3, 0, 0], dtype=np.int64), pads_name))
+    pad = onnx.helper.make_node("Pad", [source, pads_name], [padded_name], mode="constant",
+                                name=f"{quantize.name}_stem_pad")
+    quantize.input[0] = padded_name
+    nodes = list(graph.node)
+    nodes.insert(nodes.index(quantize), pad)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+    values = numpy_helper.to_array(weight)
+    padded = np.zeros((values.shape[0], channels, *values.shape[2:]), dtype=values.dtype)
+    padded[:, :3] = values
+    weight.CopyFrom(numpy_helper.from_array(padded, weight.name))
+    # Shapes recorded for the rewired tensors are stale now (3 channels): let runtimes infer them.
+    stale = {quantize.output[0], *(n.output[0] for n in graph.node if quantize.output[0] in n.input)}
+    kept = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    return True
