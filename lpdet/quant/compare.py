@@ -55,6 +55,7 @@ class CompareResult:
     arch: str = ""
     resolution: int = 0
     notes: list[str] = field(default_factory=list)
+    weight_spread: dict = field(default_factory=dict)  # lpdet.quant.weight_ranges.summarize_spread of the fp32 model
 
 
 def _size_mb(path: Path) -> float:
@@ -78,6 +79,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     from lpdet.deploy.runtime import load_model
     from lpdet.eval.coco_eval import evaluate
     from lpdet.quant.ptq import calibration_batch, quantize_calibrated, quantize_naive
+    from lpdet.quant.weight_ranges import summarize_spread, weight_spread
     from lpdet.train.checkpoint import load_detector
 
     if calibration_images < 1:
@@ -148,6 +150,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
         checkpoint=str(float_ckpt.path), data=str(data), split="val", images=images, rows=rows,
         calibration_images=int(len(calibration)), threads=threads, runs=runs, device=cpu_name(),
         arch=detector.config.arch, resolution=resolution, notes=notes,
+        weight_spread=summarize_spread(weight_spread(paths["float"])),
     )
     (out_dir / "quant_compare.md").write_text(format_compare(result) + "\n")
     (out_dir / "quant_compare.json").write_text(json.dumps(compare_to_dict(result), indent=2) + "\n")
@@ -187,6 +190,10 @@ def format_compare(result: CompareResult) -> str:
                  f"symmetric int8 weights, uint8 activations, MinMax ranges from {result.calibration_images} images; "
                  f"QAT: quantization-aware training exported as int8. AP in %; latency = graph + NMS per image, "
                  f"int8/fp32 = median of per-image paired ratios (end to end).")
+    if result.weight_spread:
+        from lpdet.quant.weight_ranges import format_spread
+
+        lines.append(f"Why naive 8-bit holds or drops: {format_spread(result.weight_spread)}")
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
 

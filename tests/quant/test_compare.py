@@ -41,6 +41,9 @@ def _check_outputs(result, out_dir, rows_run):
     assert (naive_row.quantization, ptq_row.quantization) == ("int8-naive", "int8-ptq")
     assert ptq_row.size_mb < float_row.size_mb / 2  # int8 weights
     assert result.images == 4
+    # the folded weight spread of the float model explains the naive row
+    assert data["weight_spread"]["depthwise"]["max"] >= data["weight_spread"]["depthwise"]["median"] >= 1
+    assert "Why naive 8-bit holds or drops: folded weight range spread" in markdown
 
 
 def test_compare_without_qat(setup, tmp_path):
