@@ -560,7 +560,12 @@ def _quant_section(compare: dict) -> Section:
     table = Table("Table 11.1: float vs 8-bit", ["model", "AP", "AP50", "AP_small", "AP_medium", "AP_large",
                                                  "latency ms", "latency vs float", "size MB"], rows, note=note,
                   formats={"latency ms": ".2f", "latency vs float": ".2f", "size MB": ".2f"})
-    return Section("Table 11.1: quantization", "The float model and its 8-bit versions, each deployed as ONNX.", [table])
+    text = "The float model and its 8-bit versions, each deployed as ONNX."
+    if compare.get("weight_spread"):
+        from lpdet.quant.weight_ranges import format_spread
+
+        text += f" Why naive 8-bit holds or drops: {format_spread(compare['weight_spread'])}"
+    return Section("Table 11.1: quantization", text, [table])
 
 
 def _resolution_section(ctx: _Context, sweep, search_table: Table, to_tune: list[int], chosen: _Model,

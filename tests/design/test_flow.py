@@ -48,6 +48,7 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
     for heading in ("Setup", "Table 11.1", "Table 11.2", "Figure 11.2", "Figures 11.3 / 11.4", "Table 11.3",
                     "Table 11.4", "Final model"):
         assert heading in md, heading
+    assert "Why naive 8-bit holds or drops: folded weight range spread" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # Fig 11.2, 11.3, 11.4
     assert json.loads((out / "settings.json").read_text())["settings"]["width"] == 0.25
