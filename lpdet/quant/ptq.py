@@ -4,9 +4,10 @@
 clean-up), static QDQ quantization with uint8 activations and int8 symmetric per-channel
 weights (the fast u8s8 kernels on x86: every convolution becomes a QLinearConv), activation
 ranges calibrated on real images. `quantize_naive` is the textbook baseline that shows why
-MobileNets need care: one scale per weight TENSOR (a depthwise filter bank mixes channels whose
-ranges differ by orders of magnitude, so small channels round to zero) and min/max ranges from
-a couple of images.
+MobileNets need care: one scale per weight TENSOR (after BN folding, a depthwise filter bank can
+mix channels whose ranges differ by orders of magnitude, and then the small channels round to
+zero; `lpdet.quant.weight_ranges` measures how far apart they are) and min/max ranges from a
+couple of images.
 
 Both keep the float tail of the graph (head outputs' reshapes, softmax, box decoding) in float:
 those nodes are excluded from quantization, so `scores`/`boxes` keep their float precision. The
@@ -245,8 +246,9 @@ def quantize_calibrated(fp32_onnx: Path, out: Path, calibration_images: Tensor, 
 
 def quantize_naive(fp32_onnx: Path, out: Path, calibration_images: Tensor | Sequence) -> Path:
     """The naive 8-bit baseline: per-TENSOR int8 weights, MinMax activation ranges from the first
-    `NAIVE_CALIBRATION_IMAGES` (2) images only. Reproduces the large accuracy loss of MobileNets
-    (depthwise convolutions) under naive quantization. Returns `out`."""
+    `NAIVE_CALIBRATION_IMAGES` (2) images only. It loses much accuracy on MobileNets whose folded
+    depthwise weight ranges spread widely across channels (long-trained ImageNet ones), little where
+    they do not (measured: `benchmarks/naive_int8_spread.py`). Returns `out`."""
     images = calibration_images
     if not isinstance(images, Tensor):
         images = torch.as_tensor(np.asarray(images))
