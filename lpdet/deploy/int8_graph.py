@@ -30,8 +30,8 @@ def _consumers(graph) -> dict[str, list]:
 
 
 def _stem(graph, producer: dict, consumers: dict, initializers: dict):
-    """(QuantizeLinear, DequantizeLinear of the weights, weight initializer) of the first group-1 Conv
-    over a 3-channel quantized input, when each link feeds that Conv alone; None otherwise."""
+    """(input QuantizeLinear, int8 weight initializer) of the first group-1 Conv over a 3-channel
+    quantized input, when each link feeds that Conv alone; None otherwise."""
     for conv in graph.node:
         if conv.op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in conv.attribute):
             continue

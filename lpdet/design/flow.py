@@ -564,7 +564,7 @@ def _quant_section(compare: dict) -> Section:
     if compare.get("weight_spread"):
         from lpdet.quant.weight_ranges import format_spread
 
-        text += f" Why naive 8-bit holds or drops: {format_spread(compare['weight_spread'])}"
+        text += " " + format_spread(compare["weight_spread"])
     return Section("Table 11.1: quantization", text, [table])
 
 

@@ -193,7 +193,7 @@ def format_compare(result: CompareResult) -> str:
     if result.weight_spread:
         from lpdet.quant.weight_ranges import format_spread
 
-        lines.append(f"Why naive 8-bit holds or drops: {format_spread(result.weight_spread)}")
+        lines.append(format_spread(result.weight_spread))
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
 

@@ -61,12 +61,12 @@ def summarize_spread(layers: list[LayerSpread]) -> dict:
 
 
 def format_spread(summary: dict) -> str:
-    """One sentence for a report: the spreads and what they mean for per-tensor weights."""
+    """Two sentences for a report: the spreads and what they mean for per-tensor (naive) weights."""
     if not summary:
-        return "folded weight range spread: no convolutions with constant weights"
+        return "Why naive 8-bit holds or drops: no convolutions with constant weights to measure"
     parts = [f"{kind} convs median {s['median']:.1f}, worst {s['max']:.1f} ({s['worst_layer']})"
              for kind, s in summary.items()]
     worst = max(s["max"] for s in summary.values())
-    return (f"folded weight range spread (max / median over output channels of max |w|): {'; '.join(parts)}. "
+    return (f"Why naive 8-bit holds or drops: folded weight range spread (max / median over output channels of max |w|): {'; '.join(parts)}. "
             f"Per-tensor int8 weights leave a median channel of the worst layer about {127 / worst:.0f} of 127 "
             f"levels.")
