@@ -101,4 +101,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lpdet.errors import LpdetError
+
+    try:
+        main()
+    except LpdetError as e:  # a wrong path or dataset: one line, not a traceback
+        raise SystemExit(f"error: {e}") from None
