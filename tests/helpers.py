@@ -23,34 +23,28 @@ def tiny_train_config(data_yaml: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def overfit_detector(root: Path, resolution: int, n_images: int = 8):
-    """A width-0.5 MobileNetV2-SSDLite overfitted for 40 steps on 4 of `n_images` real
-    (synthetic-dataset) images, so that its detections mean something; returns (detector in eval
-    mode, dataset, images)."""
+def overfit_detector(root: Path, resolution: int = 128, n_images: int = 8):
+    """The checked-in trained detector of `tests/fixtures/make_overfit_detector.py` (a width-0.5
+    MobileNetV2-SSDLite overfitted on the first 4 synthetic val images, so that its detections
+    mean something), loaded rather than trained so that it is the same model on every CPU; returns
+    (detector in eval mode, the first `n_images` synthetic val images' dataset, their images)."""
+    import json
+
     import torch
+    from safetensors import safe_open
 
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.spec import load_dataset_yaml
-    from lpdet.data.synth import generate_synthetic_coco
-    from lpdet.data.transforms import eval_transforms
-    from lpdet.models.loss import multibox_loss
     from lpdet.models.registry import ModelConfig, build_detector
+    from tests.fixtures.make_overfit_detector import OUT, synthetic_val
 
-    spec = load_dataset_yaml(generate_synthetic_coco(root / "data", 0, n_images, seed=1, progress=False))
-    dataset = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(resolution))
-    items = [dataset[i] for i in range(len(dataset))]
-    images = torch.stack([image for image, _ in items])
-    targets = [{"boxes": t["boxes"] / resolution, "labels": t["labels"]} for _, t in items]
-    torch.manual_seed(0)
-    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", dataset.num_classes, width=0.5,
+    with safe_open(str(OUT), framework="pt") as weights:
+        recipe = json.loads(weights.metadata()["recipe"])
+        state = {key: weights.get_tensor(key) for key in weights.keys()}
+    if resolution != recipe["resolution"]:
+        raise ValueError(f"the fixture detector was trained at {recipe['resolution']}, not {resolution}")
+    dataset = synthetic_val(root / "data", n_images, resolution)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    detector = build_detector(ModelConfig(recipe["arch"], dataset.num_classes, width=recipe["width"],
                                           resolution=resolution))
-    optimizer = torch.optim.SGD(detector.parameters(), lr=0.05, momentum=0.9)
-    detector.train()
-    for _ in range(40):
-        cls_logits, box_deltas = detector(images[:4])
-        loss = multibox_loss(cls_logits, box_deltas, targets[:4], detector.anchors)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    detector.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     detector.eval()
     return detector, dataset, images

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -107,22 +105,6 @@ def test_fast_hue_matches_torchvision(factor):
     img = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 40, 50), dtype=np.uint8))
     diff = (adjust_hue_uint8(img, factor).int() - F.adjust_hue(img, factor).int()).abs()
     assert int(diff.max()) <= 1
-
-
-def test_train_transform_speed():
-    tf = train_transforms(300)
-    pil = _image(400, 300)
-    boxes = torch.tensor([[50.0, 40, 150, 200], [200, 100, 380, 280], [10, 10, 40, 30]])
-    labels = torch.tensor([1, 2, 3])
-    torch.manual_seed(0)
-    for _ in range(5):
-        tf(pil, boxes, labels)
-    n = 50
-    t0 = time.process_time()
-    for _ in range(n):
-        tf(pil, boxes, labels)
-    ms = (time.process_time() - t0) / n * 1e3
-    assert ms < 50, f"{ms:.1f} ms/image"  # ~6 ms on one core; a loose bound for busy CI machines
 
 
 def test_light_augmentation_keeps_every_box_and_only_flips_geometry():

@@ -23,10 +23,16 @@ from tests.helpers import overfit_detector
 
 R = 128
 SCORE_THRESHOLD = 0.3
-# Raw head outputs within 1 / 2 LSB of the fake-quant model (measured on this fixture, synth-v4:
-# logits 99.98% / 100%, box offsets 99.93% / 99.998%, max 3 LSB)
-LSB_WITHIN_1 = 0.995
-LSB_WITHIN_2 = 0.999
+# Parity bounds that separate a bug from rounding noise on any CPU. The int8 kernels accumulate
+# in int32 where the fake-quant model sums in float32, so values near a rounding tie flip by one
+# step (LSB) and the flips travel on through later layers, symmetrically; how many depends on
+# the CPU's int8 kernels (AVX2, VNNI, AMX) and on torch's thread count. Measured on the checked-in
+# fixture (Intel Xeon, AMX): raw outputs within 2 LSB 96.4-99.9%, mean signed difference under
+# 0.02 LSB, detections agreeing 251 of 252. A wrong scale, zero point, rounding mode or layer
+# moves most values, or all of them one way, and most detections.
+LSB_WITHIN_2 = 0.90
+MAX_MEAN_SIGNED_LSB = 0.25
+DETECTIONS_AGREEING = 0.95
 
 
 def _session(path, optimized=None) -> ort.InferenceSession:
@@ -48,9 +54,10 @@ def _torch_outputs(detector, images):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A QAT detector whose detections mean something: a float model overfitted on 4 real
-    (synthetic-dataset) images, converted with prepare_qat and calibrated on 8; plus its int8
-    and fp32 exports. `images` holds 32 images, so that parity is a rate over a few hundred boxes."""
+    """A QAT detector whose detections mean something: the checked-in float model overfitted on
+    32 real (synthetic-dataset) images, converted with prepare_qat and calibrated on 8; plus its
+    int8 and fp32 exports. `images` holds those 32 images (about 250 detections above the score
+    threshold), so that parity is a rate over a few hundred boxes."""
     root = tmp_path_factory.mktemp("export")
     detector, dataset, images = overfit_detector(root, R, n_images=32)
     fp32 = export_onnx(detector, root / "fp32.onnx")
@@ -131,7 +138,7 @@ def _with_raw_outputs(path) -> onnx.ModelProto:
 
 
 def test_int8_onnxruntime_matches_the_fake_quant_model(trained):
-    """The same detections above a score threshold for at least 99% of them, scores within
+    """The same detections above a score threshold for at least 95% of them, scores within
     half a logit step, boxes within half a pixel or IoU 0.9, over 32 real images."""
     detector, images, int8, _ = trained
     scores, boxes, logits, deltas = _torch_outputs(detector, images)
@@ -139,14 +146,12 @@ def test_int8_onnxruntime_matches_the_fake_quant_model(trained):
     runs = [session.run(None, {"images": images[i : i + 1].numpy()}) for i in range(len(images))]
     onnx_scores, onnx_boxes, onnx_logits, onnx_deltas = (torch.from_numpy(np.concatenate(o)) for o in zip(*runs))
 
-    # Raw head outputs in units of their quantization step (LSB). The int8 kernels accumulate in
-    # int32 where the fake-quant model sums in float32, so an occasional value lands on the other
-    # side of a rounding tie and the 1-LSB flip travels on through later layers.
+    # Raw head outputs in units of their quantization step (LSB): rounding-tie flips only.
     for ours, theirs, quant in ((logits, onnx_logits, detector.cls_head.output_quant),
                                 (deltas, onnx_deltas, detector.box_head.output_quant)):
-        lsb = (ours - theirs).abs() / quant.qparams()[0]
-        assert lsb.median() == 0
-        assert (lsb < 1.01).float().mean() >= LSB_WITHIN_1 and (lsb < 2.01).float().mean() >= LSB_WITHIN_2, lsb.max()
+        lsb = (ours - theirs) / quant.qparams()[0]
+        assert (lsb.abs() < 2.01).float().mean() >= LSB_WITHIN_2, lsb.abs().max()
+        assert lsb.mean().abs() <= MAX_MEAN_SIGNED_LSB  # flips go both ways: no systematic offset
 
     # Detections above the score threshold, anchor by anchor (before NMS: with quantized scores
     # many boxes of one object tie, and which tied box NMS keeps is arbitrary). A detection is an
@@ -162,8 +167,10 @@ def test_int8_onnxruntime_matches_the_fake_quant_model(trained):
     overlap = box_iou(ours, theirs).diagonal() if len(ours) else torch.zeros(0)
     corner_px = (ours - theirs).abs().amax(dim=1) * R
     agree = (score_gap <= tolerance) & ((overlap >= 0.9) | (corner_px <= 0.5))
-    assert len(agree) >= 300  # a rate over a few hundred detections, not a handful
-    assert agree.float().mean() >= 0.99, (int(agree.sum()), len(agree))
+    # ~250 on the checked-in fixture on any CPU; the bound only guards against a fixture that
+    # stopped detecting, so that the rate below is over many detections, not a handful
+    assert len(agree) >= 150
+    assert agree.float().mean() >= DETECTIONS_AGREEING, (int(agree.sum()), len(agree))
     assert tolerance < 0.1  # "within tolerance" still means something
 
 
