@@ -26,7 +26,7 @@ class ClassStyle:
     max_rotation: float  # degrees either side; 0 for shapes that look the same rotated
 
 
-# Hue centres are ~36 degrees apart and jittered by up to +-15 (plus an occasional random
+# Hue centres are ~36 degrees apart and jittered by up to +-12 (plus an occasional random
 # hue), so neighbouring classes overlap in colour and shape stays necessary.
 STYLES: dict[str, ClassStyle] = {
     "disc": ClassStyle(0, "solid", 0),
