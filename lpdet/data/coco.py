@@ -23,18 +23,18 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
-from PIL import ImageOps
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from lpdet.data.images import load_rgb_image
 from lpdet.errors import LpdetError
 
-__all__ = ["CocoDetection", "load_rgb_image", "item_seed"]
+__all__ = ["CocoDetection", "item_seed"]
 
 log = logging.getLogger("lpdet.data")
 
@@ -52,52 +52,53 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def _to_8bit_gray(img: PIL.Image.Image) -> PIL.Image.Image:
-    """Mode I;16*/I/F (16-/32-bit or float grayscale) -> L, scaling the range to 0..255."""
-    a = np.asarray(img)
-    if img.mode.startswith("I;16"):
-        a = a.astype(np.float32) / 257.0
-    elif img.mode == "I":
-        a = a.astype(np.float32)
-        if a.size and a.max() > 255:  # 16-bit data stored as 32-bit (older Pillow PNG reads)
-            a = a / 257.0
-    else:  # "F"
-        a = a.astype(np.float32)
-        if a.size and np.nanmax(a) <= 1.0:
-            a = a * 255.0
-    a = np.nan_to_num(a, nan=0.0)
-    return PIL.Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), mode="L")
-
-
-def load_rgb_image(path: Path) -> PIL.Image.Image:
-    """Open an image as 8-bit RGB, EXIF orientation applied. Raises on missing/corrupt files.
-
-    COCO annotations refer to the image as displayed, i.e. after the EXIF orientation.
-    """
-    with PIL.Image.open(path) as f:
-        f.load()  # decodes everything now: a truncated or corrupt file raises here
-        img = f
-        try:
-            img = ImageOps.exif_transpose(f) or f
-        except Exception as e:  # a malformed EXIF block: keep the pixels as stored
-            log.debug("%s: ignoring unreadable EXIF (%s)", path, e)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            img = _to_8bit_gray(img)
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")  # what PIL asks for; the alpha is then dropped
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        if img is f:
-            img = f.copy()  # detach from the file handle closed by `with`
-    return img
-
-
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class _AnnotationScan:
+    """What the pass over the annotations found besides the training targets and the skips."""
+
+    unusable: list[int] = field(default_factory=list)  # indexes without a usable bbox: left out of evaluation
+    filled: int = 0  # usable annotations lacking 'area'/'iscrowd' (evaluation fills in the defaults)
+    duplicate_ids: int = 0
+
+
+def _has_usable_bbox(a: dict) -> bool:
+    bbox = a.get("bbox")
+    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+
+
+def _training_target(a: dict, ok_box: bool, cat_to_label: dict[int, int], index_of: dict[int, int],
+                     sizes: dict[int, tuple[float, float] | None]) -> tuple[int, tuple, int] | str:
+    """(image index, xyxy box clipped to the image, label) of annotation `a`, or why it is skipped."""
+    if a.get("iscrowd", 0):
+        return CROWD
+    label = cat_to_label.get(a["category_id"]) if _is_int(a["category_id"]) else None
+    if label is None:
+        return UNKNOWN_CATEGORY
+    idx = index_of.get(a["image_id"]) if _is_int(a["image_id"]) else None
+    if idx is None:
+        return UNKNOWN_IMAGE
+    if not ok_box:
+        return DEGENERATE
+    x, y, w, h = (float(v) for v in a["bbox"])
+    if w <= 0 or h <= 0:
+        return DEGENERATE
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    size = sizes[a["image_id"]]
+    if size is not None:
+        iw, ih = size
+        if x1 < 0 or y1 < 0 or x2 > iw or y2 > ih:
+            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, iw), min(y2, ih)
+            if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
+                return OUTSIDE
+    return idx, (x1, y1, x2, y2), label
 
 
 class CocoDetection(Dataset):
@@ -151,9 +152,18 @@ class CocoDetection(Dataset):
         return LpdetError(f"{self.annotations}: {where}: {what}; fix the annotation file")
 
     def _parse(self, data: dict) -> None:
-        # categories -> labels
+        """Validate and index `data` in named steps: categories, images, annotations (the
+        training targets), the evaluation ground truth, and one summary of what was skipped."""
+        cat_to_label = self._parse_categories(data["categories"])
+        sizes, index_of = self._parse_images(data["images"])
+        scan = self._parse_annotations(data["annotations"], cat_to_label, index_of, sizes)
+        self.coco: COCO = self._evaluation_ground_truth(data, scan)
+        self._log_skips(scan)
+
+    def _parse_categories(self, categories: list) -> dict[int, int]:
+        """Set `category_ids`, `class_names`, `num_classes`; return COCO category id -> label."""
         cat_names: dict[int, str] = {}
-        for i, c in enumerate(data["categories"]):
+        for i, c in enumerate(categories):
             if not isinstance(c, dict) or not _is_int(c.get("id")):
                 raise self._bad(f"categories[{i}]", "needs an integer 'id'")
             if c["id"] in cat_names:
@@ -164,13 +174,14 @@ class CocoDetection(Dataset):
         self.category_ids: list[int] = sorted(cat_names)
         self.class_names: list[str] = [cat_names[c] for c in self.category_ids]
         self.num_classes: int = len(self.category_ids)
-        cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        return {c: i + 1 for i, c in enumerate(self.category_ids)}
 
-        # images
+    def _parse_images(self, images: list) -> tuple[dict[int, tuple[float, float] | None], dict[int, int]]:
+        """Set `image_ids` and the file names; return image id -> (w, h) or None, image id -> index."""
         image_ids: list[int] = []
         file_names: list[str] = []
         sizes: dict[int, tuple[float, float] | None] = {}
-        for i, im in enumerate(data["images"]):
+        for i, im in enumerate(images):
             if not isinstance(im, dict) or not _is_int(im.get("id")):
                 raise self._bad(f"images[{i}]", "needs an integer 'id'")
             if not isinstance(im.get("file_name"), str) or not im["file_name"]:
@@ -183,80 +194,59 @@ class CocoDetection(Dataset):
             file_names.append(im["file_name"])
         self.image_ids: list[int] = image_ids
         self._file_names = file_names
-        index_of = {img_id: i for i, img_id in enumerate(image_ids)}
+        return sizes, {img_id: i for i, img_id in enumerate(image_ids)}
 
-        # annotations: one pass; training targets in flat arrays (cheap to fork into workers)
-        anns = data["annotations"]
+    def _parse_annotations(self, anns: list, cat_to_label: dict[int, int], index_of: dict[int, int],
+                           sizes: dict[int, tuple[float, float] | None]) -> _AnnotationScan:
+        """One pass: check each annotation, count the skipped ones in `skipped`, and keep the
+        training targets in flat arrays grouped by image (cheap to fork into workers)."""
         keep_img = np.empty(len(anns), dtype=np.int64)
         keep_box = np.empty((len(anns), 4), dtype=np.float32)
         keep_lab = np.empty(len(anns), dtype=np.int64)
         n_keep = 0
-        unusable = []  # annotations pycocotools cannot evaluate (no usable bbox)
-        filled = 0
-        skipped = self.skipped
+        scan = _AnnotationScan()
         ann_ids = set()
-        duplicate_ids = 0
         for i, a in enumerate(anns):
-            if not isinstance(a, dict):
-                raise self._bad(f"annotations[{i}]", f"expected an object, got {type(a).__name__}")
-            for key in ("id", "image_id", "category_id"):
-                if key not in a:
-                    raise self._bad(f"annotations[{i}]", f"missing '{key}'")
-            if not isinstance(a["id"], (int, str)):
-                raise self._bad(f"annotations[{i}]", f"'id' must be an integer, got {a['id']!r}")
+            self._check_annotation(i, a)
             if a["id"] in ann_ids:
-                duplicate_ids += 1
+                scan.duplicate_ids += 1
             ann_ids.add(a["id"])
-            bbox = a.get("bbox")
-            ok_box = (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox))
+            ok_box = _has_usable_bbox(a)
             if not ok_box:
-                unusable.append(i)
+                scan.unusable.append(i)
             elif "area" not in a or "iscrowd" not in a:
-                filled += 1
-            if a.get("iscrowd", 0):
-                skipped[CROWD] += 1
+                scan.filled += 1
+            target = _training_target(a, ok_box, cat_to_label, index_of, sizes)
+            if isinstance(target, str):
+                self.skipped[target] += 1
                 continue
-            label = cat_to_label.get(a["category_id"]) if _is_int(a["category_id"]) else None
-            if label is None:
-                skipped[UNKNOWN_CATEGORY] += 1
-                continue
-            idx = index_of.get(a["image_id"]) if _is_int(a["image_id"]) else None
-            if idx is None:
-                skipped[UNKNOWN_IMAGE] += 1
-                continue
-            if not ok_box:
-                skipped[DEGENERATE] += 1
-                continue
-            x, y, w, h = (float(v) for v in bbox)
-            if w <= 0 or h <= 0:
-                skipped[DEGENERATE] += 1
-                continue
-            x1, y1, x2, y2 = x, y, x + w, y + h
-            size = sizes[a["image_id"]]
-            if size is not None:
-                iw, ih = size
-                if x1 < 0 or y1 < 0 or x2 > iw or y2 > ih:
-                    x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, iw), min(y2, ih)
-                    if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
-                        skipped[OUTSIDE] += 1
-                        continue
-            keep_img[n_keep] = idx
-            keep_box[n_keep] = (x1, y1, x2, y2)
-            keep_lab[n_keep] = label
+            keep_img[n_keep], keep_box[n_keep], keep_lab[n_keep] = target
             n_keep += 1
 
         # group the kept annotations by image (stable: file order within an image)
         order = np.argsort(keep_img[:n_keep], kind="stable")
         self._boxes = keep_box[:n_keep][order]
         self._labels = keep_lab[:n_keep][order]
-        counts = np.bincount(keep_img[:n_keep], minlength=len(image_ids))
+        counts = np.bincount(keep_img[:n_keep], minlength=len(index_of))
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return scan
 
-        # the evaluation ground truth, indexed from the dict already parsed
-        if unusable or filled:
-            drop = set(unusable)
+    def _check_annotation(self, i: int, a) -> None:
+        """The structure every annotation needs (an error, not a skip, when it is missing)."""
+        if not isinstance(a, dict):
+            raise self._bad(f"annotations[{i}]", f"expected an object, got {type(a).__name__}")
+        for key in ("id", "image_id", "category_id"):
+            if key not in a:
+                raise self._bad(f"annotations[{i}]", f"missing '{key}'")
+        if not isinstance(a["id"], (int, str)):
+            raise self._bad(f"annotations[{i}]", f"'id' must be an integer, got {a['id']!r}")
+
+    def _evaluation_ground_truth(self, data: dict, scan: _AnnotationScan) -> COCO:
+        """A pycocotools `COCO` indexed from the dict already parsed (see the class docstring)."""
+        if scan.unusable or scan.filled:
+            drop = set(scan.unusable)
             gt_anns = []
-            for i, a in enumerate(anns):
+            for i, a in enumerate(data["annotations"]):
                 if i in drop:
                     continue
                 if "area" not in a or "iscrowd" not in a:
@@ -273,8 +263,11 @@ class CocoDetection(Dataset):
         except (KeyError, TypeError) as e:
             raise LpdetError(f"{self.annotations}: pycocotools cannot index this file ({type(e).__name__}: {e}); "
                              "fix the annotation file") from None
-        self.coco: COCO = coco
+        return coco
 
+    def _log_skips(self, scan: _AnnotationScan) -> None:
+        """One message per kind of problem found while parsing (counts, not one line per annotation)."""
+        skipped = self.skipped
         problems = {k: v for k, v in skipped.items() if k != CROWD}
         if skipped:
             summary = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
@@ -283,15 +276,16 @@ class CocoDetection(Dataset):
                 log.warning(msg + "; check the file", self.annotations, sum(skipped.values()), summary)
             else:  # crowd regions are normal COCO content, not a problem with the file
                 log.info(msg, self.annotations, sum(skipped.values()), summary)
-        if unusable:
+        if scan.unusable:
             log.warning("%s: %d annotation(s) without a usable 'bbox' left out of evaluation too",
-                        self.annotations, len(unusable))
-        if duplicate_ids:
+                        self.annotations, len(scan.unusable))
+        if scan.duplicate_ids:
             log.warning("%s: %d duplicate annotation id(s); pycocotools keeps only one annotation per id, so "
                         "evaluation on this file is unreliable; renumber the annotations", self.annotations,
-                        duplicate_ids)
-        if filled:
-            log.info("%s: %d annotation(s) lack 'area'/'iscrowd'; using area=w*h, iscrowd=0", self.annotations, filled)
+                        scan.duplicate_ids)
+        if scan.filled:
+            log.info("%s: %d annotation(s) lack 'area'/'iscrowd'; using area=w*h, iscrowd=0", self.annotations,
+                     scan.filled)
 
     # ------------------------------------------------------------------ mapping
     def label_to_category_id(self, label: int) -> int:

@@ -8,7 +8,7 @@ filtered copy of one split *without copying images*::
     out_dir/
       annotations/instances_train.filtered.json   # the split minus the dropped images and their annotations
       filter_report.json                          # before/after counts
-      data.yaml                                   # filtered split + the ORIGINAL other split (val unchanged)
+      data.yaml                                   # filtered split + the ORIGINAL other splits (val, select unchanged)
 
 The YAML points at the original image folders (paths relative to the YAML, absolute when no
 relative path exists, e.g. another drive on Windows). Object sizes follow `lpdet.data.sizes`
@@ -23,10 +23,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from lpdet.data.sizes import BUCKETS, SizeThresholds, compute_stats, object_area, read_coco_json, size_bucket
-from lpdet.data.spec import DatasetSpec
+from lpdet.data.spec import SPLIT_KEYS, DatasetSpec, SplitSpec, write_dataset_yaml
 from lpdet.errors import LpdetError
 from lpdet.serialize import atomic_write_text, to_dict
 
@@ -91,14 +89,6 @@ def filter_coco(data: dict, drop: Sequence[str], thresholds: SizeThresholds = Si
     return dict(data, images=images, annotations=anns)
 
 
-def _rel(target: Path, start: Path) -> str:
-    target = Path(os.path.abspath(target))
-    try:
-        return Path(os.path.relpath(target, os.path.abspath(start))).as_posix()
-    except ValueError:  # no relative path (e.g. another drive on Windows)
-        return str(target)
-
-
 def _counts(stats) -> dict:
     return {"images": stats.images, "images_without_objects": stats.images_without_objects,
             "objects": dict(stats.objects), "images_with": dict(stats.images_with), "crowd": stats.crowd}
@@ -121,7 +111,7 @@ def filter_dataset(spec: DatasetSpec, out_dir: Path, *, drop_images_with: Sequen
     out_dir = Path(out_dir).expanduser()
     yaml_path = out_dir / FILTERED_YAML
     ann_path = out_dir / "annotations" / f"instances_{split}.filtered.json"
-    inputs = {Path(os.path.abspath(s.annotations)) for s in (spec.train, spec.val) if s is not None}
+    inputs = {Path(os.path.abspath(s.annotations)) for s in (spec.train, spec.val, spec.select) if s is not None}
     if Path(os.path.abspath(ann_path)) in inputs:
         raise LpdetError(f"{out_dir}: the filtered file would overwrite the input {ann_path}; "
                          "choose another output folder")
@@ -140,13 +130,9 @@ def filter_dataset(spec: DatasetSpec, out_dir: Path, *, drop_images_with: Sequen
                          "drop fewer size buckets or lower the size thresholds")
 
     other = "val" if split == "train" else "train"
-    doc: dict = {"name": f"{spec.name}-no-{'-'.join(drop)}" if drop else f"{spec.name}-filtered"}
-    for s in SPLITS:
-        sp = getattr(spec, s)
-        if s == split:
-            doc[s] = {"annotations": _rel(ann_path, out_dir), "images": _rel(src.images, out_dir)}
-        elif sp is not None:
-            doc[s] = {"annotations": _rel(sp.annotations, out_dir), "images": _rel(sp.images, out_dir)}
+    name = f"{spec.name}-no-{'-'.join(drop)}" if drop else f"{spec.name}-filtered"
+    splits = {key: getattr(spec, key) for key in SPLIT_KEYS if getattr(spec, key) is not None}
+    splits[split] = SplitSpec(annotations=ann_path, images=src.images)  # a held-out select split is kept as is
     report = {
         "source": {"dataset": spec.name, "split": split, "annotations": str(Path(os.path.abspath(src.annotations))),
                    "images": str(Path(os.path.abspath(src.images)))},
@@ -162,5 +148,4 @@ def filter_dataset(spec: DatasetSpec, out_dir: Path, *, drop_images_with: Sequen
     # the YAML last: its presence means the folder is complete
     atomic_write_text(ann_path, json.dumps(filtered, separators=(",", ":")) + "\n")
     atomic_write_text(out_dir / FILTER_REPORT, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(yaml_path, yaml.safe_dump(doc, sort_keys=False))
-    return yaml_path
+    return write_dataset_yaml(yaml_path, name, splits)

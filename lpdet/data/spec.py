@@ -9,6 +9,9 @@ Dataset YAML (paths relative to the YAML's folder)::
     val:
       annotations: annotations/val.json
       images: images/val
+    select:                 # optional: held-out images the design's choices are made on (else
+      annotations: ...      # `lpdet.data.selection` carves them from train); never train or val
+      images: ...
 
 ``synth`` is generated on first use into ``default_cache_dir() / synth-{SYNTH_VERSION}-train{N}-val{M}-seed{S}``
 (``$LPDET_CACHE`` or ``~/.cache/lpdet``) and reused afterwards. Generation writes to a
@@ -24,11 +27,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from lpdet.errors import LpdetError
-from lpdet.serialize import load_mapping
+from lpdet.serialize import atomic_write_text, load_mapping
 
 __all__ = [
-    "SplitSpec", "DatasetSpec", "load_dataset_yaml", "resolve_dataset", "default_cache_dir",
+    "SplitSpec", "DatasetSpec", "SPLIT_KEYS", "load_dataset_yaml", "dataset_yaml_text", "write_dataset_yaml", "resolve_dataset",
+    "default_cache_dir",
     "synth_dir_name", "SYNTH_DEFAULT_TRAIN", "SYNTH_DEFAULT_VAL", "SYNTH_DEFAULT_SEED", "SYNTH_VERSION",
 ]
 
@@ -38,6 +44,7 @@ SYNTH_DEFAULT_VAL = 500
 SYNTH_DEFAULT_SEED = 0
 
 _DATA_HELP = "pass a dataset YAML (train:/val: with annotations and images) or 'synth'"
+SPLIT_KEYS = ("train", "select", "val")  # a dataset YAML's splits, in the order they are written
 
 
 @dataclass
@@ -52,6 +59,7 @@ class DatasetSpec:
     val: SplitSpec
     train: SplitSpec | None = None
     root: Path | None = None
+    select: SplitSpec | None = None  # held out from training; the design chooses on it, val is only reported
 
 
 def default_cache_dir() -> Path:
@@ -92,10 +100,11 @@ def load_dataset_yaml(path: Path) -> DatasetSpec:
     """Read and check a dataset YAML; all paths in the result are resolved and exist."""
     path = Path(path).expanduser()
     data = load_mapping(path)  # LpdetError for a missing file / bad YAML / non-mapping
-    unknown = sorted(set(data) - {"name", "train", "val"})
+    unknown = sorted(set(data) - {"name", *SPLIT_KEYS})
     if unknown:
         raise LpdetError(f"{path}: unknown key(s) {unknown}; a dataset YAML has 'train:' and 'val:' "
-                         "(each with 'annotations' and 'images') and an optional 'name:'")
+                         "(each with 'annotations' and 'images'), an optional 'select:' like them and an "
+                         "optional 'name:'")
     if "val" not in data:
         raise LpdetError(f"{path}: 'val' is missing; add 'val: {{annotations: val.json, images: images/val}}'")
     name = data.get("name")
@@ -103,10 +112,57 @@ def load_dataset_yaml(path: Path) -> DatasetSpec:
         name = path.parent.name if path.stem == "data" and path.parent.name else path.stem
     elif not isinstance(name, str) or not name:
         raise LpdetError(f"{path}: 'name' must be a non-empty string, got {name!r}")
-    if "train" in data and data["train"] is None:
-        raise LpdetError(f"{path}: 'train' is empty; give it annotations and images, or remove the key")
-    train = _split(path, data, "train") if "train" in data else None
-    return DatasetSpec(name=name, val=_split(path, data, "val"), train=train, root=path.parent)
+    for key in ("train", "select"):
+        if key in data and data[key] is None:
+            raise LpdetError(f"{path}: '{key}' is empty; give it annotations and images, or remove the key")
+    splits = {key: _split(path, data, key) for key in SPLIT_KEYS if key in data}
+    _check_select_is_held_out(path, splits)
+    return DatasetSpec(name=name, val=splits["val"], train=splits.get("train"), root=path.parent,
+                       select=splits.get("select"))
+
+
+def _check_select_is_held_out(path: Path, splits: dict[str, SplitSpec]) -> None:
+    """`select` must not be the train or val file: choosing on them makes the reported numbers optimistic."""
+    if "select" not in splits:
+        return
+    chosen = Path(os.path.abspath(splits["select"].annotations))
+    for key in ("train", "val"):
+        if key in splits and Path(os.path.abspath(splits[key].annotations)) == chosen:
+            raise LpdetError(f"{path}: 'select.annotations' is the '{key}' file {chosen}; the selection split "
+                             "must be held out from train and val: give it its own images, or remove 'select:' "
+                             "to carve it from train")
+
+
+def _relative(target: Path, start: Path) -> str:
+    """`target` relative to folder `start` (POSIX separators), or absolute where none exists."""
+    target = Path(os.path.abspath(target))
+    try:
+        return Path(os.path.relpath(target, os.path.abspath(start))).as_posix()
+    except ValueError:  # no relative path (e.g. another drive on Windows)
+        return str(target)
+
+
+def dataset_yaml_text(path: Path, name: str, splits: dict[str, SplitSpec]) -> str:
+    """The text of a dataset YAML at `path` whose paths are relative to its folder.
+
+    `splits` maps keys of `SPLIT_KEYS` to their files; they are written in `SPLIT_KEYS` order.
+    """
+    path = Path(path)
+    unknown = sorted(set(splits) - set(SPLIT_KEYS))
+    if unknown:
+        raise ValueError(f"unknown split key(s) {unknown}; valid: {list(SPLIT_KEYS)}")
+    doc: dict = {"name": name}
+    for key in SPLIT_KEYS:
+        if key in splits:
+            doc[key] = {"annotations": _relative(splits[key].annotations, path.parent),
+                        "images": _relative(splits[key].images, path.parent)}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_dataset_yaml(path: Path, name: str, splits: dict[str, SplitSpec]) -> Path:
+    """Write `dataset_yaml_text` to `path` atomically; return `path`."""
+    atomic_write_text(Path(path), dataset_yaml_text(path, name, splits))
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------- synth

@@ -50,6 +50,37 @@ def test_name_key_and_val_only(tmp_path):
     assert load_dataset_yaml(p).name == "evalset"
 
 
+def test_select_split_is_read(tmp_path):
+    _layout(tmp_path)
+    (tmp_path / "annotations" / "select.json").write_text("{}")
+    p = tmp_path / "d.yaml"
+    p.write_text(GOOD + "select: {annotations: annotations/select.json, images: images/train}\n")
+    spec = load_dataset_yaml(p)
+    assert spec.select.annotations == tmp_path / "annotations" / "select.json"
+    assert spec.select.images == tmp_path / "images" / "train"
+    p.write_text(GOOD)
+    assert load_dataset_yaml(p).select is None
+
+
+def test_written_yaml_round_trips(tmp_path):
+    _layout(tmp_path)
+    spec = load_dataset_yaml(_write(tmp_path / "d.yaml", GOOD))
+    out = spec_mod.write_dataset_yaml(tmp_path / "elsewhere" / "x.yaml", "copy", {"val": spec.val, "select": spec.train})
+    text = out.read_text()
+    assert text.index("select:") < text.index("val:") and "../annotations/val.json" in text
+    again = load_dataset_yaml(out)
+    assert again.name == "copy" and again.train is None
+    assert again.select.annotations.resolve() == spec.train.annotations.resolve()
+    assert again.val.images.resolve() == spec.val.images.resolve()
+    with pytest.raises(ValueError, match="unknown split key"):
+        spec_mod.write_dataset_yaml(tmp_path / "y.yaml", "bad", {"test": spec.val})
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def test_absolute_paths_are_kept(tmp_path):
     _layout(tmp_path)
     p = tmp_path / "elsewhere" / "d.yaml"
@@ -69,6 +100,16 @@ def test_absolute_paths_are_kept(tmp_path):
     ("val: {annotations: annotations/val.json, images: images/val, labels: x}\n", r"unknown key\(s\) \['labels'\]"),
     ("nc: 3\nval: {annotations: annotations/val.json, images: images/val}\n", r"unknown key\(s\) \['nc'\]"),
     ("train:\nval: {annotations: annotations/val.json, images: images/val}\n", "'train' is empty"),
+    ("select:\nval: {annotations: annotations/val.json, images: images/val}\n", "'select' is empty"),
+    ("select: annotations/train.json\nval: {annotations: annotations/val.json, images: images/val}\n", "'select' must be a mapping"),
+    ("select: {images: images/train}\nval: {annotations: annotations/val.json, images: images/val}\n", r"'select.annotations' is missing"),
+    ("select: {annotations: nope.json, images: images/train}\nval: {annotations: annotations/val.json, images: images/val}\n", r"'select.annotations' file .*nope.json not found"),
+    ("select: {annotations: annotations/train.json, images: nope}\nval: {annotations: annotations/val.json, images: images/val}\n", r"'select.images' folder .*nope not found"),
+    ("select: {annotations: annotations/val.json, images: images/val}\nval: {annotations: annotations/val.json, images: images/val}\n",
+     r"'select.annotations' is the 'val' file .* held out from train and val"),
+    ("train: {annotations: annotations/train.json, images: images/train}\n"
+     "select: {annotations: ./annotations/train.json, images: images/train}\nval: {annotations: annotations/val.json, images: images/val}\n",
+     r"'select.annotations' is the 'train' file"),
     ("- a\n- b\n", "expected a mapping"),
     ("val: {annotations: [\n", "not valid YAML"),
 ])

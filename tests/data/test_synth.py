@@ -160,12 +160,12 @@ def test_out_dir_is_a_file(tmp_path: Path):
 def test_stale_outputs_removed_before_generation(tmp_path: Path, monkeypatch):
     """An interrupted regeneration must not leave the previous (valid-looking) JSON/YAML."""
     generate_synthetic_coco(tmp_path, 2, 1, progress=False)
-    import lpdet.data.synth as synth
+    import lpdet.data.synth.writer as writer
 
     def boom(task):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "_make_image", boom)
+    monkeypatch.setattr(writer, "make_image", boom)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_coco(tmp_path, 2, 1, progress=False)
     assert not (tmp_path / "data.yaml").exists()
