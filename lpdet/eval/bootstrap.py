@@ -7,7 +7,8 @@ That is what makes 200 resamples cheap: `accumulate_metric` re-implements pycoco
 `COCOeval.accumulate` + `summarize` for one metric on any multiset of images, and equals it
 exactly on the full set (tested, and on a resample against pycocotools run on the duplicated images).
 The same resample of images is applied to both sets (paired), so the interval is that of the
-difference, not of two separate APs.
+difference, not of two separate APs. It says how much the difference depends on which val images
+were drawn; it does not cover the spread between trainings with other seeds.
 
 We write the accumulation by hand because pycocotools has no way to weight or repeat images.
 """
@@ -37,7 +38,8 @@ class PredictionSet:
 
 @dataclass(frozen=True)
 class BootstrapInterval:
-    """`difference` = metric(b) − metric(a) on all images; [low, high] its paired bootstrap interval."""
+    """`difference` = metric(b) − metric(a) on all images; [low, high] its paired bootstrap interval;
+    `within_noise`: the interval contains 0."""
 
     metric: str
     difference: float
@@ -45,10 +47,7 @@ class BootstrapInterval:
     high: float
     resamples: int
     confidence: float
-
-    @property
-    def within_noise(self) -> bool:
-        return self.low <= 0.0 <= self.high
+    within_noise: bool
 
 
 @dataclass
@@ -66,6 +65,7 @@ class _CategoryMatches:
 class ImageMatches:
     """pycocotools' per-image evaluation of one prediction set, kept for re-accumulation."""
 
+    metric: str
     image_ids: list[int]
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
@@ -76,7 +76,12 @@ def per_image_matches(coco_gt, predictions: PredictionSet, metric: str = "AP") -
     """Match `predictions` to `coco_gt` once (pycocotools), keeping what `metric` needs per image."""
     if metric not in _METRICS:
         raise LpdetError(f"unknown metric {metric!r} for the bootstrap; choose one of {', '.join(METRIC_NAMES)}")
-    evaluator = evaluate_per_image(coco_gt, predictions.results, predictions.image_ids)
+    image_ids = sorted(set(int(i) for i in predictions.image_ids))
+    unknown = set(image_ids) - set(coco_gt.getImgIds())
+    if not image_ids or unknown:
+        raise LpdetError(f"a prediction set must name images of the ground truth: got {len(image_ids)} image id(s), "
+                         f"{len(unknown)} unknown to it (e.g. {sorted(unknown)[:3]}); pass the evaluated val image ids")
+    evaluator = evaluate_per_image(coco_gt, predictions.results, image_ids)
     params = evaluator.params
     area = list(params.areaRngLbl).index(_METRICS[metric][1])
     n_images, n_areas = len(params.imgIds), len(params.areaRng)
@@ -96,7 +101,7 @@ def per_image_matches(coco_gt, predictions: PredictionSet, metric: str = "AP") -
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             objects=np.array([0 if e is None else int(np.count_nonzero(e["gtIgnore"] == 0)) for e in entries],
                              dtype=np.int64)))
-    return ImageMatches(image_ids=list(params.imgIds), iou_thresholds=np.asarray(params.iouThrs),
+    return ImageMatches(metric=metric, image_ids=list(params.imgIds), iou_thresholds=np.asarray(params.iouThrs),
                         recall_thresholds=np.asarray(params.recThrs), categories=categories)
 
 
@@ -133,10 +138,10 @@ def _precision_at_recalls(category: _CategoryMatches, images: np.ndarray, thresh
     return precision
 
 
-def accumulate_metric(matches: ImageMatches, metric: str = "AP", images: np.ndarray | None = None) -> float:
-    """`metric` (COCOeval.summarize's value, -1 when no object counts) over `images`, a multiset of
-    indices into `matches.image_ids` (default: every image once)."""
-    iou, _area = _METRICS[metric]
+def accumulate_metric(matches: ImageMatches, images: np.ndarray | None = None) -> float:
+    """`matches.metric` (COCOeval.summarize's value, -1 when no object counts) over `images`, a
+    multiset of indices into `matches.image_ids` (default: every image once)."""
+    iou, _area = _METRICS[matches.metric]
     images = np.arange(len(matches.image_ids)) if images is None else np.sort(np.asarray(images))
     thresholds = (np.arange(len(matches.iou_thresholds)) if iou is None
                   else np.where(matches.iou_thresholds == iou)[0])
@@ -151,38 +156,53 @@ def accumulate_metric(matches: ImageMatches, metric: str = "AP", images: np.ndar
 
 def paired_bootstrap(coco_gt, a: PredictionSet, b: PredictionSet, *, metric: str = "AP", resamples: int = 200,
                      confidence: float = 0.95, seed: int = 0) -> BootstrapInterval:
-    """Percentile bootstrap interval of metric(b) − metric(a), resampling images (with replacement),
-    the same draw for both sets. Resamples where the metric is undefined (no object of that size) are
-    dropped; `resamples` in the result counts those kept."""
+    """Paired bootstrap interval of metric(b) − metric(a) over the images both sets were predicted on."""
     if sorted(set(a.image_ids)) != sorted(set(b.image_ids)):
-        only_a, only_b = set(a.image_ids) - set(b.image_ids), set(b.image_ids) - set(a.image_ids)
-        raise LpdetError(f"a paired bootstrap needs both prediction sets on the same images: {len(only_a)} "
-                         f"image(s) only in the first (e.g. {sorted(only_a)[:3]}), {len(only_b)} only in the "
-                         f"second (e.g. {sorted(only_b)[:3]}); evaluate both on the same val images")
+        _refuse_different_images(a.image_ids, b.image_ids)
     for name, predictions in (("first", a), ("second", b)):
         stray = {int(r["image_id"]) for r in predictions.results} - set(predictions.image_ids)
         if stray:
             raise LpdetError(f"the {name} prediction set has detections on {len(stray)} image(s) outside its "
                              f"image_ids (e.g. {sorted(stray)[:3]}); pass every image it was predicted on")
+    return bootstrap_difference(per_image_matches(coco_gt, a, metric), per_image_matches(coco_gt, b, metric),
+                                resamples=resamples, confidence=confidence, seed=seed)
+
+
+def _refuse_different_images(ids_a, ids_b) -> None:
+    only_a, only_b = set(ids_a) - set(ids_b), set(ids_b) - set(ids_a)
+    raise LpdetError(f"a paired bootstrap needs both prediction sets on the same images: {len(only_a)} "
+                     f"image(s) only in the first (e.g. {sorted(only_a)[:3]}), {len(only_b)} only in the "
+                     f"second (e.g. {sorted(only_b)[:3]}); evaluate both on the same val images")
+
+
+def bootstrap_difference(a: ImageMatches, b: ImageMatches, *, resamples: int = 200, confidence: float = 0.95,
+                         seed: int = 0) -> BootstrapInterval:
+    """Percentile bootstrap interval of metric(b) − metric(a): `resamples` draws of the images with
+    replacement, the same draw for both sets. Takes matches (`per_image_matches`), so a baseline
+    compared with many candidates is matched once. Draws where the metric is undefined (no object of
+    that size) are dropped; `resamples` in the result counts those kept."""
+    if a.metric != b.metric:
+        raise LpdetError(f"cannot compare {a.metric} with {b.metric}; match both prediction sets for one metric")
+    if a.image_ids != b.image_ids:
+        _refuse_different_images(a.image_ids, b.image_ids)
     if resamples < 1 or not 0.0 < confidence < 1.0:
         raise LpdetError(f"bootstrap needs resamples >= 1 (got {resamples}) and 0 < confidence < 1 (got {confidence})")
-    matches_a, matches_b = per_image_matches(coco_gt, a, metric), per_image_matches(coco_gt, b, metric)
-    difference = accumulate_metric(matches_b, metric) - accumulate_metric(matches_a, metric)
+    difference = accumulate_metric(b) - accumulate_metric(a)
     rng = np.random.default_rng(seed)
-    n_images = len(matches_a.image_ids)
+    n_images = len(a.image_ids)
     differences = []
     for _ in range(resamples):
         images = np.sort(rng.integers(0, n_images, n_images))
-        value_a, value_b = accumulate_metric(matches_a, metric, images), accumulate_metric(matches_b, metric, images)
+        value_a, value_b = accumulate_metric(a, images), accumulate_metric(b, images)
         if value_a >= 0 and value_b >= 0:
             differences.append(value_b - value_a)
     if not differences:
-        raise LpdetError(f"{metric} is undefined on these images (no ground-truth object counts for it); "
+        raise LpdetError(f"{a.metric} is undefined on these images (no ground-truth object counts for it); "
                          f"bootstrap another metric")
     tail = (1.0 - confidence) / 2
-    low, high = np.quantile(np.asarray(differences), [tail, 1.0 - tail])
-    return BootstrapInterval(metric=metric, difference=float(difference), low=float(low), high=float(high),
-                             resamples=len(differences), confidence=confidence)
+    low, high = (float(q) for q in np.quantile(np.asarray(differences), [tail, 1.0 - tail]))
+    return BootstrapInterval(metric=a.metric, difference=float(difference), low=low, high=high,
+                             resamples=len(differences), confidence=confidence, within_noise=low <= 0.0 <= high)
 
 
 def format_interval(interval: BootstrapInterval, digits: int = 3) -> str:

@@ -5,8 +5,9 @@ import pytest
 from pycocotools.coco import COCO
 
 from lpdet.errors import LpdetError
-from lpdet.eval.bootstrap import (BootstrapInterval, PredictionSet, accumulate_metric, format_interval,
-                                  paired_bootstrap, per_image_matches)
+from lpdet.serialize import from_dict, to_dict
+from lpdet.eval.bootstrap import (BootstrapInterval, PredictionSet, accumulate_metric, bootstrap_difference,
+                                  format_interval, paired_bootstrap, per_image_matches)
 from lpdet.eval.coco_eval import METRIC_NAMES, coco_metrics
 
 
@@ -52,7 +53,7 @@ def test_fast_accumulate_equals_pycocotools_on_all_images(seed):
     reference = coco_metrics(_coco(gt), results, image_ids=image_ids)
     for metric in METRIC_NAMES:
         matches = per_image_matches(_coco(gt), PredictionSet(results, image_ids), metric)
-        assert accumulate_metric(matches, metric) == pytest.approx(reference[metric], abs=1e-12), metric
+        assert accumulate_metric(matches) == pytest.approx(reference[metric], abs=1e-12), metric
 
 
 def test_fast_accumulate_on_a_resample_equals_pycocotools_on_the_duplicated_images():
@@ -72,7 +73,7 @@ def test_fast_accumulate_on_a_resample_equals_pycocotools_on_the_duplicated_imag
     reference = coco_metrics(_coco(resampled_gt), duplicated, image_ids=[image["id"] for image in images])
     for metric in METRIC_NAMES:
         matches = per_image_matches(_coco(gt), PredictionSet(results, image_ids), metric)
-        assert accumulate_metric(matches, metric, draw) == pytest.approx(reference[metric], abs=1e-12), metric
+        assert accumulate_metric(matches, draw) == pytest.approx(reference[metric], abs=1e-12), metric
 
 
 def test_identical_prediction_sets_give_exactly_zero():
@@ -129,6 +130,8 @@ def test_different_images_are_refused():
     with pytest.raises(LpdetError, match="same images"):
         paired_bootstrap(_coco(gt), PredictionSet(results, image_ids),
                          PredictionSet([r for r in results if r["image_id"] != 1], image_ids[1:]))
+    with pytest.raises(LpdetError, match="unknown to it"):
+        paired_bootstrap(_coco(gt), PredictionSet([], [999]), PredictionSet([], [999]))
     with pytest.raises(LpdetError, match="outside its image_ids"):
         paired_bootstrap(_coco(gt), PredictionSet(results, image_ids[1:]), PredictionSet(results, image_ids[1:]))
 
@@ -141,5 +144,20 @@ def test_a_set_without_detections_scores_zero():
 
 
 def test_formatting_uses_true_minus_signs():
-    interval = BootstrapInterval("AP", 0.012, -0.004, 0.027, 200, 0.95)
+    interval = BootstrapInterval("AP", 0.012, -0.004, 0.027, 200, 0.95, within_noise=True)
     assert format_interval(interval) == "+0.012 [\N{MINUS SIGN}0.004, +0.027], within noise"
+    assert from_dict(BootstrapInterval, to_dict(interval)) == interval  # cacheable as JSON
+
+
+def test_matches_are_reusable_across_comparisons():
+    gt, a, b, image_ids = _one_object_per_image_missed()
+    coco = _coco(gt)
+    base = per_image_matches(coco, PredictionSet(a, image_ids))
+    direct = paired_bootstrap(coco, PredictionSet(a, image_ids), PredictionSet(b, image_ids), resamples=30)
+    assert bootstrap_difference(base, per_image_matches(coco, PredictionSet(b, image_ids)), resamples=30) == direct
+    with pytest.raises(LpdetError, match="AP50"):
+        bootstrap_difference(base, per_image_matches(coco, PredictionSet(b, image_ids), "AP50"))
+    with pytest.raises(LpdetError, match="same images"):
+        bootstrap_difference(base, per_image_matches(coco, PredictionSet(b[2:], image_ids[1:])))
+    with pytest.raises(LpdetError, match="unknown metric"):
+        per_image_matches(coco, PredictionSet(b, image_ids), "mAP")
