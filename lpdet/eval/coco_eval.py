@@ -29,6 +29,8 @@ class EvalResult:
     metrics: dict[str, float]
     results: list[dict] = field(repr=False)
     num_images: int = 0
+    # The images scored (an image without detections still counts): what a paired comparison pairs.
+    image_ids: list[int] = field(default_factory=list, repr=False)
     skipped_images: int = 0
     seconds: float = 0.0
 
@@ -67,18 +69,35 @@ def detections_to_coco(detections: list[dict], targets: list[dict], category_ids
     return entries
 
 
-def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:
-    """AP figures from pycocotools' COCOeval (its own printout silenced)."""
+def evaluate_per_image(coco_gt, results: list[dict], image_ids: list[int] | None = None):
+    """pycocotools' `COCOeval` after `evaluate()`: the per-image matches in `evalImgs`, not yet accumulated.
+
+    `results` are COCO result entries; they are copied, since `loadRes` writes into them. With no
+    results at all every ground-truth object is a miss (pycocotools' `loadRes` cannot load [])."""
+    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return {name: 0.0 for name in METRIC_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        if results:
+            coco_dt = coco_gt.loadRes([dict(entry) for entry in results])
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                               "categories": list(coco_gt.dataset["categories"])}
+            coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()
+    return evaluator
+
+
+def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:
+    """AP figures from pycocotools' COCOeval (its own printout silenced)."""
+    if not results:
+        return {name: 0.0 for name in METRIC_NAMES}
+    evaluator = evaluate_per_image(coco_gt, results, image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
@@ -104,7 +123,7 @@ def evaluate(predict: Predictor, dataset, *, batch_size: int = 16, workers: int 
         evaluated.extend(int(t["image_id"]) for t in targets)
     # Images that failed to load are left out of the score rather than counted as misses.
     metrics = coco_metrics(dataset.coco, results, image_ids=evaluated)
-    return EvalResult(metrics=metrics, results=results, num_images=len(evaluated),
+    return EvalResult(metrics=metrics, results=results, num_images=len(evaluated), image_ids=evaluated,
                       skipped_images=skipped, seconds=time.perf_counter() - start)
 
 

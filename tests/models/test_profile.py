@@ -65,3 +65,19 @@ def test_format_and_dict():
     assert data["params"] == p.params and data["macs"] == p.macs
     assert data["feature_maps"][0]["name"] == "backbone_s16"
     assert data["misaligned"][0]["reasons"]
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2_ssdlite", "mobilenet_v1_ssd"])
+def test_macs_equal_torch_flop_counter(arch):
+    # An independent count: torch's FlopCounterMode (2 FLOPs per multiply-add, bias not counted), the
+    # counter benchmarks/train_throughput.py uses for torchvision's model.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lpdet.models.profile import profile_detector
+    from lpdet.models.registry import build_detector
+
+    detector = build_detector(ModelConfig(arch, num_classes=4, width=0.5, resolution=136)).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        detector(torch.zeros(1, 3, 136, 136))
+    assert profile_detector(detector).macs == counter.get_total_flops() // 2
