@@ -170,3 +170,22 @@ def test_stale_outputs_removed_before_generation(tmp_path: Path, monkeypatch):
         generate_synthetic_coco(tmp_path, 2, 1, progress=False)
     assert not (tmp_path / "data.yaml").exists()
     assert not list((tmp_path / "annotations").glob("*.json"))
+
+
+def test_refuses_a_folder_it_did_not_write(tmp_path: Path):
+    """A user's dataset folder is never regenerated over: its files stay byte for byte."""
+    user = tmp_path / "mydata"
+    (user / "annotations").mkdir(parents=True)
+    (user / "data.yaml").write_text("name: mine\n")
+    (user / "annotations" / "instances_train.json").write_text("{}")
+    before = {p: p.read_bytes() for p in user.rglob("*") if p.is_file()}
+    with pytest.raises(LpdetError, match="not empty and was not written by `lpdet data synth`"):
+        generate_synthetic_coco(user, 2, 1, progress=False)
+    assert {p: p.read_bytes() for p in user.rglob("*") if p.is_file()} == before
+
+
+def test_regenerates_its_own_folder_and_fills_an_empty_one(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    first = generate_synthetic_coco(tmp_path / "empty", 2, 1, progress=False)
+    again = generate_synthetic_coco(tmp_path / "empty", 2, 1, progress=False)
+    assert first == again and again.is_file()

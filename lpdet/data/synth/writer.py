@@ -64,6 +64,22 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+OWNER_MARKER = ".lpdet-synth"  # in every folder the generator writes: only such a folder is regenerated
+
+
+def _claim_output_dir(out_dir: Path) -> None:
+    """Make `out_dir` ours, or refuse: a folder that exists, holds anything and has no
+    `OWNER_MARKER` may be a user's dataset, whose `data.yaml` and annotation files regeneration
+    would delete."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LpdetError(f"{out_dir}: exists and is not a directory; choose another output directory")
+    if out_dir.is_dir() and not (out_dir / OWNER_MARKER).is_file() and any(out_dir.iterdir()):
+        raise LpdetError(f"{out_dir}: folder is not empty and was not written by `lpdet data synth`; "
+                         "choose a new or empty output directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / OWNER_MARKER).write_text("written by lpdet's synthetic dataset generator; safe to regenerate\n")
+
+
 def generate_synthetic_coco(
     out_dir: Path, n_train: int, n_val: int, seed: int = 0, progress: bool = True, *, workers: int | None = None
 ) -> Path:
@@ -72,7 +88,8 @@ def generate_synthetic_coco(
     Layout: ``images/{train,val}/NNNNNNNNNNNN.jpg``, ``annotations/instances_{train,val}.json``
     and ``data.yaml``. The annotation files and the YAML are written last (atomically), and
     stale ones are removed first, so an interrupted run never leaves a dataset that looks
-    complete. `workers` defaults to one process per core; the output does not depend on it.
+    complete. A non-empty `out_dir` that the generator did not write is refused, never
+    overwritten. `workers` defaults to one process per core; the output does not depend on it.
     """
     n_train = _check_count("--train (n_train)", n_train, 0)
     n_val = _check_count("--val (n_val)", n_val, 1)
@@ -80,8 +97,7 @@ def generate_synthetic_coco(
     if workers is not None:
         workers = _check_count("workers", workers, 1)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LpdetError(f"{out_dir}: exists and is not a directory; choose another output directory")
+    _claim_output_dir(out_dir)
     yaml_path = out_dir / "data.yaml"
     ann_paths = {s: out_dir / "annotations" / f"instances_{s}.json" for s in SPLITS}
     for stale in (yaml_path, *ann_paths.values()):
