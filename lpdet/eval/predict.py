@@ -45,12 +45,30 @@ def load_rgb(path: Path) -> Image.Image | None:
         return None
 
 
+def output_paths(paths: list[Path], out_dir: Path) -> list[Path]:
+    """Where each image's drawing goes: ``NAME.pred.png`` with NAME the input's whole file name,
+    so ``a.jpg`` and ``a.png`` do not collide and no output can be an input image; a name
+    repeated from another folder gets ``.2``, ``.3``, ... before ``.pred.png``."""
+    inputs = {path.resolve() for path in paths}
+    taken: set[str] = set()
+    targets = []
+    for path in paths:
+        name, n = f"{path.name}.pred.png", 1
+        while name in taken or (out_dir / name).resolve() in inputs:
+            n += 1
+            name = f"{path.name}.{n}.pred.png"
+        taken.add(name)
+        targets.append(out_dir / name)
+    return targets
+
+
 def predict_images(predict, resolution: int, class_names: list[str], paths: list[Path], out_dir: Path,
                    *, score_threshold: float = 0.3) -> list[dict]:
-    """Draw detections above `score_threshold` for each image into `out_dir`; returns per-image detections."""
+    """Draw detections above `score_threshold` for each image into `out_dir` (names from
+    `output_paths`: input images are never overwritten); returns per-image detections."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = []
-    for path in paths:
+    for path, target in zip(paths, output_paths(paths, out_dir)):
         image = load_rgb(path)
         if image is None:
             continue
@@ -64,7 +82,6 @@ def predict_images(predict, resolution: int, class_names: list[str], paths: list
         texts = [f"{class_names[label - 1]} {score:.2f}" for label, score in zip(labels, scores)]
         colors = [PALETTE[(label - 1) % len(PALETTE)] for label in labels]
         drawn = draw_bounding_boxes(pixels, boxes, labels=texts, colors=colors, width=2) if texts else pixels
-        target = out_dir / (path.stem + ".png")
         F.to_pil_image(drawn).save(target)
         summary.append({"image": str(path), "output": str(target),
                         "detections": [{"label": class_names[l - 1], "score": round(s, 4),
