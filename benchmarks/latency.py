@@ -5,12 +5,14 @@ random init) exported to fp32 ONNX and quantized with `quantize_calibrated` (u8 
 s8 per-channel weights; calibrated on random images: latency does not depend on the weights),
 plus torchvision's `ssdlite320_mobilenet_v3_large` (random init; backbone + head + softmax +
 box decoding exported to the lpdet graph contract, so it runs through the same runtime and
-post-processing) as a peer. All models are timed interleaved image by image (batch 1, one
-thread by default, end to end = graph + NMS, median of `--runs`), so a shared machine's load
-hits them alike; int8/fp32 is the median of per-iteration ratios. MACs come from
-`lpdet.models.profile` (ours) and the same Conv2d/Linear hook count (peer); GMAC/s = MACs / graph time.
+post-processing) as a peer. All models are timed by lpdet's harness (`lpdet.deploy.latency.
+compare_latency`): interleaved round by round (batch 1, one thread by default, end to end = graph +
+NMS), until every median and ratio is known to ±3% (95% interval) or `--time-cap` is hit, so a
+shared machine's load hits them alike; int8/fp32 is the median of per-round ratios, with its
+interval. MACs come from `lpdet.models.profile` (ours) and the same Conv2d/Linear hook count (peer); GMAC/s = MACs / graph time.
 
-    python benchmarks/latency.py [--runs 50] [--threads 1] [--out DIR] [--json FILE] [--peer-int8]
+    python benchmarks/latency.py [--time-cap 120] [--runs N] [--data synth] [--threads 1] [--out DIR]
+                                 [--json FILE] [--peer-int8]
 """
 
 from __future__ import annotations
@@ -148,7 +150,9 @@ def build(out: Path, calibration: int, peer_int8: bool) -> list[Entry]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50, help="timed iterations (each runs every model once)")
+    parser.add_argument("--runs", type=int, help="exactly this many rounds (default: until ±3%% or --time-cap)")
+    parser.add_argument("--time-cap", type=float, default=120.0, help="seconds of timing at most")
+    parser.add_argument("--data", help="time on this dataset's val images (default: seeded noise)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--calibration", type=int, default=8, help="random calibration images for int8")
@@ -158,7 +162,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(args.threads, 1))
 
-    from lpdet.deploy.latency import benchmark_paired, cpu_name
+    from lpdet.deploy.latency import StopRule, compare_latency, cpu_name
+    from lpdet.deploy.latency_inputs import bench_images
 
     with tempfile.TemporaryDirectory(prefix="lpdet-latency-") as tmp:
         out = args.out or Path(tmp)
@@ -174,15 +179,17 @@ def main() -> None:
                 paths.append(entry.int8)
                 baselines.append(base)
                 owners.append((i, "int8"))
-        print(f"timing {len(paths)} models interleaved: {args.runs} runs, {args.threads} thread(s) ...", flush=True)
-        results = benchmark_paired(paths, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                                   baselines=baselines)
+        print(f"timing {len(paths)} models interleaved, {args.threads} thread(s) ...", flush=True)
+        rule = StopRule.fixed(args.runs) if args.runs else StopRule(time_cap_s=args.time_cap)
+        comparison = compare_latency(paths, images=bench_images(data=args.data), threads=args.threads, rule=rule,
+                                     warmup=args.warmup, baselines=baselines)
+        results = comparison.results
 
     table = {}
     for (i, precision), result in zip(owners, results):
         table.setdefault(i, {})[precision] = result
-    print(f"\nbatch 1, {args.threads} thread(s), onnxruntime CPU (ORT_ENABLE_ALL), median of {args.runs} interleaved "
-          f"runs\n{cpu_name()}\n"
+    print(f"\nbatch 1, {args.threads} thread(s), onnxruntime CPU (ORT_ENABLE_ALL), {comparison.rounds} interleaved "
+          f"rounds in {comparison.seconds:.0f} s (stopped: {comparison.stop_reason}); {results[0].inputs}\n{cpu_name()}\n"
           "graph = the ONNX graph (ratios: median of per-iteration int8/fp32 graph times); e2e = graph + our NMS "
           "(select_detections),\nwhich on random weights depends on the init: ours start at a 0.99 background prior "
           "(few candidates), the peer\nat uniform scores (every class above the 0.01 threshold), so NMS is not "
@@ -199,11 +206,13 @@ def main() -> None:
         row = {"model": entry.name, "resolution": entry.resolution, "gmacs": round(gmacs, 4),
                "fp32_graph_ms": round(fp32.forward_ms, 3), "fp32_e2e_ms": round(fp32.median_ms, 3),
                "fp32_gmac_per_s": round(gmacs / (fp32.forward_ms / 1e3), 2),
-               "postprocess_ms": round(fp32.postprocess_ms, 3)}
+               "fp32_e2e_interval_ms": fp32.median_interval_ms, "postprocess_ms": round(fp32.postprocess_ms, 3)}
         cells = f"{entry.name:<34}{gmacs:>7.3f}{fp32.forward_ms:>11.2f}"
         if int8 is not None:
             row.update(int8_graph_ms=round(int8.forward_ms, 3), int8_e2e_ms=round(int8.median_ms, 3),
+                       int8_e2e_interval_ms=int8.median_interval_ms,
                        int8_over_fp32=round(int8.forward_ratio, 3), int8_over_fp32_e2e=round(int8.ratio, 3),
+                       int8_over_fp32_e2e_interval=int8.ratio_interval,
                        int8_gmac_per_s=round(gmacs / (int8.forward_ms / 1e3), 2))
             cells += (f"{int8.forward_ms:>11.2f}{int8.forward_ratio:>10.3f}{row['fp32_gmac_per_s']:>12.1f}"
                       f"{row['int8_gmac_per_s']:>12.1f}{fp32.median_ms:>10.2f}{int8.median_ms:>10.2f}")
@@ -214,8 +223,11 @@ def main() -> None:
         rows.append(row)
     ratios = ", ".join(f"{r['model']}: {r['int8_over_fp32']:.2f}" for r in rows if "int8_over_fp32" in r)
     print(f"\nint8/fp32 graph latency (paired median): {ratios}")
+    e2e = ", ".join(f"{entry.name}: {table[i]['int8'].ratio_to_baseline.text(3)}"
+                    for i, entry in enumerate(entries) if "int8" in table[i])
+    print(f"int8/fp32 end to end (paired median, 95% interval): {e2e}")
     if args.json:
-        args.json.write_text(json.dumps({"device": cpu_name(), "threads": args.threads, "runs": args.runs,
+        args.json.write_text(json.dumps({"device": cpu_name(), "threads": args.threads, "rounds": comparison.rounds,
                                          "rows": rows}, indent=2) + "\n")
 
 

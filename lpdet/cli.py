@@ -249,13 +249,31 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from lpdet.deploy.latency import benchmark, format_latency, latency_to_dict
+    from lpdet.deploy.latency import StopRule, compare_latency
+    from lpdet.deploy.latency_inputs import bench_images, parse_cpus
+    from lpdet.deploy.latency_report import comparison_to_dict, format_comparison, format_latency
 
-    if args.runs < 1 or args.threads < 0 or args.repeats < 1:
-        raise LpdetError("--runs and --repeats must be >= 1 and --threads >= 0")
-    result = benchmark(args.model, threads=args.threads, runs=args.runs, warmup=args.warmup, repeats=args.repeats,
-                       postprocess_overrides=_postprocess_overrides(args))
-    print(json.dumps(latency_to_dict(result), indent=2) if args.json else format_latency(result))
+    if (args.runs is not None and args.runs < 1) or args.threads < 0 or args.time_cap <= 0 or not 0 < args.target < 1:
+        raise LpdetError("--runs must be >= 1, --threads >= 0, --time-cap > 0 and --target in (0, 1)")
+    rule = StopRule.fixed(args.runs) if args.runs else StopRule(target=args.target, time_cap_s=args.time_cap)
+    if args.images:
+        from lpdet.eval.predict import expand_image_paths
+
+        images = bench_images(expand_image_paths(args.images), count=args.num_images)
+    else:
+        images = bench_images(data=args.data, count=args.num_images)
+    comparison = compare_latency(args.models, images=images, threads=args.threads, rule=rule, warmup=args.warmup,
+                                 postprocess_overrides=_postprocess_overrides(args),
+                                 cpus=parse_cpus(args.cpus) if args.cpus else None)
+    if args.json:
+        for s in comparison.not_separated():
+            log.warning("%s vs %s: not separated (ratio interval includes 1)", args.models[s.b], args.models[s.a])
+        print(json.dumps(comparison_to_dict(comparison), indent=2))
+    elif len(comparison.results) == 1:
+        print(format_latency(comparison.results[0]))
+        print(f"rounds       {comparison.rounds} in {comparison.seconds:.1f} s; stopped: {comparison.stop_reason}")
+    else:
+        print(format_comparison(comparison))
 
 
 def cmd_compare_quant(args) -> None:
@@ -412,14 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("-o", "--output", type=Path)
     quantize.set_defaults(func=cmd_quantize)
 
-    bench = commands.add_parser("bench", parents=[common], help="per-image latency of a checkpoint or exported model")
-    bench.add_argument("model", type=Path)
+    bench = commands.add_parser("bench", parents=[common],
+                                help="per-image latency of one model, or of several compared interleaved")
+    bench.add_argument("models", type=Path, nargs="+", metavar="MODEL",
+                       help="checkpoints or exported models; ratios are to the first")
     bench.add_argument("--threads", type=int, default=1)
-    bench.add_argument("--runs", type=int, default=50)
+    bench.add_argument("--data", help="time on the first val images of this dataset (YAML or 'synth')")
+    bench.add_argument("--images", type=Path, nargs="+", help="time on these image files or folders")
+    bench.add_argument("--num-images", type=int, default=16, help="real images cycled through (default 16)")
+    bench.add_argument("--target", type=float, default=0.03,
+                       help="run rounds until every median's 95%% interval is within ± this (default 0.03)")
+    bench.add_argument("--time-cap", type=float, default=60.0, help="stop after this many seconds anyway")
+    bench.add_argument("--runs", type=int, help="exactly this many rounds instead (no stopping rule)")
     bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--repeats", type=int, default=3,
-                       help="time the runs this many times and report the repeat with the lowest median "
-                            "(as lpdet design does; others are inflated by load from other jobs)")
+    bench.add_argument("--cpus", help="pin the process to these CPUs while timing, e.g. 0,1 (Linux)")
     bench.add_argument("--json", action="store_true")
     _add_postprocess_options(bench)
     bench.set_defaults(func=cmd_bench)

@@ -61,15 +61,32 @@ def test_bench_uses_the_models_nms_setting_and_flags_override(capsys, tmp_path):
     tuned = update_metadata(plain, tmp_path / "tuned.onnx", {"postprocess": {"nms_iou": 0.2}})
     assert main(["bench", str(tuned), "--runs", "2", "--warmup", "0", "--json"]) == 0
     measured = json.loads(capsys.readouterr().out)
-    assert measured["postprocess"]["nms_iou"] == 0.2
-    assert len(measured["repeat_medians_ms"]) == 3  # by default the lowest median of 3 repeats, as lpdet design
+    assert measured["models"][0]["postprocess"]["nms_iou"] == 0.2 and measured["rounds"] == 2
     assert main(["bench", str(tuned), "--runs", "2", "--warmup", "0", "--json", "--nms-iou", "0.5"]) == 0
-    assert json.loads(capsys.readouterr().out)["postprocess"] == {"score_threshold": 0.01, "nms_iou": 0.5,
-                                                                   "top_k": 100, "pre_nms_top_k": 100}
+    assert json.loads(capsys.readouterr().out)["models"][0]["postprocess"] == {
+        "score_threshold": 0.01, "nms_iou": 0.5, "top_k": 100, "pre_nms_top_k": 100}
     assert main(["bench", str(tuned), "--nms-iou", "1.5"]) == 2
     assert "--nms-iou 1.5: must be in (0, 1]" in capsys.readouterr().err
-    assert main(["bench", str(tuned), "--repeats", "0"]) == 2
-    assert "--repeats must be >= 1" in capsys.readouterr().err
+    assert main(["bench", str(tuned), "--runs", "0"]) == 2
+    assert "--runs must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_compares_several_models_on_images(capsys, tmp_path):
+    from PIL import Image
+
+    from lpdet.deploy.export import export_onnx
+    from tests.deploy.tiny import CLASS_NAMES, tiny_detector
+
+    a = export_onnx(tiny_detector(), tmp_path / "a.onnx", metadata={"class_names": CLASS_NAMES})
+    b = export_onnx(tiny_detector(resolution=64), tmp_path / "b.onnx", metadata={"class_names": CLASS_NAMES})
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(tmp_path / "img.png")
+    argv = ["bench", str(a), str(b), "--images", str(tmp_path / "img.png"), "--runs", "8", "--warmup", "0"]
+    assert main(argv + ["--cpus", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "a.onnx" in out and "b.onnx" in out and "baseline" in out and "median ms [95%]" in out
+    assert "pinned to CPUs 0" in out and "1 real image(s)" in out
+    assert main(["bench", str(a), "--cpus", "0,x"]) == 2
+    assert "--cpus 0,x" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, hint", [(["design", "--data", "synth", "--budget-ms", "5", "--out", "d"], "run the same command again"),

@@ -1,56 +1,45 @@
-"""Per-image latency of a deployed model: batch 1, end to end (forward + NMS), on this CPU.
+"""Per-image latency on this CPU: batch 1, end to end (graph + post-processing), models compared
+interleaved until their medians are known to ±3%.
 
-`benchmark(path)` loads the model with `load_model` (timed), runs `warmup` untimed images (and
-more until 0.5 s have passed: the CPU needs that long to come up to speed), then `runs` timed
-ones, timing the graph (`forward`) and the post-processing (`select_detections`) separately so
-the post-processing share is reported.
+`compare_latency(paths, images=...)` is the one harness (`lpdet bench`, the design, the search
+and `benchmarks/latency.py` use it): it loads every model (timed), warms them up together, then
+runs rounds, each round timing every model once on the same image (real images cycle round by
+round; the order within a round rotates so no model always runs first), until each
+median's and each ratio-to-the-baseline's 95% interval (over passes through the images) is within
+±`StopRule.target` or the time cap is hit (`lpdet.deploy.latency_stats` says how intervals are computed). Drift from other jobs
+hits every model of a round alike, so the per-round ratios hold still when single medians do not;
+pairs whose ratio interval includes 1 are reported as not separated instead of ranked.
 
-On a shared machine single medians drift with other jobs' load; to compare models (int8 vs
-fp32) use `benchmark_paired`, which interleaves them image by image and reports the median
-of the per-iteration time ratios, which is robust to load that changes slowly.
+`benchmark(path)` and `benchmark_paired(paths)` are the fixed-round forms kept for their callers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lpdet.deploy.latency_inputs import benchmark_input, inputs_at, pinned_cpus
+from lpdet.deploy.latency_report import (LatencyComparison, LatencyResult, describe_postprocess, format_comparison,
+                                         format_latency, latency_to_dict)
+from lpdet.deploy.latency_stats import StopRule, cycle_medians, median_interval, ratio_interval, separation, stop_reason
 from lpdet.deploy.runtime import DeployedModel, load_model
 from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig, select_detections
 
-__all__ = ["LatencyResult", "benchmark", "benchmark_paired", "format_latency", "latency_to_dict", "cpu_name",
-           "benchmark_input"]
+__all__ = ["LatencyResult", "LatencyComparison", "StopRule", "compare_latency", "run_interleaved", "round_order",
+           "benchmark", "benchmark_paired", "format_latency", "format_comparison", "latency_to_dict", "cpu_name",
+           "benchmark_input", "describe_postprocess"]
 
-
-@dataclass
-class LatencyResult:
-    median_ms: float  # end-to-end per image: forward + post-processing
-    p90_ms: float
-    min_ms: float
-    mean_ms: float
-    load_ms: float  # load_model wall time (session creation / checkpoint read)
-    postprocess_ms: float  # median of the post-processing (select_detections) alone
-    postprocess_share: float  # median over runs of postprocess / end-to-end, in [0, 1]
-    runs: int
-    threads: int
-    kind: str  # DeployedModel.kind
-    device: str  # CPU model and logical CPU count
-    forward_ms: float = 0.0  # median of the graph alone
-    path: str = ""
-    resolution: int = 0
-    runtime: str = ""  # e.g. "onnxruntime 1.32.0" / "torch 2.14.1"
-    ratio: float | None = None  # benchmark_paired: median per-iteration end-to-end ratio to the baseline model
-    forward_ratio: float | None = None  # benchmark_paired: the same for the graph alone (NMS excluded)
-    postprocess: dict | None = None  # the PostprocessConfig timed (the model's own unless overridden)
-    repeat_medians_ms: list[float] | None = None  # benchmark(repeats>1): every repeat's median (this is the lowest)
+Clock = Callable[[], float]
 
 
 def cpu_name() -> str:
@@ -63,12 +52,6 @@ def cpu_name() -> str:
                 break
     name = name or platform.processor() or platform.machine() or "unknown CPU"
     return f"{name} ({os.cpu_count()} logical CPUs)"
-
-
-def benchmark_input(resolution: int, seed: int = 0) -> torch.Tensor:
-    """The fixed batch-1 input every benchmark uses: uniform [0, 1] pixels from a seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(1, 3, resolution, resolution, generator=generator)
 
 
 def _runtime_name(model: DeployedModel) -> str:
@@ -119,27 +102,83 @@ def _warm_up(run_once, warmup: int) -> None:
         done += 1
 
 
-def _time_once(model: DeployedModel, images: torch.Tensor, cfg: PostprocessConfig) -> tuple[float, float]:
-    start = time.perf_counter()
-    scores, boxes = model.forward(images)
-    middle = time.perf_counter()
-    select_detections(scores, boxes, cfg)
-    end = time.perf_counter()
-    return middle - start, end - middle
+# ----------------------------------------------------------------------------- the interleaved loop
+def round_order(models: int, round_index: int) -> list[int]:
+    """The order models run in round `round_index`: rotated by one each round, so each model takes
+    each position in a round equally often (a model's cache state depends on what ran before it)."""
+    return [(round_index + k) % models for k in range(models)]
 
 
-def _summarise(model: DeployedModel, forward_s: list[float], post_s: list[float], load_s: float,
-               threads: int, cfg: PostprocessConfig) -> LatencyResult:
+@dataclass
+class Rounds:
+    """Per-model, per-round times in seconds (forward graph, post-processing) and why timing stopped."""
+
+    forward_s: list[list[float]]
+    post_s: list[list[float]]
+    rounds: int
+    stop_reason: str
+    seconds: float
+
+    def totals(self) -> list[np.ndarray]:
+        return [np.asarray(f) + np.asarray(p) for f, p in zip(self.forward_s, self.post_s)]
+
+
+def run_interleaved(steps: Sequence[Callable[[int], tuple[float, float]]], rule: StopRule, *,
+                    baseline: int | list[int] = 0, cycle: int = 1, clock: Clock = time.perf_counter) -> Rounds:
+    """Run rounds until `rule` says stop. `steps[i](r)` times model i once on round r's input and
+    returns (forward_s, post_s). The rule is checked after each complete cycle of `cycle` rounds
+    (one pass over the images; every 5 rounds for a single input), at its round bounds, and for the
+    time cap before `min_rounds`."""
+    check_every = cycle if cycle > 1 else 5
+    forward_s = [[] for _ in steps]
+    post_s = [[] for _ in steps]
+    start = clock()
+    for r in itertools.count():
+        for i in round_order(len(steps), r):
+            f, p = steps[i](r)
+            forward_s[i].append(f)
+            post_s[i].append(p)
+        rounds = r + 1
+        bound = rounds == rule.min_rounds or rounds == rule.max_rounds
+        if rounds % check_every == 0 or bound or rounds < rule.min_rounds:
+            totals = [np.asarray(f) + np.asarray(p) for f, p in zip(forward_s, post_s)]
+            reason = stop_reason(totals, rounds, clock() - start, rule, baseline, cycle)
+            if reason:
+                return Rounds(forward_s, post_s, rounds, reason, clock() - start)
+    raise AssertionError("unreachable")
+
+
+def _timer(model: DeployedModel, inputs: list[torch.Tensor], cfg: PostprocessConfig, clock: Clock):
+    def step(round_index: int) -> tuple[float, float]:
+        images = inputs[round_index % len(inputs)]
+        start = clock()
+        scores, boxes = model.forward(images)
+        middle = clock()
+        select_detections(scores, boxes, cfg)
+        return middle - start, clock() - middle
+
+    return step
+
+
+# ----------------------------------------------------------------------------- results
+def _summarise(model: DeployedModel, forward_s, post_s, load_s: float, threads: int, cfg: PostprocessConfig,
+               confidence: float, inputs: str, cycle: int) -> LatencyResult:
+    """median_ms and its interval, forward_ms and postprocess_ms: over the cycles' medians; p90, min
+    and mean: over single runs."""
     total = np.asarray(forward_s) + np.asarray(post_s)
     share = np.asarray(post_s) / np.maximum(total, 1e-12)
     ms = total * 1e3
+    median = median_interval(cycle_medians(ms, cycle), confidence)
     return LatencyResult(
-        median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)), min_ms=float(ms.min()),
-        mean_ms=float(ms.mean()), load_ms=load_s * 1e3, postprocess_ms=float(np.median(post_s) * 1e3),
+        median_ms=median.value, p90_ms=float(np.percentile(ms, 90)), min_ms=float(ms.min()),
+        mean_ms=float(ms.mean()), load_ms=load_s * 1e3,
+        postprocess_ms=float(np.median(cycle_medians(post_s, cycle)) * 1e3),
         postprocess_share=float(np.clip(np.median(share), 0.0, 1.0)), runs=len(ms), threads=threads,
-        kind=model.kind, device=cpu_name(), forward_ms=float(np.median(forward_s) * 1e3), path=str(model.path),
+        kind=model.kind, device=cpu_name(), forward_ms=float(np.median(cycle_medians(forward_s, cycle)) * 1e3),
+        path=str(model.path),
         resolution=model.resolution, runtime=_runtime_name(model), postprocess=asdict(cfg),
-    )
+        median_interval_ms=None if median.low is None else [median.low, median.high], confidence=confidence,
+        inputs=inputs)
 
 
 def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple[DeployedModel, float]:
@@ -149,107 +188,86 @@ def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple
         return model, time.perf_counter() - start
 
 
+def _inputs_text(images: list) -> str:
+    return f"{len(images)} real image(s); a sample is the median of one pass over them" if images else "random noise (no images given)"
+
+
+def compare_latency(paths: Sequence[Path | str], *, images: list | None = None, threads: int = 1,
+                    rule: StopRule | None = None, warmup: int = 5, baseline: int = 0,
+                    baselines: Sequence[int] | None = None, postprocess: PostprocessConfig | None = None,
+                    postprocess_overrides: dict | None = None, resolution: int | None = None,
+                    cpus: Sequence[int] | None = None, clock: Clock = time.perf_counter) -> LatencyComparison:
+    """Measure `paths` (checkpoints or exported models) interleaved on this CPU (module docstring).
+
+    `images`: PIL images from `latency_inputs.bench_images` (none: seeded noise, with a warning).
+    Each result's `ratio` (with `ratio_interval`) is its per-round time over model `baseline`'s
+    (or `baselines[i]`'s); `separations` says for every pair whether the intervals tell them apart.
+    `postprocess` (else each model's own with `postprocess_overrides`) is the NMS timed; `cpus` pins
+    the process for the measurement (restored afterwards)."""
+    if not paths:
+        raise LpdetError("no models to benchmark")
+    rule = rule or StopRule()
+    baselines = [baseline] * len(paths) if baselines is None else list(baselines)
+    if len(baselines) != len(paths) or not all(0 <= b < len(paths) for b in baselines):
+        raise ValueError(f"baselines: need one index in 0..{len(paths) - 1} per model, got {baselines}")
+    if warmup < 0 or threads < 0:
+        raise LpdetError(f"warmup and threads must be >= 0, got {warmup} and {threads}")
+    images = list(images or [])
+    with pinned_cpus(cpus):
+        loaded = [_load_timed(p, threads, resolution) for p in paths]
+        configs = [postprocess or replace(m.postprocess, **(postprocess_overrides or {})) for m, _ in loaded]
+        inputs = {m.resolution: inputs_at(images, m.resolution) for m, _ in loaded}
+        cycle = max(len(images), 1)  # rounds per pass over the images
+        steps = [_timer(m, inputs[m.resolution], cfg, clock) for (m, _), cfg in zip(loaded, configs)]
+        with _torch_threads(threads):
+            _warm_up(lambda: [step(0) for step in steps], warmup)
+            rounds = run_interleaved(steps, rule, baseline=baselines, cycle=cycle, clock=clock)
+    totals = rounds.totals()
+    cycled = [cycle_medians(t, cycle) for t in totals]
+    results = []
+    for i, (model, load_s) in enumerate(loaded):
+        result = _summarise(model, rounds.forward_s[i], rounds.post_s[i], load_s, threads, configs[i],
+                            rule.confidence, _inputs_text(images), cycle)
+        ratio = ratio_interval(cycled[i], cycled[baselines[i]], rule.confidence)
+        result.ratio = ratio.value
+        result.ratio_interval = None if ratio.low is None else [ratio.low, ratio.high]
+        forward = [cycle_medians(rounds.forward_s[j], cycle) for j in (i, baselines[i])]
+        result.forward_ratio = float(np.median(forward[0] / np.maximum(forward[1], 1e-12)))
+        results.append(result)
+    pairs = [separation(totals, a, b, rule.confidence, cycle) for a, b in itertools.combinations(range(len(paths)), 2)]
+    return LatencyComparison(results, baseline, rounds.rounds, rounds.stop_reason, rounds.seconds, rule.target,
+                             list(cpus) if cpus else None, separations=pairs)
+
+
+# ----------------------------------------------------------------------------- fixed-round forms
 def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int = 5,
               resolution: int | None = None, postprocess: PostprocessConfig | None = None,
-              postprocess_overrides: dict | None = None, repeats: int = 1) -> LatencyResult:
+              postprocess_overrides: dict | None = None, repeats: int = 1, images: list | None = None) -> LatencyResult:
     """Latency of one model (checkpoint or .onnx) at batch 1 with `threads` CPU threads
-    (0: the runtime's default). Torch models run under `torch.set_num_threads(threads)` and
-    `torch.inference_mode`; ONNX models in an ORT_ENABLE_ALL session with that many intra-op threads.
-
-    With `repeats` > 1 the `runs` timed images are run that many times and the repeat with the
-    lowest median is returned (timeit's rule: on a shared machine the others are inflated by
-    other jobs' load); every repeat's median is in `repeat_medians_ms`."""
+    (0: the runtime's default), over exactly `runs` timed images (`compare_latency` with one model
+    and a fixed number of rounds). With `repeats` > 1 that is done `repeats` times and the repeat
+    with the lowest median is returned (timeit's rule); every repeat's median is in `repeat_medians_ms`."""
     _check(runs, warmup, threads)
     if repeats < 1:
         raise LpdetError(f"repeats: must be >= 1, got {repeats}")
-    model, load_s = _load_timed(path, threads, resolution)
-    # `postprocess`, else the model's own setting with `postprocess_overrides` (field -> value) applied
-    cfg = postprocess or replace(model.postprocess, **(postprocess_overrides or {}))
-    images = benchmark_input(model.resolution)
-    results = []
-    with _torch_threads(threads):
-        _warm_up(lambda: _time_once(model, images, cfg), warmup)
-        for _ in range(repeats):
-            forward_s, post_s = [], []
-            for _ in range(runs):
-                f, p = _time_once(model, images, cfg)
-                forward_s.append(f)
-                post_s.append(p)
-            results.append(_summarise(model, forward_s, post_s, load_s, threads, cfg))
+    results = [compare_latency([path], images=images, threads=threads, rule=StopRule.fixed(runs),
+                               warmup=warmup if k == 0 else 0, postprocess=postprocess,
+                               postprocess_overrides=postprocess_overrides, resolution=resolution).results[0]
+               for k in range(repeats)]
     best = min(results, key=lambda r: r.median_ms)
+    best.ratio = best.ratio_interval = best.forward_ratio = None
     if repeats > 1:
         best.repeat_medians_ms = [r.median_ms for r in results]
     return best
 
 
 def benchmark_paired(paths: list[Path | str], *, threads: int = 1, runs: int = 50, warmup: int = 5,
-                     postprocess: PostprocessConfig | None = None,
-                     baselines: list[int] | None = None) -> list[LatencyResult]:
-    """Benchmark several models interleaved (each iteration runs every model once, in turn), so that
-    load from other processes hits them alike. Each result's `ratio` is the median over iterations of
-    its end-to-end time divided by that of model `baselines[i]` in the same iteration (default: the
-    first model, so the first gets 1.0); `forward_ratio` is the same for the graph time alone."""
+                     postprocess: PostprocessConfig | None = None, baselines: list[int] | None = None,
+                     images: list | None = None) -> list[LatencyResult]:
+    """`compare_latency` over exactly `runs` rounds; each result's `ratio` is the median over rounds of
+    its end-to-end time divided by that of model `baselines[i]` (default: the first model)."""
     if not paths:
         return []
     _check(runs, warmup, threads)
-    baselines = [0] * len(paths) if baselines is None else list(baselines)
-    if len(baselines) != len(paths) or not all(0 <= b < len(paths) for b in baselines):
-        raise ValueError(f"baselines: need one index in 0..{len(paths) - 1} per model, got {baselines}")
-    loaded = [_load_timed(p, threads, None) for p in paths]
-    configs = [postprocess or model.postprocess for model, _ in loaded]  # each model's own unless given
-    inputs = {m.resolution: benchmark_input(m.resolution) for m, _ in loaded}
-    forward_s = [[] for _ in loaded]
-    post_s = [[] for _ in loaded]
-    with _torch_threads(threads):
-        _warm_up(lambda: [_time_once(model, inputs[model.resolution], cfg)
-                          for (model, _), cfg in zip(loaded, configs)], warmup)
-        for _ in range(runs):
-            for i, (model, _) in enumerate(loaded):
-                f, p = _time_once(model, inputs[model.resolution], configs[i])
-                forward_s[i].append(f)
-                post_s[i].append(p)
-    totals = [np.asarray(f) + np.asarray(p) for f, p in zip(forward_s, post_s)]
-    results = []
-    for i, (model, load_s) in enumerate(loaded):
-        result = _summarise(model, forward_s[i], post_s[i], load_s, threads, configs[i])
-        result.ratio = float(np.median(totals[i] / totals[baselines[i]]))
-        graph = np.asarray(forward_s[i]) / np.asarray(forward_s[baselines[i]])
-        result.forward_ratio = float(np.median(graph))
-        results.append(result)
-    return results
-
-
-def format_latency(result: LatencyResult) -> str:
-    """A short human-readable report."""
-    lines = [
-        f"{result.path}  ({result.kind}, {result.resolution}x{result.resolution}, batch 1)",
-        f"device       {result.device}; {result.runtime}; {result.threads or 'default'} thread(s)",
-        f"latency      median {result.median_ms:.2f} ms   p90 {result.p90_ms:.2f}   min {result.min_ms:.2f}   "
-        f"mean {result.mean_ms:.2f}   ({result.runs} runs"
-        + (f"; the lowest-median of {len(result.repeat_medians_ms)} repeats: "
-           + ", ".join(f"{m:.2f}" for m in result.repeat_medians_ms) + ")" if result.repeat_medians_ms else ")"),
-        f"  graph      {result.forward_ms:.2f} ms (median)",
-        f"  postproc   {result.postprocess_ms:.2f} ms (median; {result.postprocess_share:.1%} of end-to-end)"
-        + (f"; {describe_postprocess(result.postprocess)}" if result.postprocess else ""),
-        f"load         {result.load_ms:.0f} ms",
-    ]
-    if result.ratio is not None:
-        lines.append(f"ratio        {result.ratio:.3f} (paired median ratio to the baseline model)")
-    return "\n".join(lines)
-
-
-def describe_postprocess(settings: dict) -> str:
-    """e.g. 'score > 0.01, NMS IoU 0.6, top-k 100'."""
-    return (f"score > {settings['score_threshold']:g}, NMS IoU {settings['nms_iou']:g}, "
-            f"top-k {settings['top_k']}")
-
-
-def latency_to_dict(result: LatencyResult) -> dict:
-    """Plain data for --json (floats rounded to 0.001 ms)."""
-    data = asdict(result)
-    for key, value in data.items():
-        if isinstance(value, float):
-            data[key] = round(value, 4)
-        elif key == "repeat_medians_ms" and value:
-            data[key] = [round(v, 4) for v in value]
-    return data
+    return compare_latency(paths, images=images, threads=threads, rule=StopRule.fixed(runs), warmup=warmup,
+                           baselines=baselines, postprocess=postprocess).results
