@@ -248,28 +248,48 @@ def cmd_quantize(args) -> None:
           f"{len(images)} calibration images)")
 
 
+def _device_backend(args):
+    """The device backend the bench flags ask for, or None for this machine's onnxruntime."""
+    from lpdet.deploy.latency_backends import AdbBenchmarkBackend, CommandBackend
+
+    if args.latency_cmd and args.adb:
+        raise LpdetError("--latency-cmd and --adb: choose one device backend")
+    if args.latency_cmd:
+        return CommandBackend(args.latency_cmd, timeout_s=args.device_timeout, device_id=args.device_id)
+    if args.adb:
+        return AdbBenchmarkBackend(serial=args.adb_serial, binary=args.adb_binary, threads=args.threads or 1,
+                                   timeout_s=args.device_timeout)
+    return None
+
+
 def cmd_bench(args) -> None:
     from lpdet.deploy.latency import StopRule, compare_latency
+    from lpdet.deploy.latency_backends import measure_on_device
+    from lpdet.deploy.latency_cache import LatencyCache
     from lpdet.deploy.latency_inputs import bench_images, parse_cpus
     from lpdet.deploy.latency_report import comparison_to_dict, format_comparison, format_latency
 
     if (args.runs is not None and args.runs < 1) or args.threads < 0 or args.time_cap <= 0 or not 0 < args.target < 1:
         raise LpdetError("--runs must be >= 1, --threads >= 0, --time-cap > 0 and --target in (0, 1)")
-    rule = StopRule.fixed(args.runs) if args.runs else StopRule(target=args.target, time_cap_s=args.time_cap)
-    if args.images:
-        from lpdet.eval.predict import expand_image_paths
-
-        images = bench_images(expand_image_paths(args.images), count=args.num_images)
+    backend = _device_backend(args)
+    if backend is not None:
+        comparison = measure_on_device(args.models, backend, cache=LatencyCache(args.latency_cache), fresh=args.fresh)
     else:
-        images = bench_images(data=args.data, count=args.num_images)
-    comparison = compare_latency(args.models, images=images, threads=args.threads, rule=rule, warmup=args.warmup,
-                                 postprocess_overrides=_postprocess_overrides(args),
-                                 cpus=parse_cpus(args.cpus) if args.cpus else None)
+        rule = StopRule.fixed(args.runs) if args.runs else StopRule(target=args.target, time_cap_s=args.time_cap)
+        if args.images:
+            from lpdet.eval.predict import expand_image_paths
+
+            images = bench_images(expand_image_paths(args.images), count=args.num_images)
+        else:
+            images = bench_images(data=args.data, count=args.num_images)
+        comparison = compare_latency(args.models, images=images, threads=args.threads, rule=rule, warmup=args.warmup,
+                                     postprocess_overrides=_postprocess_overrides(args),
+                                     cpus=parse_cpus(args.cpus) if args.cpus else None)
     if args.json:
         for s in comparison.not_separated():
             log.warning("%s vs %s: not separated (ratio interval includes 1)", args.models[s.b], args.models[s.a])
         print(json.dumps(comparison_to_dict(comparison), indent=2))
-    elif len(comparison.results) == 1:
+    elif len(comparison.results) == 1 and backend is None:
         print(format_latency(comparison.results[0]))
         print(f"rounds       {comparison.rounds} in {comparison.seconds:.1f} s; stopped: {comparison.stop_reason}")
     else:
@@ -446,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cpus", help="pin the process to these CPUs while timing, e.g. 0,1 (Linux)")
     bench.add_argument("--json", action="store_true")
     _add_postprocess_options(bench)
+    device = bench.add_argument_group("latency on another device (instead of this machine's onnxruntime)")
+    device.add_argument("--latency-cmd", metavar="CMD",
+                        help="a command that times {model} (the exported file's path) and prints milliseconds, "
+                             "e.g. \"ssh pi@board ./bench {model}\"")
+    device.add_argument("--adb", action="store_true", help="LiteRT benchmark_model on an Android phone over adb (.tflite)")
+    device.add_argument("--adb-serial", help="the phone's adb serial (default: the only one connected)")
+    device.add_argument("--adb-binary", default="/data/local/tmp/benchmark_model", help="benchmark_model on the phone")
+    device.add_argument("--device-id", help="name the device in the cache (default: the command / the phone)")
+    device.add_argument("--device-timeout", type=float, default=600.0, help="seconds one device measurement may take")
+    device.add_argument("--latency-cache", type=Path, help="cache file (default ~/.cache/lpdet/device_latency.json)")
+    device.add_argument("--fresh", action="store_true", help="measure again even if the cache has the model")
     bench.set_defaults(func=cmd_bench)
 
     compare = commands.add_parser("compare-quant", parents=[common], help="AP and latency: float, naive 8-bit, calibrated PTQ, QAT")

@@ -109,3 +109,14 @@ def load_mapping(path: Path) -> dict:
     if not isinstance(data, dict):
         raise LpdetError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content (hex), read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

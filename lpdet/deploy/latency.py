@@ -30,7 +30,7 @@ import torch
 from lpdet.deploy.latency_inputs import benchmark_input, inputs_at, pinned_cpus
 from lpdet.deploy.latency_report import (LatencyComparison, LatencyResult, describe_postprocess, format_comparison,
                                          format_latency, latency_to_dict)
-from lpdet.deploy.latency_stats import StopRule, cycle_medians, median_interval, ratio_interval, separation, stop_reason
+from lpdet.deploy.latency_stats import StopRule, cycle_means, median_interval, ratio_interval, separation, stop_reason
 from lpdet.deploy.runtime import DeployedModel, load_model
 from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig, select_detections
@@ -163,18 +163,18 @@ def _timer(model: DeployedModel, inputs: list[torch.Tensor], cfg: PostprocessCon
 # ----------------------------------------------------------------------------- results
 def _summarise(model: DeployedModel, forward_s, post_s, load_s: float, threads: int, cfg: PostprocessConfig,
                confidence: float, inputs: str, cycle: int) -> LatencyResult:
-    """median_ms and its interval, forward_ms and postprocess_ms: over the cycles' medians; p90, min
-    and mean: over single runs."""
+    """median_ms and its interval, forward_ms and postprocess_ms: medians over the cycles' means (the
+    runs themselves with a single input); p90, min and mean: over single runs."""
     total = np.asarray(forward_s) + np.asarray(post_s)
     share = np.asarray(post_s) / np.maximum(total, 1e-12)
     ms = total * 1e3
-    median = median_interval(cycle_medians(ms, cycle), confidence)
+    median = median_interval(cycle_means(ms, cycle), confidence)
     return LatencyResult(
         median_ms=median.value, p90_ms=float(np.percentile(ms, 90)), min_ms=float(ms.min()),
         mean_ms=float(ms.mean()), load_ms=load_s * 1e3,
-        postprocess_ms=float(np.median(cycle_medians(post_s, cycle)) * 1e3),
+        postprocess_ms=float(np.median(cycle_means(post_s, cycle)) * 1e3),
         postprocess_share=float(np.clip(np.median(share), 0.0, 1.0)), runs=len(ms), threads=threads,
-        kind=model.kind, device=cpu_name(), forward_ms=float(np.median(cycle_medians(forward_s, cycle)) * 1e3),
+        kind=model.kind, device=cpu_name(), forward_ms=float(np.median(cycle_means(forward_s, cycle)) * 1e3),
         path=str(model.path),
         resolution=model.resolution, runtime=_runtime_name(model), postprocess=asdict(cfg),
         median_interval_ms=None if median.low is None else [median.low, median.high], confidence=confidence,
@@ -189,7 +189,7 @@ def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple
 
 
 def _inputs_text(images: list) -> str:
-    return f"{len(images)} real image(s); a sample is the median of one pass over them" if images else "random noise (no images given)"
+    return f"{len(images)} real image(s); a sample is the mean per-image time of one pass over them" if images else "random noise (no images given)"
 
 
 def compare_latency(paths: Sequence[Path | str], *, images: list | None = None, threads: int = 1,
@@ -223,7 +223,7 @@ def compare_latency(paths: Sequence[Path | str], *, images: list | None = None, 
             _warm_up(lambda: [step(0) for step in steps], warmup)
             rounds = run_interleaved(steps, rule, baseline=baselines, cycle=cycle, clock=clock)
     totals = rounds.totals()
-    cycled = [cycle_medians(t, cycle) for t in totals]
+    cycled = [cycle_means(t, cycle) for t in totals]
     results = []
     for i, (model, load_s) in enumerate(loaded):
         result = _summarise(model, rounds.forward_s[i], rounds.post_s[i], load_s, threads, configs[i],
@@ -231,7 +231,7 @@ def compare_latency(paths: Sequence[Path | str], *, images: list | None = None, 
         ratio = ratio_interval(cycled[i], cycled[baselines[i]], rule.confidence)
         result.ratio = ratio.value
         result.ratio_interval = None if ratio.low is None else [ratio.low, ratio.high]
-        forward = [cycle_medians(rounds.forward_s[j], cycle) for j in (i, baselines[i])]
+        forward = [cycle_means(rounds.forward_s[j], cycle) for j in (i, baselines[i])]
         result.forward_ratio = float(np.median(forward[0] / np.maximum(forward[1], 1e-12)))
         results.append(result)
     pairs = [separation(totals, a, b, rule.confidence, cycle) for a, b in itertools.combinations(range(len(paths)), 2)]

@@ -125,26 +125,33 @@ def format_comparison(comparison: LatencyComparison) -> str:
     results = comparison.results
     first = results[comparison.baseline]
     conf = f"{first.confidence:.0%}"
-    lines = [f"device: {first.device}; {first.runtime}; {first.threads or 'default'} thread(s)"
+    on_device = comparison.stop_reason == "device"
+    lines = [f"device: {first.device}; backend: {first.runtime}" if on_device else
+             f"device: {first.device}; {first.runtime}; {first.threads or 'default'} thread(s)"
              + (f"; pinned to CPUs {','.join(map(str, comparison.cpus))}" if comparison.cpus else ""),
-             f"inputs: {first.inputs or 'n/a'}; measures: {first.measures}",
-             f"{'model':<44}{'median ms [' + conf + ']':>24}{'p90':>8}{'post':>7}{'ratio [' + conf + ']':>24}"]
+             f"measures: {first.measures}" if on_device else f"inputs: {first.inputs}; measures: {first.measures}",
+             f"{'model':<44}{'median ms [' + conf + ']':>26}{'p90':>8}{'post':>7}{'ratio [' + conf + ']':>26}"]
     for i, r in enumerate(results):
         ratio = "baseline" if i == comparison.baseline else (r.ratio_to_baseline.text(3) if r.ratio is not None else "-")
-        lines.append(f"{_short(r.path, 43):<44}{r.median.text():>24}{r.p90_ms:>8.2f}"
-                     f"{r.postprocess_share:>7.0%}{ratio:>24}")
-    lines.append(f"{comparison.rounds} interleaved rounds in {comparison.seconds:.1f} s; stopped: "
-                 f"{_stop_text(comparison)}")
+        share = f"{r.postprocess_share:.0%}" if math.isfinite(r.postprocess_share) else "-"
+        lines.append(f"{_short(r.path, 43):<44}{r.median.text():>26}{r.p90_ms:>8.2f}{share:>7}{ratio:>26}")
+    if on_device:
+        lines.append("measured on the device one model after another (results cached per device and model "
+                     "content); ratio intervals are unpaired")
+    else:
+        lines.append(f"{comparison.rounds} interleaved rounds in {comparison.seconds:.1f} s; stopped: "
+                     f"{_stop_text(comparison)}")
     for s in comparison.not_separated():
-        lines.append(f"warning: {_short(results[s.b].path, 40)} vs {_short(results[s.a].path, 40)}: not separated "
-                     f"(ratio {s.ratio.text(3)} includes 1): the machine is too noisy to tell them apart")
+        why = ("too few samples for an interval" if s.ratio.low is None else
+               f"ratio {s.ratio.text(3)} includes 1: the measurements are too noisy to tell them apart")
+        lines.append(f"warning: {_short(results[s.b].path, 40)} vs {_short(results[s.a].path, 40)}: "
+                     f"not separated ({why})")
     return "\n".join(lines)
 
 
 def _stop_text(comparison: LatencyComparison) -> str:
     target = f"every interval within ±{comparison.target:.0%}"
-    return {"precise": target, "fixed rounds": "the fixed number of rounds",
-            "device": "the device backend's own runs"}.get(
+    return {"precise": target, "fixed rounds": "the fixed number of rounds"}.get(
         comparison.stop_reason, f"{comparison.stop_reason} before {target} (figures less precise than asked)")
 
 
