@@ -9,7 +9,8 @@ post-processing) as a peer. All models are timed by lpdet's harness (`lpdet.depl
 compare_latency`): interleaved round by round (batch 1, one thread by default, end to end = graph +
 NMS), until every median and ratio is known to ±3% (95% interval) or `--time-cap` is hit, so a
 shared machine's load hits them alike; int8/fp32 is the median of per-round ratios, with its
-interval. MACs come from `lpdet.models.profile` (ours) and the same Conv2d/Linear hook count (peer); GMAC/s = MACs / graph time.
+interval. MACs come from `lpdet.models.profile` (ours) and the same Conv2d/Linear hook count
+(peer); GMAC/s = MACs / graph time.
 
     python benchmarks/latency.py [--time-cap 120] [--runs N] [--data synth] [--threads 1] [--out DIR]
                                  [--json FILE] [--peer-int8]
@@ -189,7 +190,8 @@ def main() -> None:
     for (i, precision), result in zip(owners, results):
         table.setdefault(i, {})[precision] = result
     print(f"\nbatch 1, {args.threads} thread(s), onnxruntime CPU (ORT_ENABLE_ALL), {comparison.rounds} interleaved "
-          f"rounds in {comparison.seconds:.0f} s (stopped: {comparison.stop_reason}); {results[0].inputs}\n{cpu_name()}\n"
+          f"rounds in {comparison.seconds:.0f} s (stopped: {comparison.stop_reason}); {results[0].inputs}\n"
+          f"{cpu_name()}\n"
           "graph = the ONNX graph (ratios: median of per-iteration int8/fp32 graph times); e2e = graph + our NMS "
           "(select_detections),\nwhich on random weights depends on the init: ours start at a 0.99 background prior "
           "(few candidates), the peer\nat uniform scores (every class above the 0.01 threshold), so NMS is not "

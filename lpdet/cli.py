@@ -263,28 +263,29 @@ def _device_backend(args):
 
 
 def cmd_bench(args) -> None:
-    from lpdet.deploy.latency import StopRule, compare_latency
-    from lpdet.deploy.latency_backends import measure_on_device
+    from lpdet.deploy.latency import StopRule
+    from lpdet.deploy.latency_backends import measure_latency
     from lpdet.deploy.latency_cache import LatencyCache
     from lpdet.deploy.latency_inputs import bench_images, parse_cpus
     from lpdet.deploy.latency_report import comparison_to_dict, format_comparison, format_latency
 
-    if (args.runs is not None and args.runs < 1) or args.threads < 0 or args.time_cap <= 0 or not 0 < args.target < 1:
+    if (args.runs is not None and args.runs < 1) or args.threads < 0 or args.time_cap <= 0 \
+            or not 0 < args.target < 1:
         raise LpdetError("--runs must be >= 1, --threads >= 0, --time-cap > 0 and --target in (0, 1)")
-    backend = _device_backend(args)
-    if backend is not None:
-        comparison = measure_on_device(args.models, backend, cache=LatencyCache(args.latency_cache), fresh=args.fresh)
-    else:
-        rule = StopRule.fixed(args.runs) if args.runs else StopRule(target=args.target, time_cap_s=args.time_cap)
+    backend, local = _device_backend(args), {}
+    if backend is None:
         if args.images:
             from lpdet.eval.predict import expand_image_paths
 
             images = bench_images(expand_image_paths(args.images), count=args.num_images)
         else:
             images = bench_images(data=args.data, count=args.num_images)
-        comparison = compare_latency(args.models, images=images, threads=args.threads, rule=rule, warmup=args.warmup,
-                                     postprocess_overrides=_postprocess_overrides(args),
-                                     cpus=parse_cpus(args.cpus) if args.cpus else None)
+        rule = StopRule.fixed(args.runs) if args.runs else StopRule(target=args.target, time_cap_s=args.time_cap)
+        local = dict(images=images, threads=args.threads, warmup=args.warmup, rule=rule,
+                     postprocess_overrides=_postprocess_overrides(args),
+                     cpus=parse_cpus(args.cpus) if args.cpus else None)
+    comparison = measure_latency(args.models, backend=backend, cache=LatencyCache(args.latency_cache),
+                                 fresh=args.fresh, **local)
     if args.json:
         for s in comparison.not_separated():
             log.warning("%s vs %s: not separated (ratio interval includes 1)", args.models[s.b], args.models[s.a])

@@ -4,11 +4,12 @@ interleaved until their medians are known to ±3%.
 `compare_latency(paths, images=...)` is the one harness (`lpdet bench`, the design, the search
 and `benchmarks/latency.py` use it): it loads every model (timed), warms them up together, then
 runs rounds, each round timing every model once on the same image (real images cycle round by
-round; the order within a round rotates so no model always runs first), until each
-median's and each ratio-to-the-baseline's 95% interval (over passes through the images) is within
-±`StopRule.target` or the time cap is hit (`lpdet.deploy.latency_stats` says how intervals are computed). Drift from other jobs
-hits every model of a round alike, so the per-round ratios hold still when single medians do not;
-pairs whose ratio interval includes 1 are reported as not separated instead of ranked.
+round; the order within a round rotates so no model always runs first), until each median's and
+each ratio-to-the-baseline's 95% interval (over passes through the images) is within
+±`StopRule.target` or the time cap is hit (`lpdet.deploy.latency_stats` says how intervals are
+computed). Drift from other jobs hits every model of a round alike, so paired ratios hold still
+when single medians do not; pairs whose ratio interval includes 1 are reported as not separated
+instead of ranked.
 
 `benchmark(path)` and `benchmark_paired(paths)` are the fixed-round forms kept for their callers.
 """
@@ -189,7 +190,9 @@ def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple
 
 
 def _inputs_text(images: list) -> str:
-    return f"{len(images)} real image(s); a sample is the mean per-image time of one pass over them" if images else "random noise (no images given)"
+    if not images:
+        return "random noise (no images given)"
+    return f"{len(images)} real image(s); a sample is the mean per-image time of one pass over them"
 
 
 def compare_latency(paths: Sequence[Path | str], *, images: list | None = None, threads: int = 1,

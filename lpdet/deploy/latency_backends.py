@@ -12,6 +12,7 @@ the user's device through a backend that runs an exported model there and report
 
 Results are cached per device id and model content (`latency_cache.LatencyCache`), and
 `measure_on_device` turns them into the same `LatencyComparison` that `lpdet bench` prints.
+`measure_latency(paths, backend=...)` is the one call for callers that let the user choose.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lpdet.deploy.latency_stats import Interval, Separation, median_interval
 from lpdet.errors import LpdetError
 
 __all__ = ["DeviceMeasurement", "CommandBackend", "AdbBenchmarkBackend", "parse_milliseconds",
-           "parse_benchmark_model", "measure_on_device"]
+           "parse_benchmark_model", "measure_on_device", "measure_latency"]
 
 Runner = Callable[..., subprocess.CompletedProcess]
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -186,7 +187,8 @@ def _result(path: Path, m: DeviceMeasurement, device_id: str, description: str, 
     iv = median_interval(samples, confidence) if m.statistic == "median" and len(samples) > 1 else None
     s = m.summary_ms
     return LatencyResult(
-        median_ms=m.median_ms, p90_ms=s.get("p90", float(np.percentile(samples, 90))), min_ms=s.get("min", samples.min()),
+        median_ms=m.median_ms, p90_ms=s.get("p90", float(np.percentile(samples, 90))),
+        min_ms=s.get("min", float(samples.min())),
         mean_ms=s.get("avg", float(samples.mean())), load_ms=float("nan"), postprocess_ms=float("nan"),
         postprocess_share=float("nan"),
         runs=len(samples), threads=0, kind=path.suffix.lstrip(".").lower(), device=device_id, forward_ms=m.median_ms,
@@ -219,6 +221,18 @@ def measure_on_device(paths: Sequence[Path | str], backend, *, cache: LatencyCac
         r.ratio, r.ratio_interval = _ratio(r, results[0])
     pairs = [_separation(results, a, b) for a in range(len(results)) for b in range(a + 1, len(results))]
     return LatencyComparison(results, 0, 1, "device", 0.0, backend=backend.description, separations=pairs)
+
+
+def measure_latency(paths: Sequence[Path | str], *, backend=None, cache: LatencyCache | None = None,
+                    fresh: bool = False, **local) -> LatencyComparison:
+    """Latency of `paths` compared to the first: on this machine (`backend` None: `latency.compare_latency`
+    with the `local` keyword arguments: images, threads, rule, cpus, ...) or on a device backend
+    (`measure_on_device`, cached in `cache`)."""
+    if backend is None:
+        from lpdet.deploy.latency import compare_latency
+
+        return compare_latency(paths, **local)
+    return measure_on_device(paths, backend, cache=cache, fresh=fresh)
 
 
 def _ratio(r: LatencyResult, base: LatencyResult) -> tuple[float, list[float] | None]:

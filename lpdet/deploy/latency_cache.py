@@ -3,9 +3,9 @@ a search that meets the same exported file again does not occupy the phone or bo
 
 One small JSON file (default `$LPDET_CACHE/device_latency.json`, i.e. ~/.cache/lpdet/...):
 ``{"version": 1, "entries": {DEVICE_ID: {SHA256: {"model": name, "samples_ms": [...],
-"summary_ms": {...}, "statistic": "median" | "avg", "measured_at": ISO time}}}}``, rewritten atomically on every change so a
-crash leaves the previous file. An unreadable cache is ignored with a warning (and replaced on
-the next write): it only ever saves time.
+"summary_ms": {...}, "statistic": "median" | "avg", "measured_at": ISO time}}}}``, rewritten
+atomically on every change so a crash leaves the previous file. An unreadable cache is ignored
+with a warning (and replaced on the next write): it only ever saves time.
 """
 
 from __future__ import annotations

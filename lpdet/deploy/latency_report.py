@@ -132,7 +132,8 @@ def format_comparison(comparison: LatencyComparison) -> str:
              f"measures: {first.measures}" if on_device else f"inputs: {first.inputs}; measures: {first.measures}",
              f"{'model':<44}{'median ms [' + conf + ']':>26}{'p90':>8}{'post':>7}{'ratio [' + conf + ']':>26}"]
     for i, r in enumerate(results):
-        ratio = "baseline" if i == comparison.baseline else (r.ratio_to_baseline.text(3) if r.ratio is not None else "-")
+        ratio = r.ratio_to_baseline.text(3) if r.ratio is not None else "-"
+        ratio = "baseline" if i == comparison.baseline else ratio
         share = f"{r.postprocess_share:.0%}" if math.isfinite(r.postprocess_share) else "-"
         lines.append(f"{_short(r.path, 43):<44}{r.median.text():>26}{r.p90_ms:>8.2f}{share:>7}{ratio:>26}")
     if on_device:

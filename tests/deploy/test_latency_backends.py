@@ -183,3 +183,16 @@ def test_bench_cli_with_a_latency_command(two_models, tmp_path, capsys):
     assert "0.750" in out and "the command" in out
     assert main(argv + ["--adb"]) == 2
     assert "choose one device backend" in capsys.readouterr().err
+
+
+def test_measure_latency_dispatches(two_models, tmp_path):
+    from lpdet.deploy.export import export_onnx
+    from lpdet.deploy.latency import StopRule
+    from lpdet.deploy.latency_backends import measure_latency
+    from tests.deploy.tiny import CLASS_NAMES, tiny_detector
+
+    on_device = measure_latency(two_models, backend=CommandBackend(STAND_IN))
+    assert on_device.stop_reason == "device" and on_device.results[1].median_ms == pytest.approx(3.0)
+    model = export_onnx(tiny_detector(), tmp_path / "m.onnx", metadata={"class_names": CLASS_NAMES})
+    here = measure_latency([model], rule=StopRule.fixed(3), warmup=0)  # no backend: this machine, interleaved
+    assert here.stop_reason == "fixed rounds" and here.results[0].kind == "onnx-fp32" and here.rounds == 3
