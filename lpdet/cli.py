@@ -263,6 +263,8 @@ def _device_backend(args):
 
 
 def cmd_bench(args) -> None:
+    from dataclasses import replace
+
     from lpdet.deploy.latency import StopRule
     from lpdet.deploy.latency_backends import measure_latency
     from lpdet.deploy.latency_cache import LatencyCache
@@ -291,7 +293,7 @@ def cmd_bench(args) -> None:
             log.warning("%s vs %s: not separated (ratio interval includes 1)", args.models[s.b], args.models[s.a])
         print(json.dumps(comparison_to_dict(comparison), indent=2))
     elif len(comparison.results) == 1 and backend is None:
-        print(format_latency(comparison.results[0]))
+        print(format_latency(replace(comparison.results[0], ratio=None)))  # a ratio to itself says nothing
         print(f"rounds       {comparison.rounds} in {comparison.seconds:.1f} s; stopped: {comparison.stop_reason}")
     else:
         print(format_comparison(comparison))

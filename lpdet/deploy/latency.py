@@ -179,10 +179,12 @@ def _summarise(model: DeployedModel, forward_s, post_s, load_s: float, threads: 
         path=str(model.path),
         resolution=model.resolution, runtime=_runtime_name(model), postprocess=asdict(cfg),
         median_interval_ms=None if median.low is None else [median.low, median.high], confidence=confidence,
-        inputs=inputs)
+        inputs=inputs, samples=median.samples)
 
 
-def _load_timed(path: Path | str, threads: int, resolution: int | None) -> tuple[DeployedModel, float]:
+def _load_timed(path: Path | str | DeployedModel, threads: int, resolution: int | None) -> tuple[DeployedModel, float]:
+    if isinstance(path, DeployedModel):  # loaded by the caller: load time not measured here
+        return path, 0.0
     with _torch_threads(threads):
         start = time.perf_counter()
         model = load_model(path, threads=threads, resolution=resolution)
@@ -195,12 +197,13 @@ def _inputs_text(images: list) -> str:
     return f"{len(images)} real image(s); a sample is the mean per-image time of one pass over them"
 
 
-def compare_latency(paths: Sequence[Path | str], *, images: list | None = None, threads: int = 1,
+def compare_latency(paths: Sequence[Path | str | DeployedModel], *, images: list | None = None, threads: int = 1,
                     rule: StopRule | None = None, warmup: int = 5, baseline: int = 0,
                     baselines: Sequence[int] | None = None, postprocess: PostprocessConfig | None = None,
                     postprocess_overrides: dict | None = None, resolution: int | None = None,
                     cpus: Sequence[int] | None = None, clock: Clock = time.perf_counter) -> LatencyComparison:
-    """Measure `paths` (checkpoints or exported models) interleaved on this CPU (module docstring).
+    """Measure `paths` (checkpoints or exported models, or models already loaded with `load_model`)
+    interleaved on this CPU (module docstring).
 
     `images`: PIL images from `latency_inputs.bench_images` (none: seeded noise, with a warning).
     Each result's `ratio` (with `ratio_interval`) is its per-round time over model `baseline`'s
@@ -253,11 +256,13 @@ def benchmark(path: Path | str, *, threads: int = 1, runs: int = 50, warmup: int
     _check(runs, warmup, threads)
     if repeats < 1:
         raise LpdetError(f"repeats: must be >= 1, got {repeats}")
-    results = [compare_latency([path], images=images, threads=threads, rule=StopRule.fixed(runs),
+    model, load_s = _load_timed(path, threads, resolution)  # once: each repeat times the same session
+    results = [compare_latency([model], images=images, threads=threads, rule=StopRule.fixed(runs),
                                warmup=warmup if k == 0 else 0, postprocess=postprocess,
-                               postprocess_overrides=postprocess_overrides, resolution=resolution).results[0]
+                               postprocess_overrides=postprocess_overrides).results[0]
                for k in range(repeats)]
     best = min(results, key=lambda r: r.median_ms)
+    best.load_ms = load_s * 1e3
     best.ratio = best.ratio_interval = best.forward_ratio = None
     if repeats > 1:
         best.repeat_medians_ms = [r.median_ms for r in results]

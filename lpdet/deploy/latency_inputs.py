@@ -107,8 +107,9 @@ def _thread_ids() -> list[int]:
 
 @contextlib.contextmanager
 def pinned_cpus(cpus: Sequence[int] | None):
-    """Run the block with every thread of this process (and those it starts) on `cpus`; the previous
-    affinities are restored afterwards. None or empty: no change. Linux only (os.sched_setaffinity)."""
+    """Run the block with every thread of this process (and those it starts) on `cpus`; afterwards
+    each thread gets its previous affinity back (threads started meanwhile, e.g. a runtime's thread
+    pool, get the process's previous one). None or empty: no change. Linux only."""
     if not cpus:
         yield
         return
@@ -126,6 +127,6 @@ def pinned_cpus(cpus: Sequence[int] | None):
                 os.sched_setaffinity(tid, cpus)
         yield
     finally:
-        for tid, mask in previous.items():
+        for tid in _thread_ids():
             with contextlib.suppress(OSError):
-                os.sched_setaffinity(tid, mask)
+                os.sched_setaffinity(tid, previous.get(tid, allowed))

@@ -42,18 +42,19 @@ class LatencyResult:
     confidence: float = 0.95
     inputs: str = ""  # what was timed: "16 images" / "random noise"
     measures: str = "graph + post-processing"  # what the time covers (a device command: what it prints)
+    samples: int = 0  # what the intervals are over: passes through the images (single runs with one input)
 
     @property
     def median(self) -> Interval:
         low, high = self.median_interval_ms or (None, None)
-        return Interval(self.median_ms, low, high, self.confidence, self.runs)
+        return Interval(self.median_ms, low, high, self.confidence, self.samples or self.runs)
 
     @property
     def ratio_to_baseline(self) -> Interval | None:
         if self.ratio is None:
             return None
         low, high = self.ratio_interval or (None, None)
-        return Interval(self.ratio, low, high, self.confidence, self.runs)
+        return Interval(self.ratio, low, high, self.confidence, self.samples or self.runs)
 
 
 @dataclass

@@ -168,6 +168,7 @@ def test_compare_latency_on_real_images(models, tmp_path, caplog):
     assert len(batch) == 3 and all(t.shape == (1, 3, 96, 96) and 0 <= t.min() and t.max() <= 1 for t in batch)
     result = compare_latency([models[1]], images=images, rule=StopRule.fixed(6), warmup=0).results[0]
     assert result.runs == 6 and "3 real image(s)" in result.inputs and result.median_ms > 0
+    assert result.samples == 2 and "no CI, n=2" in result.median.text()  # 2 passes over 3 images: too few
     with pytest.raises(LpdetError, match="no readable benchmark images"):
         bench_images([tmp_path / "bad.png"])
 
@@ -204,6 +205,17 @@ def test_pinned_cpus_restores_the_affinity():
     with pinned_cpus([one]):
         assert os.sched_getaffinity(0) == {one}
     assert os.sched_getaffinity(0) == before
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (started.set(), release.wait()))
+    with pinned_cpus([one]):
+        worker.start()  # a thread started while pinned (as a runtime's pool would be)
+        started.wait()
+        assert os.sched_getaffinity(worker.native_id) == {one}
+    assert os.sched_getaffinity(worker.native_id) == before  # ... is unpinned afterwards too
+    release.set()
+    worker.join()
     with pytest.raises(LpdetError, match="may only use CPUs"):
         with pinned_cpus([max(before) + 1000]):
             pass
