@@ -34,7 +34,7 @@ def benchmark_input(resolution: int, seed: int = 0) -> torch.Tensor:
 def bench_images(paths: Sequence[Path] | None = None, data: str | None = None, count: int = 16) -> list:
     """Up to `count` RGB images (PIL): the files in `paths`, else the first of the val split of
     `data` (a dataset YAML or "synth"); unreadable files are skipped with a warning. [] if neither."""
-    from lpdet.data.coco import load_rgb_image
+    from lpdet.data.images import load_rgb_image
 
     if count < 1:
         raise LpdetError(f"number of benchmark images: must be >= 1, got {count}")
