@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-images", type=int, default=16, help="real images cycled through (default 16)")
     bench.add_argument("--target", type=float, default=0.03,
                        help="run rounds until every median's 95%% interval is within ± this (default 0.03)")
-    bench.add_argument("--time-cap", type=float, default=60.0, help="stop after this many seconds anyway")
+    bench.add_argument("--time-cap", type=float, default=60.0, help="stop after this many seconds anyway (default 60)")
     bench.add_argument("--runs", type=int, help="exactly this many rounds instead (no stopping rule)")
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--cpus", help="pin the process to these CPUs while timing, e.g. 0,1 (Linux)")
