@@ -66,22 +66,28 @@ def select_detections(scores: Tensor, boxes: Tensor, cfg: PostprocessConfig | No
 
 
 def _select_per_class(scores: Tensor, boxes: Tensor, cfg: PostprocessConfig) -> dict[str, Tensor]:
-    """One image, `scores [A, K]`, `boxes [A, 4]` clipped. Only the (class, anchor) pairs above the
-    threshold are touched: a trained detector has a few hundred of them among A * K."""
+    """One image, `scores [A, K]`, `boxes [A, 4]` clipped. Only the (class, anchor) pairs that are
+    candidates are gathered and sorted: a trained detector has a few hundred among A * K."""
+    passing = scores > cfg.score_threshold
+    most = int(passing.sum(dim=0).max()) if passing.numel() else 0  # candidates of the busiest class
+    if most > cfg.pre_nms_top_k:
+        passing &= _top_per_class(scores, cfg.pre_nms_top_k)
     # Pairs in (class, anchor) order; a stable sort by score then gives (score desc, class, anchor).
-    label, anchor = (scores.t() > cfg.score_threshold).nonzero().unbind(1)
+    label, anchor = passing.t().nonzero().unbind(1)
     cand_scores, order = scores[anchor, label].sort(descending=True, stable=True)
-    label, anchor = label[order], anchor[order]
-    counts = torch.bincount(label, minlength=scores.shape[1])
-    if len(label) and int(counts.max()) > cfg.pre_nms_top_k:
-        # Keep each class's `pre_nms_top_k` best: rank within the class from a stable sort by class.
-        by_class = label.sort(stable=True).indices
-        starts = counts.cumsum(0) - counts
-        rank = torch.empty_like(by_class)
-        rank[by_class] = torch.arange(len(by_class)) - starts[label[by_class]]
-        top = rank < cfg.pre_nms_top_k
-        cand_scores, label, anchor = cand_scores[top], label[top], anchor[top]
-    return _nms_top_k(boxes[anchor], cand_scores, label + 1, cfg, per_class=True)
+    return _nms_top_k(boxes[anchor[order]], cand_scores, label[order] + 1, cfg, per_class=True)
+
+
+def _top_per_class(scores: Tensor, count: int) -> Tensor:
+    """Mask `[A, K]` of each class's `count` best anchors, equal scores taken by lower anchor index
+    (`topk` alone leaves ties at the cut-off unordered)."""
+    if count <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    cutoff = scores.topk(min(count, len(scores)), dim=0).values[-1]  # each class's count-th best score
+    above = scores > cutoff
+    at_cutoff = scores == cutoff
+    room = count - above.sum(dim=0)  # places left for anchors scoring exactly the cut-off
+    return above | (at_cutoff & (at_cutoff.cumsum(dim=0) <= room))
 
 
 def _select_class_agnostic(scores: Tensor, boxes: Tensor, cfg: PostprocessConfig) -> dict[str, Tensor]:
