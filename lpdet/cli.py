@@ -112,7 +112,8 @@ def _postprocess_overrides(args) -> dict:
         raise LpdetError(f"--score-threshold {args.score_threshold}: must be in [0, 1)")
     if args.top_k is not None and args.top_k < 1:
         raise LpdetError(f"--top-k {args.top_k}: must be >= 1")
-    given = {"nms_iou": args.nms_iou, "score_threshold": args.score_threshold, "top_k": args.top_k}
+    given = {"nms_iou": args.nms_iou, "score_threshold": args.score_threshold, "top_k": args.top_k,
+             "class_agnostic": True if getattr(args, "class_agnostic_nms", False) else None}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -297,6 +298,8 @@ def _add_postprocess_options(parser) -> None:
     parser.add_argument("--score-threshold", type=float,
                         help="drop detections scoring at or below this (default: the model's, else 0.01)")
     parser.add_argument("--top-k", type=int, help="keep at most this many detections per image (default: the model's, else 100)")
+    parser.add_argument("--class-agnostic-nms", action="store_true",
+                        help="NMS across classes on each anchor's best class (TF Lite's fast NMS) instead of per class")
 
 
 def build_parser() -> argparse.ArgumentParser:

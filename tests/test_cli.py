@@ -111,5 +111,9 @@ def test_export_nms_in_graph_runs_in_eval_predict_and_bench(capsys, tmp_path):
     measured = json.loads(capsys.readouterr().out)
     assert measured["postprocess_ms"] == 0 and measured["median_ms"] > 0  # all of it inside the graph
     _fails_cleanly(capsys, ["eval", str(model), "--data", str(data), "--nms-iou", "0.3"], "NMS in its graph", "nms_iou 0.3")
+    agnostic = tmp_path / "agnostic.onnx"
+    assert main(["export", str(ckpt), "--format", "onnx", "--nms-in-graph", "--class-agnostic-nms", "-o",
+                 str(agnostic)]) == 0
+    assert load_model(agnostic).postprocess.class_agnostic
     _fails_cleanly(capsys, ["export", str(ckpt), "--format", "tflite", "--nms-in-graph", "-o", str(tmp_path / "m.tflite")],
                    "--nms-in-graph")
