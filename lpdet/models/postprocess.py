@@ -72,6 +72,7 @@ def _select_per_class(scores: Tensor, boxes: Tensor, cfg: PostprocessConfig) -> 
     most = int(passing.sum(dim=0).max()) if passing.numel() else 0  # candidates of the busiest class
     if most > cfg.pre_nms_top_k:
         passing &= _top_per_class(scores, cfg.pre_nms_top_k)
+    passing &= _nonempty(boxes)[:, None]  # after the top-k cut, as an empty box takes its place there
     # Pairs in (class, anchor) order; a stable sort by score then gives (score desc, class, anchor).
     label, anchor = passing.t().nonzero().unbind(1)
     cand_scores, order = scores[anchor, label].sort(descending=True, stable=True)
@@ -93,23 +94,25 @@ def _top_per_class(scores: Tensor, count: int) -> Tensor:
 def _select_class_agnostic(scores: Tensor, boxes: Tensor, cfg: PostprocessConfig) -> dict[str, Tensor]:
     """One image: each anchor's best class (the lowest label on a tie), NMS across classes."""
     best, label = scores.max(dim=1)
-    anchor = (best > cfg.score_threshold).nonzero().squeeze(1)
+    anchor = ((best > cfg.score_threshold) & _nonempty(boxes)).nonzero().squeeze(1)
     cand_scores, order = best[anchor].sort(descending=True, stable=True)
     anchor = anchor[order]
     return _nms_top_k(boxes[anchor], cand_scores, label[anchor] + 1, cfg, per_class=False)
 
 
+def _nonempty(boxes: Tensor) -> Tensor:
+    """Boxes `[A, 4]` (clipped) of positive width and height: an anchor wholly outside the image
+    clips to a zero-area box, which is no detection."""
+    return (boxes[:, 2:] - boxes[:, :2] > 0).all(dim=1)
+
+
 def _nms_top_k(cand_boxes: Tensor, cand_scores: Tensor, labels: Tensor, cfg: PostprocessConfig,
                per_class: bool) -> dict[str, Tensor]:
-    """Greedy NMS over candidates already sorted by decreasing score, stopping at `top_k` kept.
+    """Greedy NMS over (non-empty) candidates already sorted by decreasing score, stopping at `top_k` kept.
 
     Greedy NMS decides each box from the better boxes alone, so NMS over the best M candidates
     keeps exactly the full run's boxes among them: once that gives `top_k`, the rest cannot
     matter. Starting at 4 * top_k candidates and growing saves most of the NMS on busy images."""
-    # Anchors wholly outside the image clip to zero-area boxes: not detections.
-    wh = cand_boxes[:, 2:] - cand_boxes[:, :2]
-    nonempty = (wh > 0).all(dim=1)
-    cand_boxes, cand_scores, labels = cand_boxes[nonempty], cand_scores[nonempty], labels[nonempty]
     # Per class: boxes of label k shifted by 2k, so boxes of different classes never overlap.
     nms_boxes = cand_boxes + (labels.to(cand_boxes) * 2.0)[:, None] if per_class else cand_boxes
     count = len(cand_scores)

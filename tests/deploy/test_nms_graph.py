@@ -80,7 +80,8 @@ def test_ties_duplicates_and_empty_boxes_match_python(tmp_path, cfg):
     size = torch.rand(1, anchors, 2, generator=generator) * 0.4
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)
     boxes[0, ::3] = boxes[0, 1::3][: len(boxes[0, ::3])]  # duplicated boxes: ties in NMS
-    boxes[0, ::7] = torch.tensor([1.2, 0.1, 1.5, 0.3])  # wholly outside: empty once clipped
+    boxes[0, ::7] = torch.tensor([1.2, 0.1, 1.5, 0.3])  # wholly outside: empty once clipped ...
+    scores[0, ::7, :10] += 0.25  # ... and scoring high: they take places in half the classes' pre-NMS top-k
     scores[0, -1] = 0.0  # an anchor without any candidate
     session = onnx_session_of(append_nms(_identity_graph(anchors, classes), cfg), tmp_path)
     got_boxes, got_scores, got_labels, count = session.run(None, {"scores_in": scores.numpy(),
