@@ -18,7 +18,7 @@ files and returns these detections from `predict` without running NMS again.
 
 Same detections as `select_detections` with the same settings, by construction:
 * per class (default): ``TopK`` of each class's scores (``pre_nms_top_k``; equal scores: lower
-  anchor first) -> boxes clipped, empty ones scored -1 -> ``NonMaxSuppression`` with each class as
+  anchor first) -> boxes clipped, empty ones scored -inf -> ``NonMaxSuppression`` with each class as
   its own batch entry (``center_point_box=0``: corner boxes, which ONNX accepts in either
   coordinate order, so ``xyxy`` serves; it keeps scores ``> score_threshold`` and suppresses
   IoU ``> nms_iou``, as torchvision does; ``max_output_boxes_per_class`` = ``pre_nms_top_k``, a
@@ -43,6 +43,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor
 
+from lpdet.deploy.export import read_metadata, update_metadata
 from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig
 
@@ -93,7 +94,7 @@ def _static_dims(model: onnx.ModelProto, name: str) -> list[int]:
 
 
 def _nonempty_scores(b: _Builder, boxes: str, scores: str) -> str:
-    """`scores` where the box (`[..., 4]` xyxy, clipped) has positive width and height, else -1:
+    """`scores` where the box (`[..., 4]` xyxy, clipped) has positive width and height, else -inf:
     below any threshold, as Python drops such boxes."""
     corner1 = b.one("Gather", boxes, b.const([0, 1], np.int64), axis=-1)
     corner2 = b.one("Gather", boxes, b.const([2, 3], np.int64), axis=-1)
@@ -101,7 +102,7 @@ def _nonempty_scores(b: _Builder, boxes: str, scores: str) -> str:
     width = b.one("Gather", size, b.const(0, np.int64), axis=-1)
     height = b.one("Gather", size, b.const(1, np.int64), axis=-1)
     nonempty = b.one("Greater", b.one("Min", width, height), b.const(0.0, np.float32))
-    return b.one("Where", nonempty, scores, b.const(-1.0, np.float32))
+    return b.one("Where", nonempty, scores, b.const(-np.inf, np.float32))
 
 
 def _nms(b: _Builder, boxes: str, scores: str, max_per_class: int, cfg: PostprocessConfig) -> str:
@@ -186,8 +187,6 @@ def append_nms(model: onnx.ModelProto, cfg: PostprocessConfig | None = None) -> 
 def append_nms_to_file(source: Path | str, target: Path | str, cfg: PostprocessConfig | None = None) -> Path:
     """Write `source` (an lpdet .onnx) with NMS appended to `target` (may be `source`): metadata
     gains ``nms_in_graph``, the baked ``postprocess`` settings and the new ``outputs``."""
-    from lpdet.deploy.export import read_metadata, update_metadata
-
     cfg = cfg or PostprocessConfig()
     source, target = Path(source), Path(target)
     meta = read_metadata(source)
@@ -196,10 +195,11 @@ def append_nms_to_file(source: Path | str, target: Path | str, cfg: PostprocessC
     proto = append_nms(onnx.load(str(source)), cfg)
     onnx.checker.check_model(proto)
     tmp = target.with_name(f".{target.name}.nms.tmp")
-    onnx.save(proto, str(tmp))
-    meta.update(nms_in_graph=True, postprocess=asdict(cfg), outputs=list(NMS_OUTPUTS))
-    update_metadata(tmp, target, {k: meta[k] for k in ("nms_in_graph", "postprocess", "outputs")})
-    tmp.unlink()
+    try:
+        onnx.save(proto, str(tmp))
+        update_metadata(tmp, target, {"nms_in_graph": True, "postprocess": asdict(cfg), "outputs": list(NMS_OUTPUTS)})
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
 
 
