@@ -112,7 +112,8 @@ def _postprocess_overrides(args) -> dict:
         raise LpdetError(f"--score-threshold {args.score_threshold}: must be in [0, 1)")
     if args.top_k is not None and args.top_k < 1:
         raise LpdetError(f"--top-k {args.top_k}: must be >= 1")
-    given = {"nms_iou": args.nms_iou, "score_threshold": args.score_threshold, "top_k": args.top_k}
+    given = {"nms_iou": args.nms_iou, "score_threshold": args.score_threshold, "top_k": args.top_k,
+             "class_agnostic": True if getattr(args, "class_agnostic_nms", False) else None}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -200,6 +201,11 @@ def cmd_export(args) -> None:
     from lpdet.train.checkpoint import load_detector
 
     out = _output_path(args.output, ".tflite" if args.format.startswith("tflite") else ".onnx")
+    if args.nms_in_graph and args.format.startswith("tflite"):
+        raise LpdetError("--nms-in-graph: ONNX only; use --format onnx or onnx-int8")
+    from lpdet.models.postprocess import PostprocessConfig
+
+    post = PostprocessConfig(**_postprocess_overrides(args))
     detector, ckpt = load_detector(args.model, resolution=args.resolution)
     is_qat = ckpt.quantization == "qat"
     if args.format.startswith("tflite"):
@@ -224,7 +230,12 @@ def cmd_export(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(detector, Path(tmp) / "fp32.onnx", metadata=_export_metadata(ckpt))
             quantize_calibrated(fp32, out, images)
-    print(f"wrote {out} ({args.format}{', QAT' if is_qat and args.format == 'onnx-int8' else ''}, "
+    if args.nms_in_graph:
+        from lpdet.deploy.nms_graph import append_nms_to_file
+
+        append_nms_to_file(out, out, post)
+    print(f"wrote {out} ({args.format}{', QAT' if is_qat and args.format == 'onnx-int8' else ''}"
+          f"{', NMS in the graph' if args.nms_in_graph else ''}, "
           f"{out.stat().st_size / 1e6:.2f} MB, input 1x3x{detector.config.resolution}x{detector.config.resolution})")
 
 
@@ -328,6 +339,8 @@ def _add_postprocess_options(parser) -> None:
     parser.add_argument("--score-threshold", type=float,
                         help="drop detections scoring at or below this (default: the model's, else 0.01)")
     parser.add_argument("--top-k", type=int, help="keep at most this many detections per image (default: the model's, else 100)")
+    parser.add_argument("--class-agnostic-nms", action="store_true",
+                        help="NMS across classes on each anchor's best class (TF Lite's fast NMS) instead of per class")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -443,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, required=True)
     export.add_argument("--data", default="synth", help="calibration data for a float checkpoint exported as int8")
     export.add_argument("--calibration-images", type=int, default=100)
+    export.add_argument("--nms-in-graph", action="store_true", help="end the ONNX graph in NMS: it returns final "
+                        "detection_boxes/scores/classes and num_detections (settings: the options below)")
+    _add_postprocess_options(export)
     export.set_defaults(func=cmd_export)
 
     quantize = commands.add_parser("quantize", parents=[common], help="post-training int8 quantization (calibrated or naive)")

@@ -64,7 +64,7 @@ def test_bench_uses_the_models_nms_setting_and_flags_override(capsys, tmp_path):
     assert measured["models"][0]["postprocess"]["nms_iou"] == 0.2 and measured["rounds"] == 2
     assert main(["bench", str(tuned), "--runs", "2", "--warmup", "0", "--json", "--nms-iou", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["models"][0]["postprocess"] == {
-        "score_threshold": 0.01, "nms_iou": 0.5, "top_k": 100, "pre_nms_top_k": 100}
+        "score_threshold": 0.01, "nms_iou": 0.5, "top_k": 100, "pre_nms_top_k": 100, "class_agnostic": False}
     assert main(["bench", str(tuned), "--nms-iou", "1.5"]) == 2
     assert "--nms-iou 1.5: must be in (0, 1]" in capsys.readouterr().err
     assert main(["bench", str(tuned), "--runs", "0"]) == 2
@@ -103,3 +103,33 @@ def test_interrupt_says_how_to_continue(capsys, monkeypatch, argv, hint):
         action.set_defaults(func=interrupted)
     assert main(argv) == 130
     assert hint in capsys.readouterr().err
+
+
+def test_export_nms_in_graph_runs_in_eval_predict_and_bench(capsys, tmp_path):
+    import json
+
+    from lpdet.deploy.runtime import load_model
+    from tests.deploy.tiny import tiny_checkpoint
+    from tests.helpers import tiny_synth
+
+    data = tiny_synth(tmp_path / "data", n_train=1, n_val=3)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", class_names=[f"c{i}" for i in range(10)], category_ids=list(range(1, 11)),
+                           num_classes=10)
+    model = tmp_path / "nms.onnx"
+    assert main(["export", str(ckpt), "--format", "onnx", "--nms-in-graph", "--top-k", "20", "-o", str(model)]) == 0
+    assert "NMS in the graph" in capsys.readouterr().out
+    assert load_model(model).postprocess.top_k == 20
+    assert main(["eval", str(model), "--data", str(data), "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["top_k"] == 20
+    assert main(["predict", str(model), str(data.parent / "images" / "val"), "--out", str(tmp_path / "drawn")]) == 0
+    assert "detections" in capsys.readouterr().out
+    assert main(["bench", str(model), "--runs", "2", "--warmup", "0", "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)["models"][0]
+    assert measured["postprocess_ms"] == 0 and measured["median_ms"] > 0  # all of it inside the graph
+    _fails_cleanly(capsys, ["eval", str(model), "--data", str(data), "--nms-iou", "0.3"], "NMS in its graph", "nms_iou 0.3")
+    agnostic = tmp_path / "agnostic.onnx"
+    assert main(["export", str(ckpt), "--format", "onnx", "--nms-in-graph", "--class-agnostic-nms", "-o",
+                 str(agnostic)]) == 0
+    assert load_model(agnostic).postprocess.class_agnostic
+    _fails_cleanly(capsys, ["export", str(ckpt), "--format", "tflite", "--nms-in-graph", "-o", str(tmp_path / "m.tflite")],
+                   "--nms-in-graph")

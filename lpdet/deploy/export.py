@@ -11,7 +11,7 @@ Graph contract (identical for both kinds; `onnxruntime` runs either as is):
   against the detector's anchors (baked in as constants): normalised ``x1, y1, x2, y2``, not
   clipped (clip to ``[0, 1]`` and multiply by the original image size).
 * The batch dimension is fixed at 1.
-* NMS is NOT in the graph. The runtime does the same small post-processing as
+* NMS is NOT in the graph (unless appended afterwards by `lpdet.deploy.nms_graph`, ``--nms-in-graph``). The runtime does the same small post-processing as
   `lpdet.models.postprocess.postprocess`: per class, keep scores above a threshold (top
   ``pre_nms_top_k`` per class), clip boxes to ``[0, 1]``, per-class NMS (IoU 0.6), keep the
   ``top_k`` best overall.

@@ -153,6 +153,9 @@ def _timer(model: DeployedModel, inputs: list[torch.Tensor], cfg: PostprocessCon
     def step(round_index: int) -> tuple[float, float]:
         images = inputs[round_index % len(inputs)]
         start = clock()
+        if model.detect is not None:  # NMS inside the graph (lpdet.deploy.nms_graph): all of it is graph time
+            model.detect(images, cfg)
+            return clock() - start, 0.0
         scores, boxes = model.forward(images)
         middle = clock()
         select_detections(scores, boxes, cfg)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lpdet.deploy.nms_graph import has_nms_in_graph, in_graph_functions
 from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig, decode, postprocess_from_metadata, select_detections
 
@@ -51,6 +52,8 @@ class DeployedModel:
     # Post-processing it is deployed with: from the metadata (a model picked by `lpdet design`
     # carries its tuned NMS setting), else the defaults. `predict` and `benchmark` use it.
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    # A graph with NMS inside (lpdet.deploy.nms_graph): (images, cfg) -> detections; `forward` raises.
+    detect: Callable[[Tensor, PostprocessConfig | None], list[dict]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -59,6 +62,8 @@ class DeployedModel:
     def predict(self, images: Tensor, cfg: PostprocessConfig | None = None) -> list[dict]:
         """Detections per image (normalised xyxy boxes, scores, labels 1..K): forward + select_detections
         with `cfg` (default: the model's own `postprocess`)."""
+        if self.detect is not None:
+            return self.detect(images, cfg)
         scores, boxes = self.forward(images)
         return select_detections(scores, boxes, cfg or self.postprocess)
 
@@ -155,7 +160,7 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
     meta = read_onnx_metadata(path, session.get_modelmeta().custom_metadata_map)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
-    if "images" not in inputs or not {"scores", "boxes"} <= outputs:
+    if "images" not in inputs or not ({"scores", "boxes"} <= outputs or has_nms_in_graph(meta)):
         raise LpdetError(f"{path}: has inputs {sorted(inputs)} and outputs {sorted(outputs)}, not the lpdet graph "
                          f"contract (images -> scores, boxes); re-export it with lpdet export")
     shape = inputs["images"].shape
@@ -188,11 +193,15 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
             boxes = np.concatenate([p[1] for p in parts])
         return torch.from_numpy(scores), torch.from_numpy(boxes)
 
+    detect = None
+    if has_nms_in_graph(meta):
+        forward, detect = in_graph_functions(session, path, postprocess_from_metadata(meta),
+                                             lambda images: _check_images(images, model_resolution, path))
     return DeployedModel(
         kind="onnx-fp32" if quantization == "fp32" else "onnx-int8",
         path=path, resolution=model_resolution, class_names=class_names, category_ids=category_ids,
         forward=forward, quantization=quantization, arch=str(meta.get("arch", "")), metadata=meta, threads=threads,
-        postprocess=postprocess_from_metadata(meta),
+        postprocess=postprocess_from_metadata(meta), detect=detect,
     )
 
 
