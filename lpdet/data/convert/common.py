@@ -74,7 +74,8 @@ class SkipLog:
             self.files[reason].append(str(file))
 
     def note(self, what: str, n: int = 1) -> None:
-        self.notes[what] += n
+        if n:
+            self.notes[what] += n
 
     def log(self, src: Path) -> None:
         """One warning per skip reason naming the first files, one info line for the notes."""
