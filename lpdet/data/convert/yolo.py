@@ -3,7 +3,8 @@
 Layouts, tried in this order:
 
 - a dataset YAML in SRC (``data.yaml``, or the only ``*.yaml``) whose ``train:`` / ``val:`` name
-  image folders (relative to its ``path:``, the YAML's folder or SRC);
+  image folders (relative to its ``path:``, the YAML's folder or SRC, else the longest tail of the
+  path that exists under SRC, as in exports written from another folder: ``../train/images``);
 - ``SRC/images/{train,val}`` with ``SRC/labels/{train,val}``;
 - ``SRC/{train,valid}/images`` with ``SRC/{train,valid}/labels`` (``val``/``test`` also accepted);
 - ``SRC/images`` + ``SRC/labels`` without splits, carved with ``--val-fraction``.
@@ -90,8 +91,10 @@ def _yaml_split_dir(src: Path, meta: dict, meta_path: Path, value) -> Path | Non
     if isinstance(meta.get("path"), str) and meta["path"]:
         bases.insert(0, meta_path.parent / meta["path"])
     rel = Path(value)
-    stripped = Path(*[p for p in rel.parts if p not in ("..", ".")]) if not rel.is_absolute() else rel
-    for candidate in [b / rel for b in bases] + [src / stripped]:
+    # then ever shorter tails of the path under SRC: exports often write paths relative to another
+    # working folder ("../train/images", "./project/data/train/images")
+    tails = [src / Path(*rel.parts[k:]) for k in range(1, len(rel.parts))]
+    for candidate in [b / rel for b in bases] + tails:
         if candidate.is_dir():
             return candidate
     raise LpdetError(f"{meta_path}: image folder {value!r} not found (looked in {', '.join(str(b) for b in bases)}); "

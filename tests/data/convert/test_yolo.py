@@ -92,6 +92,14 @@ def test_yolo_roboflow_layout_with_parent_relative_yaml_paths(tmp_path):
     spec = load_dataset_yaml(convert_dataset("yolo", src, tmp_path / "out"))
     assert spec.val.images.resolve() == (src / "valid" / "images").resolve()
     assert len(_coco(tmp_path / "out", "val")["annotations"]) == 1
+    # paths relative to some other folder: the tail that exists under SRC
+    (src / "data.yaml").write_text(yaml.safe_dump({"train": "./proj/rf/train/images", "val": "./proj/rf/valid/images",
+                                                   "names": ["thing"]}))
+    spec = load_dataset_yaml(convert_dataset("yolo", src, tmp_path / "out"))
+    assert spec.train.images.resolve() == (src / "train" / "images").resolve()
+    (src / "data.yaml").write_text(yaml.safe_dump({"train": "elsewhere/images", "val": "valid/images", "names": ["t"]}))
+    with pytest.raises(LpdetError, match="image folder 'elsewhere/images' not found"):
+        convert_dataset("yolo", src, tmp_path / "out")
 
 
 def test_yolo_unsplit_folder_needs_val_fraction(tmp_path):
