@@ -134,8 +134,10 @@ def _parse_file(xml: Path, skips: SkipLog) -> _VocFile | None:
 
 
 def _find_image(images: Path, f: _VocFile) -> Path | None:
-    if f.filename and (images / f.filename).is_file():
-        return images / f.filename
+    # <filename> is a bare name in VOC; tools sometimes write a path (taken by its last part)
+    name = Path(f.filename.replace("\\", "/")).name if f.filename else ""
+    if name and (images / name).is_file():
+        return images / name
     for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
         if (images / (f.xml.stem + suffix)).is_file():
             return images / (f.xml.stem + suffix)

@@ -81,9 +81,11 @@ def test_voc_bad_inputs_are_counted_skips_with_one_warning_per_reason(tmp_path, 
         "broken": (SIZE, "<annotation><object>"),
         "noimage": (None, voc_xml("noimage.jpg", SIZE, voc_object("dog", 1, 1, 5, 5))),
         "noxml": (SIZE, None),
+        "apath": (None, voc_xml("C:\\labelling\\other.jpg", SIZE, voc_object("dog", 1, 1, 5, 5))),  # by its name
         "wrongname": (SIZE, voc_xml("renamed.png", SIZE, voc_object("dog", 1, 1, 5, 5))),  # found by stem
     }
     src = write_voc(tmp_path / "voc", files, {"train": list(files)[:-1], "val": ["wrongname"]})
+    make_image(src / "JPEGImages" / "other.jpg", SIZE)
     with caplog.at_level(logging.WARNING, logger="lpdet.data"):
         convert_dataset("voc", src, tmp_path / "out")
     skipped = json.loads((tmp_path / "out" / "convert_report.json").read_text())["skipped"]
@@ -93,7 +95,7 @@ def test_voc_bad_inputs_are_counted_skips_with_one_warning_per_reason(tmp_path, 
     assert skipped["missing image"]["files"][0].endswith("noimage.xml")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == len(counts)
-    assert [im["file_name"] for im in _coco(tmp_path / "out", "train")["images"]] == ["ok.jpg"]
+    assert [im["file_name"] for im in _coco(tmp_path / "out", "train")["images"]] == ["ok.jpg", "other.jpg"]
     assert [im["file_name"] for im in _coco(tmp_path / "out", "val")["images"]] == ["wrongname.jpg"]
 
 
