@@ -33,7 +33,8 @@ from lpdet.errors import LpdetError
 from lpdet.serialize import atomic_write_text, load_mapping
 
 __all__ = [
-    "SplitSpec", "DatasetSpec", "SPLIT_KEYS", "load_dataset_yaml", "dataset_yaml_text", "write_dataset_yaml", "resolve_dataset", "find_yaml",
+    "SplitSpec", "DatasetSpec", "SPLIT_KEYS", "load_dataset_yaml", "dataset_yaml_text", "write_dataset_yaml", "resolve_dataset",
+    "find_yaml",
     "default_cache_dir",
     "synth_dir_name", "SYNTH_DEFAULT_TRAIN", "SYNTH_DEFAULT_VAL", "SYNTH_DEFAULT_SEED", "SYNTH_VERSION",
 ]
@@ -170,12 +171,14 @@ def synth_dir_name(n_train: int, n_val: int, seed: int) -> str:
     return f"synth-{SYNTH_VERSION}-train{n_train}-val{n_val}-seed{seed}"
 
 
-def find_yaml(folder: Path) -> Path | None:
-    """`folder`'s data.yaml, else its only *.yaml / *.yml file, else None."""
+def _find_yaml(folder: Path) -> Path | None:
     if (folder / "data.yaml").is_file():
         return folder / "data.yaml"
     found = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
     return found[0] if len(found) == 1 else None
+
+
+find_yaml = _find_yaml  # `folder`'s data.yaml, else its only *.yaml; also finds a YOLO dataset's YAML (data/convert)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -203,7 +206,7 @@ def _synth(cache_dir: Path | None, n_train: int, n_val: int, seed: int) -> Datas
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     name = synth_dir_name(n_train, n_val, seed)
     final = cache_dir / name
-    yaml_path = find_yaml(final) if final.is_dir() else None
+    yaml_path = _find_yaml(final) if final.is_dir() else None
     if yaml_path is None:
         from lpdet.data.synth import generate_synthetic_coco  # lazy: heavy, and optional here
 
@@ -217,14 +220,14 @@ def _synth(cache_dir: Path | None, n_train: int, n_val: int, seed: int) -> Datas
         try:
             made = Path(generate_synthetic_coco(tmp, n_train=n_train, n_val=n_val, seed=seed, progress=True))
             rel = made.resolve().relative_to(tmp.resolve())
-            if final.exists() and find_yaml(final) is None:
+            if final.exists() and _find_yaml(final) is None:
                 shutil.rmtree(final)  # an unusable leftover (not made by this code's rename)
             try:
                 os.replace(tmp, final)
             except OSError:
-                if find_yaml(final) is None:  # not a concurrent winner: a real failure
+                if _find_yaml(final) is None:  # not a concurrent winner: a real failure
                     raise
-            yaml_path = final / rel if (final / rel).is_file() else find_yaml(final)
+            yaml_path = final / rel if (final / rel).is_file() else _find_yaml(final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
