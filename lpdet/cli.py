@@ -64,6 +64,21 @@ def cmd_data_filter(args) -> None:
     print(f"filtered dataset: --data {yaml_path}")
 
 
+def cmd_data_convert(args) -> None:
+    from lpdet.data.convert import convert_dataset
+
+    yaml_path = convert_dataset(args.source_format, args.src, args.out, classes=args.classes,
+                                copy_images=args.copy_images, val_fraction=args.val_fraction)
+    print(f"converted {args.source_format} dataset {args.src}: use it with --data {yaml_path} "
+          f"(counts and skips in {yaml_path.parent / 'convert_report.json'})")
+
+
+def cmd_data_coco(args) -> None:
+    from lpdet.data.coco2017 import write_coco2017_yaml
+
+    print(f"COCO 2017 dataset YAML: --data {write_coco2017_yaml(args.root, args.out)}")
+
+
 # ----------------------------------------------------------------------------- model
 def cmd_model_info(args) -> None:
     from lpdet.models.profile import format_profile, profile_model, profile_to_dict
@@ -384,6 +399,23 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--out", type=Path, required=True, help="folder for the filtered annotations and data.yaml")
     add_size_options(filt)
     filt.set_defaults(func=cmd_data_filter)
+
+    conv = data.add_parser("convert", parents=[common], help="Pascal VOC or YOLO dataset -> COCO JSON + dataset YAML",
+                           description="Layouts: VOC: Annotations/ + JPEGImages/ (+ ImageSets/Main/{train,val}.txt); "
+                                       "YOLO: images/{train,val} + labels/{train,val}, or {train,valid}/{images,labels}, "
+                                       "with a data.yaml (names:) or classes.txt/obj.names. See lpdet/data/convert/.")
+    conv.add_argument("--from", dest="source_format", choices=["voc", "yolo"], required=True)
+    conv.add_argument("src", type=Path, help="the dataset's root folder (only read)")
+    conv.add_argument("--out", type=Path, required=True, help="a new or empty folder for the COCO files and data.yaml")
+    conv.add_argument("--classes", type=Path, help="class names, one per line, in label order")
+    conv.add_argument("--copy-images", action="store_true", help="copy the images into OUT (default: reference them)")
+    conv.add_argument("--val-fraction", type=float, help="hold out this share as val when the source has no split")
+    conv.set_defaults(func=cmd_data_convert)
+
+    coco = data.add_parser("coco", parents=[common], help="dataset YAML for the COCO 2017 layout")
+    coco.add_argument("--root", type=Path, required=True, help="holds annotations/, train2017/, val2017/")
+    coco.add_argument("--out", type=Path, required=True, help="the YAML file to write")
+    coco.set_defaults(func=cmd_data_coco)
 
     model = commands.add_parser("model", parents=[common], help="model architectures").add_subparsers(
         dest="model_command", required=True, metavar="SUBCOMMAND")

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from lpdet.data.images import load_rgb_image
 from lpdet.errors import LpdetError
 
-__all__ = ["CocoDetection", "item_seed"]
+__all__ = ["CocoDetection", "item_seed", "clip_to_image", "DEGENERATE", "OUTSIDE", "UNKNOWN_CATEGORY"]
 
 log = logging.getLogger("lpdet.data")
 
@@ -87,18 +87,24 @@ def _training_target(a: dict, ok_box: bool, cat_to_label: dict[int, int], index_
         return UNKNOWN_IMAGE
     if not ok_box:
         return DEGENERATE
-    x, y, w, h = (float(v) for v in a["bbox"])
+    box = clip_to_image(*(float(v) for v in a["bbox"]), sizes[a["image_id"]])
+    return box if isinstance(box, str) else (idx, box, label)
+
+
+def clip_to_image(x: float, y: float, w: float, h: float, size: tuple[float, float] | None) -> tuple | str:
+    """COCO box ``x, y, w, h`` as ``xyxy`` clipped to image `size` ``(w, h)`` (not clipped when None),
+    or why it cannot be trained on: `DEGENERATE` (no area) or `OUTSIDE` (no area left in the image).
+    The one rule for boxes: the loader and the dataset converters (`lpdet.data.convert`) share it."""
     if w <= 0 or h <= 0:
         return DEGENERATE
     x1, y1, x2, y2 = x, y, x + w, y + h
-    size = sizes[a["image_id"]]
     if size is not None:
         iw, ih = size
         if x1 < 0 or y1 < 0 or x2 > iw or y2 > ih:
             x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, iw), min(y2, ih)
             if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
                 return OUTSIDE
-    return idx, (x1, y1, x2, y2), label
+    return x1, y1, x2, y2
 
 
 class CocoDetection(Dataset):

@@ -34,6 +34,7 @@ from lpdet.serialize import atomic_write_text, load_mapping
 
 __all__ = [
     "SplitSpec", "DatasetSpec", "SPLIT_KEYS", "load_dataset_yaml", "dataset_yaml_text", "write_dataset_yaml", "resolve_dataset",
+    "find_yaml",
     "default_cache_dir",
     "synth_dir_name", "SYNTH_DEFAULT_TRAIN", "SYNTH_DEFAULT_VAL", "SYNTH_DEFAULT_SEED", "SYNTH_VERSION",
 ]
@@ -175,6 +176,9 @@ def _find_yaml(folder: Path) -> Path | None:
         return folder / "data.yaml"
     found = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
     return found[0] if len(found) == 1 else None
+
+
+find_yaml = _find_yaml  # `folder`'s data.yaml, else its only *.yaml; also finds a YOLO dataset's YAML (data/convert)
 
 
 def _pid_alive(pid: int) -> bool:
