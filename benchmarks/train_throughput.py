@@ -34,7 +34,8 @@ def main() -> None:
     from lpdet.data.transforms import eval_transforms, train_transforms
     from lpdet.eval.coco_eval import detector_predictor
     from lpdet.models.loss import multibox_loss
-    from lpdet.models.registry import ModelConfig, build_detector
+    from lpdet.models.config import ModelConfig
+    from lpdet.models.registry import build_detector
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,34 +10,43 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from lpdet import __version__
+from lpdet.data.filtering import filter_dataset
+from lpdet.data.sizes import SizeThresholds, dataset_stats, format_stats
+from lpdet.data.spec import resolve_dataset
+from lpdet.data.splits import eval_split, split_of
+from lpdet.data.synth import generate_synthetic_coco
+from lpdet.deploy.export import export_onnx
+from lpdet.deploy.int8 import export_int8, quantize_float
+from lpdet.deploy.latency import benchmark, format_latency, latency_to_dict
+from lpdet.deploy.model import source_metadata
+from lpdet.deploy.ptq import load_calibration_images
+from lpdet.deploy.runtime import load_detector, load_model
+from lpdet.deploy.tflite import export_tflite
+from lpdet.design.cli import add_design_commands
+from lpdet.design.quant_compare import compare_quantization, format_compare
 from lpdet.errors import LpdetError
+from lpdet.eval.coco_eval import evaluate, format_metrics
+from lpdet.eval.predict import expand_image_paths, predict_images
+from lpdet.models.config import ModelConfig, is_qat
+from lpdet.models.profile import format_profile, profile_model, profile_to_dict
+from lpdet.serialize import save_json, to_dict
+from lpdet.train.config import TrainConfig
+from lpdet.train.loop import train
 
 log = logging.getLogger("lpdet")
 
 
 # ----------------------------------------------------------------------------- data
 def cmd_data_synth(args) -> None:
-    from lpdet.data.synth import generate_synthetic_coco
-
     yaml_path = generate_synthetic_coco(args.out_dir, args.train, args.val, seed=args.seed, progress=not args.quiet)
     print(f"wrote the synthetic dataset; use it with --data {yaml_path}")
 
 
-def _split_of(data: str, split: str):
-    from lpdet.data.spec import resolve_dataset
-
-    spec = resolve_dataset(data)
-    chosen = spec.val if split == "val" else spec.train
-    if chosen is None:
-        raise LpdetError(f"--data {data}: has no {split}: split")
-    return spec, chosen
-
-
 def _thresholds(args):
-    from lpdet.data.sizes import SizeThresholds
-
     try:
         return SizeThresholds(small=args.small_max ** 2, large=args.large_min ** 2)
     except (ValueError, TypeError) as e:
@@ -45,18 +54,12 @@ def _thresholds(args):
 
 
 def cmd_data_stats(args) -> None:
-    from lpdet.data.sizes import dataset_stats, format_stats
-    from lpdet.serialize import to_dict
-
-    _, split = _split_of(args.data, args.split)
+    _, split = split_of(args.data, args.split)
     stats = dataset_stats(split.annotations, _thresholds(args))
     print(json.dumps(to_dict(stats), indent=2) if args.json else format_stats(stats))
 
 
 def cmd_data_filter(args) -> None:
-    from lpdet.data.filtering import filter_dataset
-    from lpdet.data.spec import resolve_dataset
-
     yaml_path = filter_dataset(resolve_dataset(args.data), args.out, drop_images_with=args.drop_images_with,
                                thresholds=_thresholds(args), split=args.split)
     report = json.loads((args.out / "filter_report.json").read_text())
@@ -66,9 +69,6 @@ def cmd_data_filter(args) -> None:
 
 # ----------------------------------------------------------------------------- model
 def cmd_model_info(args) -> None:
-    from lpdet.models.profile import format_profile, profile_model, profile_to_dict
-    from lpdet.models.registry import ModelConfig
-
     config = ModelConfig(arch=args.arch, num_classes=args.num_classes, width=args.width, resolution=args.resolution)
     profile = profile_model(config)
     print(json.dumps(profile_to_dict(profile), indent=2) if args.json else format_profile(profile))
@@ -76,9 +76,6 @@ def cmd_model_info(args) -> None:
 
 # ----------------------------------------------------------------------------- train
 def cmd_train(args) -> None:
-    from lpdet.train.config import TrainConfig
-    from lpdet.train.loop import train
-
     if args.resume:
         best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
     else:
@@ -99,7 +96,6 @@ def cmd_train(args) -> None:
 def _postprocess_config(args, model):
     """`model`'s own post-processing settings (embedded by `lpdet design`, else the defaults) with
     each --nms-iou / --score-threshold / --top-k given on the command line replacing its value."""
-    from dataclasses import replace
 
     return replace(model.postprocess, **_postprocess_overrides(args))
 
@@ -117,22 +113,9 @@ def _postprocess_overrides(args) -> dict:
 
 
 def cmd_eval(args) -> None:
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.data.transforms import eval_transforms
-    from lpdet.deploy.runtime import load_model
-    from lpdet.eval.coco_eval import evaluate, format_metrics
-    from lpdet.serialize import save_json
-
     model = load_model(args.model, threads=args.threads)
-    spec = resolve_dataset(args.data)
-    split = spec.val if args.split == "val" else spec.train
-    if split is None:
-        raise LpdetError(f"--data {args.data}: has no {args.split}: split")
-    dataset = CocoDetection(split.annotations, split.images, transform=eval_transforms(model.resolution))
-    if dataset.category_ids != model.category_ids:
-        raise LpdetError(f"{split.annotations}: its categories differ from those {model.path} was trained on; "
-                         f"evaluate on a dataset with the same categories")
+    spec, _ = split_of(args.data, args.split)
+    dataset = eval_split(args.data, model.resolution, model.category_ids, split=args.split, where=str(model.path))
     config = _postprocess_config(args, model)
     result = evaluate(lambda images: model.predict(images, config), dataset, batch_size=args.batch_size,
                       workers=args.workers, progress=not args.quiet)
@@ -153,9 +136,6 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from lpdet.deploy.runtime import load_model
-    from lpdet.eval.predict import expand_image_paths, predict_images
-
     model = load_model(args.model)
     paths = expand_image_paths(args.images)
     config = _postprocess_config(args, model)
@@ -166,23 +146,6 @@ def cmd_predict(args) -> None:
 
 
 # ----------------------------------------------------------------------------- quantize / export / bench
-def _calibration_images(data: str, resolution: int, n: int):
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.data.transforms import eval_transforms
-    from lpdet.quant.ptq import calibration_batch
-
-    if n < 1:
-        raise LpdetError(f"--calibration-images {n}: must be >= 1")
-    spec = resolve_dataset(data)
-    split = spec.train or spec.val
-    return calibration_batch(CocoDetection(split.annotations, split.images, transform=eval_transforms(resolution)), n)
-
-
-def _export_metadata(ckpt) -> dict:
-    return {"class_names": ckpt.class_names, "category_ids": ckpt.category_ids, "source": str(ckpt.path)}
-
-
 def _output_path(path: Path, suffix: str) -> Path:
     if path.suffix.lower() != suffix:
         raise LpdetError(f"-o {path}: the output must end in {suffix}")
@@ -193,64 +156,45 @@ def _output_path(path: Path, suffix: str) -> Path:
 
 
 def cmd_export(args) -> None:
-    import tempfile
-
-    from lpdet.deploy.export import export_onnx
-    from lpdet.quant.ptq import quantize_calibrated
-    from lpdet.train.checkpoint import load_detector
-
     out = _output_path(args.output, ".tflite" if args.format.startswith("tflite") else ".onnx")
     detector, ckpt = load_detector(args.model, resolution=args.resolution)
-    is_qat = ckpt.quantization == "qat"
+    qat = is_qat(detector.config)
+    resolution = detector.config.resolution
+    metadata = source_metadata(ckpt)
     if args.format.startswith("tflite"):
-        from lpdet.deploy.tflite import export_tflite
-
-        if is_qat:
+        if qat:
             raise LpdetError(f"{ckpt.path} is a QAT checkpoint: TFLite export takes a float checkpoint "
                              f"(int8 by calibrated PTQ); use --format onnx-int8 for QAT")
-        images = (_calibration_images(args.data, detector.config.resolution, args.calibration_images)
+        images = (load_calibration_images(args.data, resolution, args.calibration_images)
                   if args.format == "tflite-int8" else None)
-        export_tflite(detector, out, calibration_images=images, metadata=_export_metadata(ckpt))
+        export_tflite(detector, out, calibration_images=images, metadata=metadata)
     elif args.format == "onnx":
-        if is_qat:
+        if qat:
             raise LpdetError(f"{ckpt.path} is a QAT checkpoint: export it with --format onnx-int8")
-        export_onnx(detector, out, metadata=_export_metadata(ckpt))
-    elif is_qat:
-        export_onnx(detector, out, metadata=_export_metadata(ckpt))
+        export_onnx(detector, out, metadata=metadata)
     else:
-        log.warning("%s is a float checkpoint: onnx-int8 uses calibrated post-training quantization "
-                    "(train with --qat for the accuracy of quantization-aware training)", ckpt.path)
-        images = _calibration_images(args.data, detector.config.resolution, args.calibration_images)
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(detector, Path(tmp) / "fp32.onnx", metadata=_export_metadata(ckpt))
-            quantize_calibrated(fp32, out, images)
-    print(f"wrote {out} ({args.format}{', QAT' if is_qat and args.format == 'onnx-int8' else ''}, "
-          f"{out.stat().st_size / 1e6:.2f} MB, input 1x3x{detector.config.resolution}x{detector.config.resolution})")
+        if not qat:
+            log.warning("%s is a float checkpoint: onnx-int8 uses calibrated post-training quantization "
+                        "(train with --qat for the accuracy of quantization-aware training)", ckpt.path)
+        export_int8(detector, out, lambda: load_calibration_images(args.data, resolution, args.calibration_images),
+                    metadata=metadata)
+    print(f"wrote {out} ({args.format}{', QAT' if qat and args.format == 'onnx-int8' else ''}, "
+          f"{out.stat().st_size / 1e6:.2f} MB, input 1x3x{resolution}x{resolution})")
 
 
 def cmd_quantize(args) -> None:
-    import tempfile
-
-    from lpdet.deploy.export import export_onnx
-    from lpdet.quant.ptq import quantize_calibrated, quantize_naive
-    from lpdet.train.checkpoint import load_detector
-
     detector, ckpt = load_detector(args.model)
-    if ckpt.quantization == "qat":
+    if is_qat(detector.config):
         raise LpdetError(f"{ckpt.path} is already quantization-aware; export it with lpdet export --format onnx-int8")
     default = ckpt.path.parent / f"{ckpt.path.name}-{'naive' if args.naive else 'ptq'}-int8.onnx"
     out = _output_path(args.output or default, ".onnx")
-    images = _calibration_images(args.data, detector.config.resolution, args.calibration_images)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(detector, Path(tmp) / "fp32.onnx", metadata=_export_metadata(ckpt))
-        (quantize_naive if args.naive else quantize_calibrated)(fp32, out, images)
+    images = load_calibration_images(args.data, detector.config.resolution, args.calibration_images)
+    quantize_float(detector, out, images, metadata=source_metadata(ckpt), naive=args.naive)
     print(f"wrote {out} ({'naive per-tensor' if args.naive else 'calibrated per-channel'} int8, "
           f"{len(images)} calibration images)")
 
 
 def cmd_bench(args) -> None:
-    from lpdet.deploy.latency import benchmark, format_latency, latency_to_dict
-
     if args.runs < 1 or args.threads < 0 or args.repeats < 1:
         raise LpdetError("--runs and --repeats must be >= 1 and --threads >= 0")
     result = benchmark(args.model, threads=args.threads, runs=args.runs, warmup=args.warmup, repeats=args.repeats,
@@ -259,8 +203,6 @@ def cmd_bench(args) -> None:
 
 
 def cmd_compare_quant(args) -> None:
-    from lpdet.quant.compare import compare_quantization, format_compare
-
     out = args.out or Path(args.model) / "quant-compare"
     result = compare_quantization(args.model, args.data, out, qat_ckpt=args.qat,
                                   calibration_images=args.calibration_images, threads=args.threads,
@@ -290,8 +232,6 @@ def _add_postprocess_options(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lpdet import __version__
-
     # -q/-v work before or after the subcommand; SUPPRESS keeps a subcommand from resetting them.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
@@ -434,7 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, help="output folder (default MODEL/quant-compare)")
     compare.set_defaults(func=cmd_compare_quant)
 
-    from lpdet.design.cli import add_design_commands
 
     add_design_commands(commands, common)
     return parser

@@ -34,7 +34,8 @@ def overfit_detector(root: Path, resolution: int, n_images: int = 8):
     from lpdet.data.synth import generate_synthetic_coco
     from lpdet.data.transforms import eval_transforms
     from lpdet.models.loss import multibox_loss
-    from lpdet.models.registry import ModelConfig, build_detector
+    from lpdet.models.config import ModelConfig
+    from lpdet.models.registry import build_detector
 
     spec = load_dataset_yaml(generate_synthetic_coco(root / "data", 0, n_images, seed=1, progress=False))
     dataset = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(resolution))

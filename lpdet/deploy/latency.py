@@ -17,14 +17,18 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 
-from lpdet.deploy.runtime import DeployedModel, load_model
+from lpdet.deploy.model import DeployedModel
+from lpdet.deploy.runtime import load_model
 from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig, select_detections
+from lpdet.threads import torch_threads
 
 __all__ = ["LatencyResult", "benchmark", "benchmark_paired", "format_latency", "latency_to_dict", "cpu_name",
            "benchmark_input"]
@@ -73,26 +77,16 @@ def benchmark_input(resolution: int, seed: int = 0) -> torch.Tensor:
 
 def _runtime_name(model: DeployedModel) -> str:
     if model.kind.startswith("onnx"):
-        import onnxruntime
-
         return f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
     if model.kind.startswith("tflite"):
-        from importlib.metadata import version
-
         return f"LiteRT (ai-edge-litert {version('ai-edge-litert')})"
     return f"torch {torch.__version__}"
 
 
 @contextlib.contextmanager
 def _torch_threads(threads: int):
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        yield
 
 
 def _check(runs: int, warmup: int, threads: int) -> None:

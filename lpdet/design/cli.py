@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lpdet.design.flow import DesignSettings, design
+from lpdet.design.sweeps import (filter_table, filtering_ablation, nms_sweep, nms_table, resolution_sweep,
+                                 resolution_table)
+from lpdet.design.tables import markdown_table
 from lpdet.errors import LpdetError
 
 __all__ = ["add_design_commands", "parse_int_list", "parse_float_list"]
@@ -62,9 +66,6 @@ def _check_positive(option: str, value, minimum=1) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_sweep_resolution(args) -> None:
-    from lpdet.design.sweeps import resolution_sweep, resolution_table
-    from lpdet.design.tables import markdown_table
-
     resolutions = parse_int_list("--resolutions", args.resolutions, minimum=32)
     _check_positive("--epochs", args.epochs)
     _check_positive("--batch-size", args.batch_size, 2)
@@ -84,9 +85,6 @@ def cmd_sweep_resolution(args) -> None:
 
 
 def cmd_sweep_nms(args) -> None:
-    from lpdet.design.sweeps import nms_sweep, nms_table
-    from lpdet.design.tables import markdown_table
-
     ious = parse_float_list("--ious", args.ious, low=0.0, high=1.0, low_open=True)
     scores = parse_float_list("--score-thresholds", args.score_thresholds, low=0.0, high=0.999999)
     tops = parse_int_list("--top-ks", args.top_ks, minimum=1)
@@ -104,9 +102,6 @@ def cmd_sweep_nms(args) -> None:
 
 
 def cmd_sweep_filter(args) -> None:
-    from lpdet.design.sweeps import filter_table, filtering_ablation
-    from lpdet.design.tables import markdown_table
-
     _check_positive("--epochs", args.epochs)
     _check_positive("--batch-size", args.batch_size, 2)
     if args.width is not None and not args.width > 0:
@@ -126,8 +121,6 @@ def cmd_sweep_filter(args) -> None:
 
 
 def cmd_design(args) -> None:
-    from lpdet.design.flow import DesignSettings, design
-
     if args.budget_ms is None or not args.budget_ms > 0:
         raise LpdetError(f"--budget-ms {args.budget_ms}: must be a latency in milliseconds > 0")
     if args.threads < 0:

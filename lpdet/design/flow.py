@@ -58,14 +58,25 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import onnxruntime
+import torch
+
+from lpdet.data.sizes import BUCKETS, SizeThresholds, dataset_stats
+from lpdet.data.spec import resolve_dataset
 from lpdet.data.transforms import AUGMENTATIONS
+from lpdet.deploy.export import update_metadata
+from lpdet.deploy.latency import cpu_name
+from lpdet.deploy.runtime import model_size_bytes
+from lpdet.design.quant_compare import compare_quantization, compare_to_dict
 from lpdet.design.report import Section, Table, write_report
 from lpdet.design.sweeps import (FilterTooSmall, filter_figures, filter_table, filtering_ablation, measure_int8,
                                  nms_sweep, nms_table, resolution_figure, resolution_sweep, resolution_table)
 from lpdet.design.tables import ap_or_none, save_json_atomic
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity
 from lpdet.errors import LpdetError
-from lpdet.serialize import to_dict
+from lpdet.models.postprocess import PostprocessConfig
+from lpdet.quant.weight_ranges import format_spread
+from lpdet.serialize import from_dict, to_dict
 from lpdet.train.config import PRECISIONS, TrainConfig
 
 __all__ = ["DesignSettings", "DesignResult", "design"]
@@ -139,8 +150,6 @@ class DesignSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DesignSettings":
-        from lpdet.serialize import from_dict
-
         return from_dict(cls, data, where="design settings")
 
     def validate(self) -> None:
@@ -289,8 +298,6 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
 
     # 3. Table 11.1 --------------------------------------------------------------------------------
     def compare(directory: Path) -> dict:
-        from lpdet.quant.compare import compare_quantization, compare_to_dict
-
         result = compare_quantization(base_ckpt, str(ctx.data_path), directory, qat_ckpt=qat_ckpt,
                                       calibration_images=s.calibration_images, threads=s.threads,
                                       runs=s.compare_runs, max_images=s.eval_max_images, progress=False)
@@ -388,7 +395,6 @@ def _run_flow(ctx: _Context, cache: TrialCache) -> Path | None:
           basis=f"same model at NMS IoU {baseline.nms_iou:g} (end-to-end, real predictions)")
 
     # 8. final model ------------------------------------------------------------------------------
-    from lpdet.models.postprocess import PostprocessConfig
 
     post = PostprocessConfig(score_threshold=best.score_threshold, nms_iou=best.nms_iou, top_k=best.top_k)
     others = fit_tuned + [m for m in untuned if latency[m.resolution] <= limit]
@@ -452,9 +458,6 @@ def _filtering(ctx: _Context, cache: TrialCache, qat_ckpt: Path, current: _Model
 
 
 def _finalise(ctx: _Context, model: _Model, bench: dict, post, metrics: dict) -> Path:
-    from lpdet.deploy.export import update_metadata
-    from lpdet.deploy.runtime import model_size_bytes
-
     final_dir = ctx.out_dir / "final"
     final_dir.mkdir(parents=True, exist_ok=True)
     # The chosen NMS setting travels in the model: `lpdet bench` / `eval` / `predict` use it.
@@ -509,13 +512,6 @@ def _step(ctx: _Context, step: str, model: str, resolution: int, metrics: dict, 
 
 
 def _setup_section(ctx: _Context) -> Section:
-    import onnxruntime
-    import torch
-
-    from lpdet.data.sizes import BUCKETS, SizeThresholds, dataset_stats
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.deploy.latency import cpu_name
-
     s = ctx.settings
     spec = resolve_dataset(str(ctx.data_path))
     rows = []
@@ -562,7 +558,6 @@ def _quant_section(compare: dict) -> Section:
                   formats={"latency ms": ".2f", "latency vs float": ".2f", "size MB": ".2f"})
     text = "The float model and its 8-bit versions, each deployed as ONNX."
     if compare.get("weight_spread"):
-        from lpdet.quant.weight_ranges import format_spread
 
         text += " " + format_spread(compare["weight_spread"])
     return Section("Table 11.1: quantization", text, [table])

@@ -16,16 +16,32 @@ model (`load_model(...).predict`), except the training curves, which come from e
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
+from lpdet.data.filtering import filter_dataset
+from lpdet.data.loader import make_loader
+from lpdet.data.sizes import SizeThresholds, read_coco_json
+from lpdet.data.spec import resolve_dataset
+from lpdet.data.splits import eval_split
+from lpdet.deploy.latency import benchmark, cpu_name, latency_to_dict
+from lpdet.deploy.runtime import load_model
 from lpdet.design.report import Figure, Table, line_plot
 from lpdet.design.tables import ap_or_none, write_sweep_files
-from lpdet.design.trials import TrialCache, dataset_yaml, file_identity, data_identity, read_val_csv
+from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity, read_val_csv
 from lpdet.errors import LpdetError
+from lpdet.eval.coco_eval import coco_metrics, detections_to_coco
+from lpdet.models.checkpoint_format import load_checkpoint
+from lpdet.models.config import ModelConfig, is_qat
+from lpdet.models.postprocess import PostprocessConfig, select_detections
+from lpdet.models.profile import ALIGNMENT, misalignment_reasons, profile_model
+from lpdet.threads import torch_threads
 from lpdet.train.config import TrainConfig
 
 __all__ = [
@@ -100,8 +116,6 @@ class ResolutionSweep:
 
 def resolution_geometry(arch: str, width: float, num_classes: int, resolution: int) -> dict:
     """Feature-map sizes and multiple-of-8 geometry of the model at `resolution` (`profile_model`)."""
-    from lpdet.models.profile import ALIGNMENT, misalignment_reasons, profile_model
-    from lpdet.models.registry import ModelConfig
 
     profile = profile_model(ModelConfig(arch=arch, num_classes=num_classes, width=width, resolution=resolution))
     maps = profile.feature_maps
@@ -157,8 +171,6 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
     fields) and measured the same way. `budget_ms` marks rows whose int8 latency fits. Writes
     ``out_dir/resolution_sweep.{md,json,png}`` (with `write`). Trials live in ``out_dir/trials``
     (or `cache`)."""
-    from lpdet.deploy.latency import cpu_name
-    from lpdet.train.checkpoint import load_checkpoint
 
     resolutions = _check_resolutions(resolutions)
     if epochs < 1:
@@ -171,7 +183,7 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
     model_cfg = ckpt.model_config
     data_path = dataset_yaml(data)
     to_tune = set(resolutions) if finetune is True else set() if finetune is False else set(int(r) for r in finetune)
-    int8 = qat or ckpt.quantization == "qat"
+    int8 = qat or is_qat(ckpt.model_config)
     cache.plan(3 * len(resolutions) + 4 * len(to_tune & set(resolutions)))
 
     rows = []
@@ -317,8 +329,6 @@ class NmsSweep:
 
 
 def _nms_settings(ious, score_thresholds, top_ks) -> list:
-    from lpdet.models.postprocess import PostprocessConfig
-
     default = PostprocessConfig()
     ious = list(ious)
     scores = list(score_thresholds) if score_thresholds else [default.score_threshold]
@@ -340,16 +350,8 @@ def _nms_settings(ious, score_thresholds, top_ks) -> list:
 
 def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads: int, max_images: int) -> dict:
     """One forward pass over val; per setting: select_detections on each image (timed), COCO AP."""
-    import torch
-
-    from lpdet.data.loader import make_loader
-    from lpdet.deploy.runtime import load_model
-    from lpdet.design.trials import val_dataset
-    from lpdet.eval.coco_eval import coco_metrics, detections_to_coco
-    from lpdet.models.postprocess import select_detections
-
     model = load_model(model_path, threads=threads)
-    dataset = val_dataset(data, model.resolution, model.category_ids, where=str(model.path))
+    dataset = eval_split(data, model.resolution, model.category_ids, where=str(model.path))
     subset = dataset
     if max_images and max_images < len(dataset):
         subset = torch.utils.data.Subset(dataset, range(max_images))
@@ -357,25 +359,19 @@ def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads:
     times = [[] for _ in settings]
     counts = [0 for _ in settings]
     image_ids = []
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for images, targets, _dropped in make_loader(subset, 8, shuffle=False, seed=0, epoch=0, workers=0):
-                if not targets:
-                    continue
-                scores, boxes = model.forward(images)
-                image_ids.extend(int(t["image_id"]) for t in targets)
-                for j, cfg in enumerate(settings):
-                    for b, target in enumerate(targets):
-                        start = time.perf_counter()
-                        dets = select_detections(scores[b:b + 1], boxes[b:b + 1], cfg)
-                        times[j].append(time.perf_counter() - start)
-                        counts[j] += len(dets[0]["scores"])
-                        results[j].extend(detections_to_coco(dets, [target], dataset.category_ids))
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        for images, targets, _dropped in make_loader(subset, 8, shuffle=False, seed=0, epoch=0, workers=0):
+            if not targets:
+                continue
+            scores, boxes = model.forward(images)
+            image_ids.extend(int(t["image_id"]) for t in targets)
+            for j, cfg in enumerate(settings):
+                for b, target in enumerate(targets):
+                    start = time.perf_counter()
+                    dets = select_detections(scores[b:b + 1], boxes[b:b + 1], cfg)
+                    times[j].append(time.perf_counter() - start)
+                    counts[j] += len(dets[0]["scores"])
+                    results[j].extend(detections_to_coco(dets, [target], dataset.category_ids))
     n = max(1, len(image_ids))
     rows = []
     for j, cfg in enumerate(settings):
@@ -396,7 +392,6 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
     the median time of `select_detections` measured on the model's real predictions on val at
     that setting (the forward median: the lowest of `repeats` benchmarks). With `out_dir`, writes ``nms_sweep.{md,json}`` there and caches the two trials
     (``<name>-bench``, ``<name>-sweep``) in ``out_dir/trials`` (or `cache`)."""
-    from lpdet.deploy.latency import cpu_name
 
     settings = _nms_settings(ious, score_thresholds, top_ks)
     model_path = Path(model_path)
@@ -416,7 +411,6 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
                                                                             threads=threads, max_images=max_images),
                              kind="nms")
     else:
-        from lpdet.deploy.latency import benchmark, latency_to_dict
 
         bench = latency_to_dict(benchmark(model_path, threads=threads, runs=runs, warmup=warmup, repeats=repeats))
         measured = _measure_nms(model_path, data_path, settings, threads=threads, max_images=max_images)
@@ -466,9 +460,6 @@ class FilterAblation:
 
 
 def _train_images(data: Path) -> int:
-    from lpdet.data.sizes import read_coco_json
-    from lpdet.data.spec import resolve_dataset
-
     spec = resolve_dataset(str(data))
     return len(read_coco_json(spec.train.annotations)["images"]) if spec.train else 0
 
@@ -488,9 +479,6 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
     `resolution` default 300, float). Trials: ``filter-data`` (the filtered dataset) and the two
     training runs named by `names`. Writes ``out_dir/filter_ablation.{md,json}`` + PNGs (with `write`).
     Raises `FilterTooSmall` if the filtered split has fewer images than `batch_size`."""
-    from lpdet.data.filtering import filter_dataset
-    from lpdet.data.sizes import SizeThresholds
-    from lpdet.data.spec import resolve_dataset
 
     if epochs < 1:
         raise LpdetError(f"--epochs {epochs}: must be >= 1")
@@ -498,13 +486,12 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
     cache = cache or TrialCache(out_dir / "trials", progress=progress)
     data_path = dataset_yaml(data)
     if init is not None:
-        from lpdet.train.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(init)
         arch = ckpt.model_config.arch
         width = ckpt.model_config.width if width is None else width
         resolution = ckpt.model_config.resolution if resolution is None else resolution
-        qat = (ckpt.quantization == "qat") if qat is None else qat
+        qat = is_qat(ckpt.model_config) if qat is None else qat
         init = ckpt.path
     width = 1.0 if width is None else width
     resolution = 300 if resolution is None else resolution
@@ -515,7 +502,6 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
     def make_filtered(directory: Path) -> dict:
         yaml_path = filter_dataset(resolve_dataset(str(data_path)), directory / "data", drop_images_with=drop_images_with,
                                    thresholds=thresholds, split="train")
-        import json
 
         report = json.loads((directory / "data" / "filter_report.json").read_text())
         return {"files": {"yaml": str(yaml_path.relative_to(directory))}, "report": report}

@@ -14,9 +14,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from lpdet.progress import progress_bar
+from pycocotools.cocoeval import COCOeval
 
 from lpdet.data.loader import make_loader
+from lpdet.models.postprocess import PostprocessConfig, postprocess
+from lpdet.progress import progress_bar
 
 # COCOeval.stats[0:6] in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -35,8 +37,6 @@ class EvalResult:
 
 def detector_predictor(detector: torch.nn.Module, postprocess_config=None) -> Predictor:
     """A predictor that runs a torch detector and its post-processing."""
-    from lpdet.models.postprocess import PostprocessConfig, postprocess
-
     config = postprocess_config or PostprocessConfig()
     anchors = detector.anchors
 
@@ -69,7 +69,6 @@ def detections_to_coco(detections: list[dict], targets: list[dict], category_ids
 
 def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:
     """AP figures from pycocotools' COCOeval (its own printout silenced)."""
-    from pycocotools.cocoeval import COCOeval
 
     if not results:
         return {name: 0.0 for name in METRIC_NAMES}

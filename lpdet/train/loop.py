@@ -16,10 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lpdet.data.coco import CocoDetection
+from lpdet.data.loader import make_loader
+from lpdet.data.spec import resolve_dataset
+from lpdet.data.transforms import eval_transforms, train_transforms
 from lpdet.errors import LpdetError
+from lpdet.eval.coco_eval import detector_predictor, evaluate
+from lpdet.models.checkpoint_format import load_checkpoint, restore_optimizer, save_checkpoint
+from lpdet.models.config import ModelConfig, is_qat
+from lpdet.models.loss import multibox_loss
+from lpdet.models.registry import build_detector, load_backbone_weights, transfer_weights
 from lpdet.progress import progress_bar
+from lpdet.quant.qat import QatConfig, prepare_qat, set_qat_step
 from lpdet.serialize import from_dict, load_mapping, save_yaml
-from lpdet.train.checkpoint import (load_checkpoint, restore_optimizer, save_checkpoint, transfer_weights)
 from lpdet.train.config import TrainConfig
 from lpdet.train.schedule import lr_at
 
@@ -32,13 +41,6 @@ VAL_FIELDS = ["epoch", "step", "AP", "AP50", "AP75", "AP_small", "AP_medium", "A
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a detector as `cfg` says (or continue the run in `cfg.out`); returns the best checkpoint."""
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.loader import make_loader
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.data.transforms import eval_transforms, train_transforms
-    from lpdet.eval.coco_eval import detector_predictor, evaluate
-    from lpdet.models.loss import multibox_loss
-    from lpdet.models.registry import ModelConfig, build_detector, load_backbone_weights
 
     out = Path(cfg.out)
     resume_ckpt = None
@@ -90,10 +92,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         if source.model_config.arch != cfg.arch:
             raise LpdetError(f"--init {cfg.init}: it is a {source.model_config.arch} checkpoint, not {cfg.arch}; "
                              f"pass --arch {source.model_config.arch} or a checkpoint of {cfg.arch}")
-        if source.quantization == "qat" and not cfg.qat:
+        if is_qat(source.model_config) and not cfg.qat:
             raise LpdetError(f"--init {cfg.init}: it is a quantization-aware (QAT) checkpoint; add --qat to "
                              f"continue it, or --init from a float checkpoint")
-        if source.quantization == "qat":
+        if is_qat(source.model_config):
             _prepare_qat(model, cfg)  # the source's fake-quant state maps onto a prepared model
         copied, skipped = transfer_weights(model, source.model_state)
         log.info("--init %s: copied %d tensors, %d left at their initial values (shape or name differ)",
@@ -101,7 +103,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         if copied == 0:
             raise LpdetError(f"--init {cfg.init}: no tensor fits {cfg.arch} (width {cfg.width}); "
                              f"use a checkpoint of the same architecture")
-    if cfg.qat and getattr(model, "quantization", "fp32") != "qat":
+    if cfg.qat and not is_qat(model.config):
         _prepare_qat(model, cfg)  # after loading float weights: QAT starts from the trained float model
     model = model.to(device=device, memory_format=torch.channels_last)  # measurably faster for these convs on CPU
     optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
@@ -120,7 +122,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise LpdetError(f"weights became non-finite at step {state['global_step']}; kept the last good "
                              f"checkpoint in {out / 'last'}; lower --lr")
-        save_checkpoint(out / name, model=model, model_config=model_cfg, class_names=train_set.class_names,
+        save_checkpoint(out / name, model=model, model_config=model.config, class_names=train_set.class_names,
                         category_ids=train_set.category_ids, train_state=dict(state),
                         optimizer=optimizer if with_optimizer else None)
 
@@ -144,8 +146,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if cfg.qat:
-                from lpdet.quant.qat import set_qat_step
-
                 set_qat_step(model, state["global_step"])
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             norm_targets = [{"boxes": t["boxes"] / cfg.resolution, "labels": t["labels"]} for t in targets]
@@ -247,8 +247,6 @@ def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
 
 
 def _prepare_qat(model, cfg: TrainConfig) -> None:
-    from lpdet.quant.qat import QatConfig, prepare_qat
-
     prepare_qat(model, QatConfig(freeze_bn_after=cfg.qat_freeze_bn_after,
                                  freeze_observers_after=cfg.qat_freeze_observers_after))
 
@@ -269,7 +267,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _tensorboard(log_dir: Path, purge_step: int):
-    try:
+    try:  # imported here: a broken tensorboard install must not stop training
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency, but keep training if it is broken
         log.warning("tensorboard is not importable; TensorBoard scalars are off")

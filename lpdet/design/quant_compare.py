@@ -14,7 +14,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lpdet.data.coco import CocoDetection
+from lpdet.data.spec import resolve_dataset
+from lpdet.data.transforms import eval_transforms
+from lpdet.deploy.export import export_onnx
+from lpdet.deploy.latency import benchmark_paired, cpu_name
+from lpdet.deploy.ptq import calibration_batch, quantize_calibrated, quantize_naive
+from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
 from lpdet.errors import LpdetError
+from lpdet.eval.coco_eval import evaluate
+from lpdet.models.config import is_qat
+from lpdet.quant.weight_ranges import format_spread, summarize_spread, weight_spread
 
 __all__ = ["CompareRow", "CompareResult", "compare_quantization", "format_compare", "compare_to_dict"]
 
@@ -59,8 +69,6 @@ class CompareResult:
 
 
 def _size_mb(path: Path) -> float:
-    from lpdet.deploy.runtime import model_size_bytes
-
     return model_size_bytes(path) / 1e6
 
 
@@ -71,17 +79,6 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     PTQ (calibration images from the train split when the dataset has one), export `qat_ckpt`
     (if given) as int8, evaluate and time all of them; writes `out_dir/quant_compare.md` and
     `out_dir/quant_compare.json`."""
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.data.transforms import eval_transforms
-    from lpdet.deploy.export import export_onnx
-    from lpdet.deploy.latency import benchmark_paired, cpu_name
-    from lpdet.deploy.runtime import load_model
-    from lpdet.eval.coco_eval import evaluate
-    from lpdet.quant.ptq import calibration_batch, quantize_calibrated, quantize_naive
-    from lpdet.quant.weight_ranges import summarize_spread, weight_spread
-    from lpdet.train.checkpoint import load_detector
-
     if calibration_images < 1:
         raise LpdetError(f"--calibration-images {calibration_images}: must be >= 1")
     if runs < 1 or threads < 0:
@@ -90,7 +87,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     out_dir.mkdir(parents=True, exist_ok=True)
 
     detector, float_ckpt = load_detector(ckpt)
-    if getattr(float_ckpt, "quantization", "fp32") == "qat" or getattr(detector, "quantization", None) == "qat":
+    if is_qat(detector.config):
         raise LpdetError(f"{float_ckpt.path}: is a QAT checkpoint; pass the float checkpoint it was trained from "
                          f"and the QAT one with --qat")
     resolution = int(detector.config.resolution)
@@ -118,7 +115,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     rows = [CompareRow(name) for name in ROW_NAMES]
     if qat_ckpt is not None:
         qat_detector, qat_meta = load_detector(qat_ckpt)
-        if getattr(qat_meta, "quantization", None) != "qat" and getattr(qat_detector, "quantization", None) != "qat":
+        if not is_qat(qat_detector.config):
             raise LpdetError(f"{qat_meta.path}: is not a QAT checkpoint; "
                              f"train one with lpdet train --qat --init {ckpt}")
         if qat_meta.category_ids != float_ckpt.category_ids or qat_detector.config.resolution != resolution:
@@ -191,8 +188,6 @@ def format_compare(result: CompareResult) -> str:
                  f"QAT: quantization-aware training exported as int8. AP in %; latency = graph + NMS per image, "
                  f"int8/fp32 = median of per-image paired ratios (end to end).")
     if result.weight_spread:
-        from lpdet.quant.weight_ranges import format_spread
-
         lines.append(format_spread(result.weight_spread))
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
