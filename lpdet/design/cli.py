@@ -12,8 +12,9 @@ from pathlib import Path
 from lpdet.design.flow import DesignSettings, design
 from lpdet.design.sweeps import (filter_table, filtering_ablation, nms_sweep, nms_table, resolution_sweep,
                                  resolution_table)
-from lpdet.design.tables import markdown_table
+from lpdet.design.report import markdown_table
 from lpdet.errors import LpdetError
+from lpdet.models.config import MIN_RESOLUTION, check_resolution
 
 __all__ = ["add_design_commands", "parse_int_list", "parse_float_list"]
 
@@ -66,7 +67,7 @@ def _check_positive(option: str, value, minimum=1) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_sweep_resolution(args) -> None:
-    resolutions = parse_int_list("--resolutions", args.resolutions, minimum=32)
+    resolutions = parse_int_list("--resolutions", args.resolutions, minimum=MIN_RESOLUTION)
     _check_positive("--epochs", args.epochs)
     _check_positive("--batch-size", args.batch_size, 2)
     _check_positive("--runs", args.runs)
@@ -106,8 +107,8 @@ def cmd_sweep_filter(args) -> None:
     _check_positive("--batch-size", args.batch_size, 2)
     if args.width is not None and not args.width > 0:
         raise LpdetError(f"--width {args.width}: must be > 0")
-    if args.resolution is not None and args.resolution < 32:
-        raise LpdetError(f"--resolution {args.resolution}: must be >= 32")
+    if args.resolution is not None:
+        check_resolution(args.resolution, f"--resolution {args.resolution}")
     if not args.small_max > 0:
         raise LpdetError(f"--small-max {args.small_max}: must be > 0")
     overrides = {"lr": args.lr, "warmup_steps": args.warmup_steps, "workers": args.workers,
@@ -132,7 +133,7 @@ def cmd_design(args) -> None:
         if not 0 <= args.budget_margin < 1:
             raise LpdetError(f"--budget-margin {args.budget_margin}: must be a fraction in [0, 1), e.g. 0.1")
         overrides["budget_margin"] = args.budget_margin
-    resolutions = parse_int_list("--resolutions", args.resolutions, minimum=32)
+    resolutions = parse_int_list("--resolutions", args.resolutions, minimum=MIN_RESOLUTION)
     if resolutions:
         overrides["resolutions"] = resolutions
     settings = None

@@ -67,13 +67,14 @@ from lpdet.data.transforms import AUGMENTATIONS
 from lpdet.deploy.export import update_metadata
 from lpdet.deploy.latency import cpu_name
 from lpdet.deploy.runtime import model_size_bytes
-from lpdet.design.quant_compare import compare_quantization, compare_to_dict
+from lpdet.design.quant_compare import compare_quantization, compare_table, compare_to_dict
 from lpdet.design.report import Section, Table, write_report
 from lpdet.design.sweeps import (FilterTooSmall, filter_figures, filter_table, filtering_ablation, measure_int8,
                                  nms_sweep, nms_table, resolution_figure, resolution_sweep, resolution_table)
 from lpdet.design.tables import ap_or_none, save_json_atomic
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity
 from lpdet.errors import LpdetError
+from lpdet.models.config import MIN_RESOLUTION, is_resolution
 from lpdet.models.postprocess import PostprocessConfig
 from lpdet.quant.weight_ranges import format_spread
 from lpdet.serialize import from_dict, to_dict
@@ -155,10 +156,10 @@ class DesignSettings:
     def validate(self) -> None:
         checks = [
             (self.width > 0, "width must be > 0"),
-            (self.base_resolution >= 32, "base_resolution must be >= 32"),
-            (bool(self.resolutions) and all(isinstance(r, int) and r >= 32 for r in self.resolutions),
-             "resolutions: whole numbers >= 32"),
-            (all(isinstance(r, int) and r >= 32 for r in self.table_resolutions), "table_resolutions: whole numbers >= 32"),
+            (is_resolution(self.base_resolution), f"base_resolution must be a whole number >= {MIN_RESOLUTION}"),
+            (bool(self.resolutions) and all(map(is_resolution, self.resolutions)),
+             f"resolutions: whole numbers >= {MIN_RESOLUTION}"),
+            (all(map(is_resolution, self.table_resolutions)), f"table_resolutions: whole numbers >= {MIN_RESOLUTION}"),
             (self.finetune_top >= 1, "finetune_top must be >= 1"),
             (min(self.base_epochs, self.qat_epochs, self.finetune_epochs) >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2"),
@@ -540,22 +541,11 @@ def _setup_section(ctx: _Context) -> Section:
 
 
 def _quant_section(compare: dict) -> Section:
-    rows = []
-    for r in compare["rows"]:
-        if r["status"] != "ok":
-            rows.append([r["name"], None, None, None, None, None, None, None, None])
-            continue
-        m = r["metrics"]
-        rows.append([r["name"], ap_or_none(m.get("AP")), ap_or_none(m.get("AP50")), ap_or_none(m.get("AP_small")),
-                     ap_or_none(m.get("AP_medium")), ap_or_none(m.get("AP_large")), r["latency_ms"],
-                     1.0 if r["name"] == "float" else r["latency_ratio"], r["size_mb"]])
-    note = (f"{compare['arch']} @{compare['resolution']} on {compare['images']} val images; onnxruntime CPU, "
-            f"{compare['threads']} thread(s), batch 1, median of {compare['runs']} runs interleaved across the rows; "
-            f"{compare['device']}. Naive 8-bit: per-tensor weights, ranges from 2 images; calibrated PTQ: "
-            f"per-channel weights, {compare['calibration_images']} calibration images.")
-    table = Table("Table 11.1: float vs 8-bit", ["model", "AP", "AP50", "AP_small", "AP_medium", "AP_large",
-                                                 "latency ms", "latency vs float", "size MB"], rows, note=note,
-                  formats={"latency ms": ".2f", "latency vs float": ".2f", "size MB": ".2f"})
+    table = compare_table(compare, "Table 11.1: float vs 8-bit")
+    table.note = (f"{compare['arch']} @{compare['resolution']} on {compare['images']} val images; onnxruntime CPU, "
+                  f"{compare['threads']} thread(s), batch 1, median of {compare['runs']} runs interleaved across the "
+                  f"rows; {compare['device']}. Naive 8-bit: per-tensor weights, ranges from 2 images; calibrated "
+                  f"PTQ: per-channel weights, {compare['calibration_images']} calibration images.")
     text = "The float model and its 8-bit versions, each deployed as ONNX."
     if compare.get("weight_spread"):
 

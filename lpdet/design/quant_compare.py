@@ -10,26 +10,29 @@ alike; the int8/fp32 ratio is the median of per-iteration ratios).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lpdet.data.coco import CocoDetection
 from lpdet.data.spec import resolve_dataset
-from lpdet.data.transforms import eval_transforms
+from lpdet.data.splits import eval_split
 from lpdet.deploy.export import export_onnx
 from lpdet.deploy.latency import benchmark_paired, cpu_name
-from lpdet.deploy.ptq import calibration_batch, quantize_calibrated, quantize_naive
+from lpdet.deploy.model import source_metadata
+from lpdet.deploy.ptq import load_calibration_images, quantize_calibrated, quantize_naive
 from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
+from lpdet.design.report import Table, markdown_table
+from lpdet.design.tables import ap_or_none
 from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import evaluate
 from lpdet.models.config import is_qat
 from lpdet.quant.weight_ranges import format_spread, summarize_spread, weight_spread
 
-__all__ = ["CompareRow", "CompareResult", "compare_quantization", "format_compare", "compare_to_dict"]
+__all__ = ["CompareRow", "CompareResult", "compare_quantization", "compare_table", "format_compare",
+           "compare_to_dict"]
 
 QAT_HINT = "not run: pass --qat QAT_CKPT (train one with lpdet train --qat --init CKPT)"
 ROW_NAMES = ("float", "naive 8-bit", "calibrated PTQ", "QAT")
+ROW_FILES = ("fp32", "int8_naive", "int8_ptq", "int8_qat")  # out_dir/model_<file>.onnx
 METRICS = ("AP", "AP50", "AP_small", "AP_medium", "AP_large")
 
 
@@ -68,10 +71,6 @@ class CompareResult:
     weight_spread: dict = field(default_factory=dict)  # lpdet.quant.weight_ranges.summarize_spread of the fp32 model
 
 
-def _size_mb(path: Path) -> float:
-    return model_size_bytes(path) / 1e6
-
-
 def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path | None = None,
                          calibration_images: int = 100, threads: int = 1, runs: int = 30, max_images: int = 0,
                          progress: bool = True) -> CompareResult:
@@ -79,70 +78,26 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     PTQ (calibration images from the train split when the dataset has one), export `qat_ckpt`
     (if given) as int8, evaluate and time all of them; writes `out_dir/quant_compare.md` and
     `out_dir/quant_compare.json`."""
-    if calibration_images < 1:
-        raise LpdetError(f"--calibration-images {calibration_images}: must be >= 1")
     if runs < 1 or threads < 0:
         raise LpdetError("--runs must be >= 1 and --threads >= 0")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    detector, float_ckpt = load_detector(ckpt)
-    if is_qat(detector.config):
-        raise LpdetError(f"{float_ckpt.path}: is a QAT checkpoint; pass the float checkpoint it was trained from "
-                         f"and the QAT one with --qat")
+    detector, float_ckpt = _load_float(ckpt)
     resolution = int(detector.config.resolution)
-    metadata = {"class_names": float_ckpt.class_names, "category_ids": float_ckpt.category_ids,
-                "source": str(float_ckpt.path)}
-
-    spec = resolve_dataset(data)
-    val = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(resolution))
-    if val.category_ids != float_ckpt.category_ids:
-        raise LpdetError(f"{spec.val.annotations}: its categories differ from those {float_ckpt.path} was trained on; "
-                         f"compare on a dataset with the same categories")
-    notes = []
-    calib_split = spec.train or spec.val
-    if spec.train is None:
-        notes.append("calibration images come from the val split (the dataset has no train split)")
-    calib_set = val if spec.train is None else CocoDetection(calib_split.annotations, calib_split.images,
-                                                             transform=eval_transforms(resolution))
-    calibration = calibration_batch(calib_set, calibration_images)
-
-    paths = {"float": out_dir / "model_fp32.onnx", "naive 8-bit": out_dir / "model_int8_naive.onnx",
-             "calibrated PTQ": out_dir / "model_int8_ptq.onnx", "QAT": out_dir / "model_int8_qat.onnx"}
-    export_onnx(detector, paths["float"], metadata=metadata)
-    quantize_naive(paths["float"], paths["naive 8-bit"], calibration)
-    quantize_calibrated(paths["float"], paths["calibrated PTQ"], calibration)
+    val = eval_split(data, resolution, float_ckpt.category_ids, where=str(float_ckpt.path))
+    calibration = load_calibration_images(data, resolution, calibration_images)
+    paths = {name: out_dir / f"model_{stem}.onnx" for name, stem in zip(ROW_NAMES, ROW_FILES)}
+    _export_float_rows(detector, paths, calibration, source_metadata(float_ckpt))
     rows = [CompareRow(name) for name in ROW_NAMES]
     if qat_ckpt is not None:
-        qat_detector, qat_meta = load_detector(qat_ckpt)
-        if not is_qat(qat_detector.config):
-            raise LpdetError(f"{qat_meta.path}: is not a QAT checkpoint; "
-                             f"train one with lpdet train --qat --init {ckpt}")
-        if qat_meta.category_ids != float_ckpt.category_ids or qat_detector.config.resolution != resolution:
-            raise LpdetError(f"{qat_meta.path}: its classes or resolution differ from {float_ckpt.path}; "
-                             f"train the QAT model with --init {ckpt}")
-        export_onnx(qat_detector, paths["QAT"], metadata={**metadata, "source": str(qat_meta.path)})
+        _export_qat_row(qat_ckpt, ckpt, float_ckpt, resolution, paths["QAT"])
     else:
         paths["QAT"].unlink(missing_ok=True)
         rows[3].status = QAT_HINT
-
-    images = 0
-    for row in rows:
-        if not row.ran:
-            continue
-        model = load_model(paths[row.name], threads=threads)
-        row.model, row.quantization = str(paths[row.name]), model.quantization
-        row.size_mb = _size_mb(paths[row.name])
-        result = evaluate(model.predict, val, batch_size=16, max_images=max_images, progress=progress,
-                          desc=f"eval {row.name}")
-        row.metrics = result.metrics
-        images = result.num_images
-
-    timed = [row for row in rows if row.ran]
-    for row, latency in zip(timed, benchmark_paired([paths[r.name] for r in timed], threads=threads, runs=runs)):
-        row.latency_ms, row.latency_ratio = latency.median_ms, latency.ratio
-        row.graph_ms, row.graph_ratio = latency.forward_ms, latency.forward_ratio
-
+    images = _evaluate_rows(rows, paths, val, threads=threads, max_images=max_images, progress=progress)
+    _time_rows(rows, paths, threads=threads, runs=runs)
+    notes = ([] if resolve_dataset(str(data)).train else
+             ["calibration images come from the val split (the dataset has no train split)"])
     result = CompareResult(
         checkpoint=str(float_ckpt.path), data=str(data), split="val", images=images, rows=rows,
         calibration_images=int(len(calibration)), threads=threads, runs=runs, device=cpu_name(),
@@ -154,39 +109,84 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     return result
 
 
-def _metric(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return "n/a" if value < 0 else f"{100 * value:.1f}"
+def _load_float(ckpt: Path):
+    detector, float_ckpt = load_detector(ckpt)
+    if is_qat(detector.config):
+        raise LpdetError(f"{float_ckpt.path}: is a QAT checkpoint; pass the float checkpoint it was trained from "
+                         f"and the QAT one with --qat")
+    return detector, float_ckpt
+
+
+def _export_float_rows(detector, paths: dict[str, Path], calibration, metadata: dict) -> None:
+    """The float row's fp32 export and the two post-training int8 rows quantized from it."""
+    export_onnx(detector, paths["float"], metadata=metadata)
+    quantize_naive(paths["float"], paths["naive 8-bit"], calibration)
+    quantize_calibrated(paths["float"], paths["calibrated PTQ"], calibration)
+
+
+def _export_qat_row(qat_ckpt: Path, ckpt: Path, float_ckpt, resolution: int, out: Path) -> None:
+    qat_detector, qat_meta = load_detector(qat_ckpt)
+    if not is_qat(qat_detector.config):
+        raise LpdetError(f"{qat_meta.path}: is not a QAT checkpoint; train one with lpdet train --qat --init {ckpt}")
+    if qat_meta.category_ids != float_ckpt.category_ids or qat_detector.config.resolution != resolution:
+        raise LpdetError(f"{qat_meta.path}: its classes or resolution differ from {float_ckpt.path}; "
+                         f"train the QAT model with --init {ckpt}")
+    export_onnx(qat_detector, out, metadata=source_metadata(qat_meta))  # a QAT detector exports as int8 QDQ
+
+
+def _evaluate_rows(rows: list[CompareRow], paths: dict[str, Path], val, *, threads: int, max_images: int,
+                   progress: bool) -> int:
+    """COCO AP of every row that ran (as deployed); returns the number of val images evaluated."""
+    images = 0
+    for row in rows:
+        if not row.ran:
+            continue
+        model = load_model(paths[row.name], threads=threads)
+        row.model, row.quantization = str(paths[row.name]), model.quantization
+        row.size_mb = model_size_bytes(paths[row.name]) / 1e6
+        result = evaluate(model.predict, val, batch_size=16, max_images=max_images, progress=progress,
+                          desc=f"eval {row.name}")
+        row.metrics = result.metrics
+        images = result.num_images
+    return images
+
+
+def _time_rows(rows: list[CompareRow], paths: dict[str, Path], *, threads: int, runs: int) -> None:
+    """Latency of every row that ran, interleaved image by image (`benchmark_paired`)."""
+    timed = [row for row in rows if row.ran]
+    for row, latency in zip(timed, benchmark_paired([paths[r.name] for r in timed], threads=threads, runs=runs)):
+        row.latency_ms, row.latency_ratio = latency.median_ms, latency.ratio
+        row.graph_ms, row.graph_ratio = latency.forward_ms, latency.forward_ratio
+
+
+def compare_table(compare: dict, title: str = "") -> Table:
+    """The comparison (`compare_to_dict` form, as cached by the design flow) as a report table."""
+    rows = []
+    for r in compare["rows"]:
+        if r["status"] != "ok":
+            rows.append([r["name"], r["status"]])
+            continue
+        m = r["metrics"]
+        rows.append([r["name"], *(ap_or_none(m.get(k)) for k in METRICS), r["latency_ms"], r["graph_ms"],
+                     1.0 if r["name"] == "float" else r["latency_ratio"], r["size_mb"]])
+    return Table(title, ["model", *METRICS, "latency ms", "graph ms", "latency vs float", "size MB"], rows,
+                 formats={"latency ms": ".2f", "graph ms": ".2f", "latency vs float": ".2f", "size MB": ".2f"})
 
 
 def format_compare(result: CompareResult) -> str:
-    """The comparison as a Markdown table (AP figures in %), with a header line and notes."""
-    header = ["model", "AP", "AP50", "AP_S", "AP_M", "AP_L", "latency ms", "graph ms", "int8/fp32", "size MB"]
+    """The comparison as a Markdown table, with a header line and notes."""
     lines = [
         f"Float vs 8-bit: {result.arch} @ {result.resolution} ({result.checkpoint}) on {result.data} "
         f"{result.split}, {result.images} images; onnxruntime CPU, {result.threads} thread(s), batch 1, "
         f"median of {result.runs} paired runs; {result.device}",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        markdown_table(compare_table(compare_to_dict(result))),
+        "",
+        f"naive 8-bit: per-tensor int8 weights, MinMax ranges from 2 images; calibrated PTQ: per-channel "
+        f"symmetric int8 weights, uint8 activations, MinMax ranges from {result.calibration_images} images; "
+        f"QAT: quantization-aware training exported as int8. AP as a fraction; latency = graph + NMS per image, "
+        f"latency vs float = median of per-image paired ratios (end to end).",
     ]
-    for row in result.rows:
-        if not row.ran:
-            lines.append(f"| {row.name} | {row.status} |" + " |" * (len(header) - 2))
-            continue
-        cells = [row.name] + [_metric(row.metrics.get(m)) for m in METRICS] + [
-            f"{row.latency_ms:.2f}" if row.latency_ms is not None else "–",
-            f"{row.graph_ms:.2f}" if row.graph_ms is not None else "–",
-            "1.00" if row.name == "float" else (f"{row.latency_ratio:.2f}" if row.latency_ratio is not None else "–"),
-            f"{row.size_mb:.2f}" if row.size_mb is not None else "–",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"naive 8-bit: per-tensor int8 weights, MinMax ranges from 2 images; calibrated PTQ: per-channel "
-                 f"symmetric int8 weights, uint8 activations, MinMax ranges from {result.calibration_images} images; "
-                 f"QAT: quantization-aware training exported as int8. AP in %; latency = graph + NMS per image, "
-                 f"int8/fp32 = median of per-image paired ratios (end to end).")
     if result.weight_spread:
         lines.append(format_spread(result.weight_spread))
     lines.extend(f"note: {note}" for note in result.notes)

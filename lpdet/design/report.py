@@ -218,6 +218,11 @@ def _md_cell(text: str) -> str:
     return _md(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
+def markdown_table(t: Table) -> str:
+    """`t` as a GitHub Markdown table (title in bold above, note in italics below; numbers right-aligned)."""
+    return "\n".join(_md_table(t))
+
+
 def _md_table(t: Table) -> list[str]:
     num = _numeric_columns(t)
     out = []

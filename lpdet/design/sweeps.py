@@ -38,7 +38,7 @@ from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_id
 from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import coco_metrics, detections_to_coco
 from lpdet.models.checkpoint_format import load_checkpoint
-from lpdet.models.config import ModelConfig, is_qat
+from lpdet.models.config import ModelConfig, check_resolution, is_qat
 from lpdet.models.postprocess import PostprocessConfig, select_detections
 from lpdet.models.profile import ALIGNMENT, misalignment_reasons, profile_model
 from lpdet.threads import torch_threads
@@ -226,8 +226,7 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
 def _check_resolutions(resolutions: Iterable[int]) -> list[int]:
     values = []
     for r in resolutions:
-        if isinstance(r, bool) or not isinstance(r, int) or r < 32:
-            raise LpdetError(f"--resolutions: {r!r} is not a whole number >= 32")
+        check_resolution(r, "--resolutions")
         if r not in values:
             values.append(r)
     if not values:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lpdet.errors import LpdetError
+from lpdet.models.config import MIN_RESOLUTION, is_resolution
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -52,7 +53,7 @@ class TrainConfig:
             (self.restart_epochs >= 0, "--restart-epochs must be >= 0"),
             (0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
             (self.workers >= 0, "--workers must be >= 0"),
-            (self.resolution >= 32, "--resolution must be >= 32"),
+            (is_resolution(self.resolution), f"--resolution must be a whole number >= {MIN_RESOLUTION}"),
             (self.width > 0, "--width must be > 0"),
             (self.qat_freeze_bn_after >= 0, "--freeze-bn-after must be >= 0"),
             (self.qat_freeze_observers_after >= 0, "--freeze-observers-after must be >= 0"),
