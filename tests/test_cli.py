@@ -1,8 +1,14 @@
 """Bad input through the command line: one `error:` line naming the problem, exit status 2, no traceback."""
 
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from lpdet.cli import main
+from lpdet.cli import build_parser, main
 
 
 def _fails_cleanly(capsys, argv, *needles):
@@ -86,3 +92,31 @@ def test_interrupt_says_how_to_continue(capsys, monkeypatch, argv, hint):
         action.set_defaults(func=interrupted)
     assert main(argv) == 130
     assert hint in capsys.readouterr().err
+
+
+def _subparsers(parser):
+    """Every parser under `parser` (itself included)."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _subparsers(child)
+    return found
+
+
+def test_every_option_and_argument_says_what_it_is():
+    missing = [f"{p.prog} {a.option_strings or a.dest}" for p in _subparsers(build_parser()) for a in p._actions
+               if not isinstance(a, argparse._SubParsersAction) and not a.help]
+    assert missing == []
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(unbuffered):
+    # `lpdet model info | head -1`: the reader is gone before lpdet writes (its read end closed at once)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": unbuffered}
+    argv = ["model", "info", "--width", "0.25", "--resolution", "96"]
+    proc = subprocess.Popen([sys.executable, "-m", "lpdet", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 141 and stderr == ""

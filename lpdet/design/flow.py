@@ -67,12 +67,13 @@ from lpdet.data.transforms import AUGMENTATIONS
 from lpdet.deploy.export import update_metadata
 from lpdet.deploy.latency import cpu_name
 from lpdet.deploy.runtime import model_size_bytes
+from lpdet.design.filtering import FilterTooSmall, filter_figures, filter_table, filtering_ablation
+from lpdet.design.nms import nms_sweep, nms_table
 from lpdet.design.quant_compare import compare_quantization, compare_table, compare_to_dict
 from lpdet.design.report import Section, Table, write_report
-from lpdet.design.sweeps import (FilterTooSmall, filter_figures, filter_table, filtering_ablation, measure_int8,
-                                 nms_sweep, nms_table, resolution_figure, resolution_sweep, resolution_table)
+from lpdet.design.resolution import resolution_figure, resolution_sweep, resolution_table
 from lpdet.design.tables import ap_or_none, save_json_atomic
-from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity
+from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity, measure_int8
 from lpdet.errors import LpdetError
 from lpdet.models.config import MIN_RESOLUTION, is_resolution
 from lpdet.models.postprocess import PostprocessConfig

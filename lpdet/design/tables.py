@@ -10,7 +10,9 @@ from pathlib import Path
 from lpdet.design.report import Figure, Table, markdown_table
 from lpdet.serialize import atomic_write_bytes, atomic_write_text, to_dict
 
-__all__ = ["write_sweep_files", "save_json_atomic", "ap_or_none"]
+__all__ = ["write_sweep_files", "save_json_atomic", "ap_or_none", "SIZE_METRICS"]
+
+SIZE_METRICS = ("AP_small", "AP_medium", "AP_large")
 
 
 def _md_escape(text: str) -> str:

@@ -55,7 +55,7 @@ from lpdet.serialize import atomic_write_text, to_dict
 from lpdet.train.config import TrainConfig
 from lpdet.train.loop import train  # module attribute on purpose: tests replace it
 
-__all__ = ["TrialCache", "file_identity", "data_identity", "read_val_csv", "dataset_yaml", "TRAIN_SPEC_IGNORED"]
+__all__ = ["TrialCache", "measure_int8", "file_identity", "data_identity", "read_val_csv", "dataset_yaml", "TRAIN_SPEC_IGNORED"]
 
 log = logging.getLogger("lpdet.design")
 
@@ -342,6 +342,24 @@ class TrialCache:
 
 
 # ----------------------------------------------------------------------------- helpers
+def measure_int8(cache: TrialCache, prefix: str, checkpoint: Path, data: str | Path, *, resolution: int | None,
+                 threads: int, runs: int, warmup: int, max_images: int = 0, calibration_images: int = 100,
+                 evaluate: bool = True, benchmark: bool = True, int8: bool = True, repeats: int = 1) -> dict:
+    """Trials ``<prefix>-export`` (int8 ONNX at `resolution`), ``<prefix>-eval`` (COCO AP of that ONNX on
+    val) and ``<prefix>-bench`` (its latency). Returns ``{"export", "eval", "bench", "onnx"}`` (results)."""
+    export = cache.export(f"{prefix}-export", checkpoint, resolution=resolution, int8=int8, data=data,
+                          calibration_images=calibration_images)
+    onnx = cache.file(export, "onnx")
+    out = {"export": export, "onnx": onnx, "eval": None, "bench": None}
+    if evaluate:
+        out["eval"] = cache.evaluate(f"{prefix}-eval", onnx, data, max_images=max_images)
+    if benchmark:
+        out["bench"] = cache.benchmark(f"{prefix}-bench", onnx, threads=threads, runs=runs, warmup=warmup,
+                                       repeats=repeats)
+    return out
+
+
+
 def _has_last(run: Path) -> bool:
     return any((run / name / META).is_file() for name in ("last", "last.old"))
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from lpdet.errors import LpdetError
-from lpdet.serialize import is_number
 
 # The smallest input the six SSD maps (strides 16..512, each at least 1x1) make sense for.
 MIN_RESOLUTION = 32
