@@ -1,0 +1,73 @@
+"""What the steps of the design flow share: its context (settings, where things go, the report
+sections and Table 11.4 rows built so far), the candidates it measures, and how a step's change
+is recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lpdet.design.report import Section
+from lpdet.design.settings import DesignSettings
+
+SAME_GRAPH = "same graph as in the resolution search: its latency"
+
+
+class NoFit(Exception):
+    """No candidate meets the budget (the report says so; `design` raises LpdetError)."""
+
+
+@dataclass
+class FlowContext:
+    data: str
+    data_path: Path
+    budget_ms: float
+    settings: DesignSettings
+    out_dir: Path
+    quick: bool
+    preset: str = "full preset"
+    setup: Section | None = None
+    sections: list[Section] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)  # Table 11.4
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class Candidate:
+    """A deployable candidate: an int8 ONNX with its measured AP and latency."""
+
+    label: str
+    tag: str
+    resolution: int
+    onnx: Path
+    checkpoint: Path
+    metrics: dict
+    latency_ms: float
+    size_mb: float | None = None
+
+
+def ap_of(metrics: dict | None) -> float:
+    value = (metrics or {}).get("AP")
+    return float(value) if value is not None else float("-inf")
+
+
+def compare_row(compare: dict, name: str) -> dict:
+    return next(r for r in compare["rows"] if r["name"] == name)
+
+
+def record_step(ctx: FlowContext, step: str, model: str, resolution: int, metrics: dict, latency_ms: float, *,
+          previous: dict | None = None, basis: str | None = None, kept: bool = True, note: str = "") -> None:
+    prev = previous
+    if prev is None:
+        prev = next((p for p in reversed(ctx.steps) if p.get("kept", True) and "latency_ms" in p), None)
+        basis = basis or (f"previous step ({prev['step']})" if prev else "")
+    row = {"step": step, "model": model, "resolution": resolution, "AP": metrics.get("AP"),
+           "AP_small": metrics.get("AP_small"), "AP_medium": metrics.get("AP_medium"),
+           "AP_large": metrics.get("AP_large"), "latency_ms": latency_ms, "kept": kept, "basis": basis or "", "note": note}
+    if prev is not None:
+        prev_metrics = prev.get("metrics", prev)
+        prev_ap, prev_lat = prev_metrics.get("AP"), prev.get("latency_ms")
+        row["delta_AP"] = (row["AP"] - prev_ap) if row["AP"] is not None and prev_ap is not None else None
+        row["delta_latency_ms"] = latency_ms - prev_lat if prev_lat is not None else None
+        row["delta_latency_pct"] = 100 * (latency_ms - prev_lat) / prev_lat if prev_lat else None
+    ctx.steps.append(row)
