@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lpdet.models.config import ModelConfig
+from lpdet.quant.qat import QatConfig
 from lpdet.train.config import TrainConfig
 
 
@@ -14,10 +16,14 @@ def tiny_synth(root: Path, n_train: int = 12, n_val: int = 4, seed: int = 0) -> 
     return generate_synthetic_coco(root, n_train, n_val, seed=seed, progress=False)
 
 
-def tiny_train_config(data_yaml: Path, out: Path, **overrides) -> TrainConfig:
+def tiny_train_config(data_yaml: Path, out: Path, *, arch: str = "mobilenet_v2_ssdlite", width: float = 0.25,
+                      resolution: int = 96, qat: bool = False, qat_freeze_bn_after: int = 0,
+                      qat_freeze_observers_after: int = 0, **overrides) -> TrainConfig:
     """A model and schedule small enough to train in seconds on 2 cores."""
-    settings = dict(data=str(data_yaml), arch="mobilenet_v2_ssdlite", width=0.25, resolution=96, epochs=2,
-                    batch_size=4, lr=0.01, warmup_steps=2, workers=0, out=out, checkpoint_every=2, threads=1,
+    settings = dict(data=str(data_yaml), model=ModelConfig(arch, num_classes=0, width=width, resolution=resolution),
+                    qat=QatConfig(freeze_bn_after=qat_freeze_bn_after, freeze_observers_after=qat_freeze_observers_after)
+                    if qat else None, epochs=2, batch_size=4, lr=0.01, warmup_steps=2, workers=0, out=out,
+                    checkpoint_every=2, threads=1,
                     precision="fp32")  # bit-exact runs (resume tests); bf16 has its own test
     settings.update(overrides)
     return TrainConfig(**settings)

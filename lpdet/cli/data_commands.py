@@ -12,6 +12,7 @@ from lpdet.data.synth import generate_synthetic_coco
 from lpdet.errors import LpdetError
 from lpdet.models.config import ModelConfig
 from lpdet.models.profile import format_profile, profile_model, profile_to_dict
+from lpdet.quant.qat import QatConfig
 from lpdet.serialize import to_dict
 from lpdet.train.config import TrainConfig
 from lpdet.train.loop import train
@@ -54,13 +55,13 @@ def cmd_train(args) -> None:
         best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
     else:
         config = TrainConfig(
-            data=args.data, arch=args.arch, width=args.width, resolution=args.resolution, epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps, restart_epochs=args.restart_epochs, seed=args.seed,
-            workers=args.workers, out=args.out, init=args.init, backbone_weights=args.backbone_weights,
+            data=args.data, model=ModelConfig(args.arch, num_classes=0, width=args.width, resolution=args.resolution),
+            qat=QatConfig(freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after)
+            if args.qat else None,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, restart_epochs=args.restart_epochs,
+            seed=args.seed, workers=args.workers, out=args.out, init=args.init, backbone_weights=args.backbone_weights,
             checkpoint_every=args.checkpoint_every, augment=args.augment, max_val_images=args.max_val_images,
-            threads=args.threads, device=args.device, precision=args.precision,
-            qat=args.qat, qat_freeze_bn_after=args.freeze_bn_after,
-            qat_freeze_observers_after=args.freeze_observers_after)
+            threads=args.threads, device=args.device, precision=args.precision)
         best = train(config, progress=not args.quiet)
     print(f"best checkpoint: {best}")

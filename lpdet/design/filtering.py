@@ -17,6 +17,7 @@ from lpdet.data.filtering import filter_dataset
 from lpdet.data.sizes import SizeThresholds, read_coco_json
 from lpdet.data.spec import resolve_dataset
 from lpdet.design.report import Figure, Table, line_plot
+from lpdet.design.settings import train_config
 from lpdet.design.tables import SIZE_METRICS, ap_or_none, write_sweep_files
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, read_val_csv
 from lpdet.errors import LpdetError
@@ -99,10 +100,8 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
                              f"use more data or a smaller batch size")
 
     def config(path: Path, run_epochs: int) -> TrainConfig:
-        settings = dict(data=str(path), arch=arch, width=width, resolution=resolution, epochs=run_epochs,
-                        batch_size=batch_size, init=Path(init) if init is not None else None, qat=qat, out=Path("unused"))
-        settings.update(train_overrides or {})
-        return TrainConfig(**settings)
+        return train_config(path, arch=arch, width=width, resolution=resolution, epochs=run_epochs,
+                            batch_size=batch_size, init=init, qat=qat, **(train_overrides or {}))
 
     # The same number of training steps for both runs (as the paper's plots over steps compare
     # them): the smaller filtered set is gone through more times. With equal epochs it would see

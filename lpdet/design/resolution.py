@@ -18,13 +18,13 @@ from pathlib import Path
 
 from lpdet.deploy.latency import cpu_name
 from lpdet.design.report import Figure, Table, line_plot
+from lpdet.design.settings import train_config
 from lpdet.design.tables import SIZE_METRICS, ap_or_none, write_sweep_files
 from lpdet.design.trials import TrialCache, measure_int8, dataset_yaml
 from lpdet.errors import LpdetError
 from lpdet.models.checkpoint_format import load_checkpoint
 from lpdet.models.config import ModelConfig, check_resolution, is_qat
 from lpdet.models.profile import ALIGNMENT, misalignment_reasons, profile_model
-from lpdet.train.config import TrainConfig
 
 
 @dataclass
@@ -103,15 +103,6 @@ def resolution_geometry(arch: str, width: float, num_classes: int, resolution: i
     }
 
 
-def _finetune_config(init: Path, data: Path, resolution: int, epochs: int, qat: bool, batch_size: int,
-                     train_overrides: dict | None, model_config) -> TrainConfig:
-    settings = dict(data=str(data), arch=model_config.arch, width=model_config.width, resolution=resolution,
-                    epochs=epochs, batch_size=batch_size, lr=0.005, warmup_steps=20, init=Path(init), qat=qat,
-                    out=Path("unused"))
-    settings.update(train_overrides or {})
-    return TrainConfig(**settings)
-
-
 def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Iterable[int], out_dir: Path | str, *,
                      epochs: int = 1, qat: bool = True, finetune: bool | Iterable[int] = True, batch_size: int = 32,
                      threads: int = 1, runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0,
@@ -158,7 +149,9 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
         if budget_ms is not None:
             row.meets_budget = row.latency_ms <= budget_ms
         if r in to_tune:
-            cfg = _finetune_config(ckpt.path, data_path, r, epochs, qat, batch_size, train_overrides, model_cfg)
+            cfg = train_config(data_path, arch=model_cfg.arch, width=model_cfg.width, resolution=r, epochs=epochs,
+                               batch_size=batch_size, init=ckpt.path, qat=qat,
+                               **{"lr": 0.005, "warmup_steps": 20, **(train_overrides or {})})
             trained = cache.train(f"finetune-r{r}", cfg)
             best = cache.file(trained, "best")
             ft = measure_int8(cache, f"finetune-r{r}", best, data_path, resolution=None, threads=threads, runs=runs,

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from lpdet.data.transforms import AUGMENTATIONS
 from lpdet.errors import LpdetError
-from lpdet.models.config import MIN_RESOLUTION, is_resolution
+from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
+from lpdet.quant.qat import QatConfig
 from lpdet.serialize import from_dict
 from lpdet.train.config import PRECISIONS, TrainConfig
 
-__all__ = ["DesignSettings", "training_config", "finetune_overrides"]
+__all__ = ["DesignSettings", "train_config", "training_config", "finetune_overrides"]
 
 
 @dataclass
@@ -115,15 +116,26 @@ class DesignSettings:
         return sorted(set(self.resolutions) | set(self.table_resolutions) | {self.base_resolution}, reverse=True)
 
 
-def training_config(s: DesignSettings, data_path: Path, **fields_) -> TrainConfig:
-    """A training run of the design: the settings every run shares, then `fields_` (epochs, lr, ...)."""
-    values = dict(data=str(data_path), arch=s.arch, width=s.width, resolution=s.base_resolution,
-                  batch_size=s.batch_size, augment=s.augment, seed=s.seed, workers=s.workers, threads=s.train_threads,
-                  precision=s.precision, max_val_images=s.max_val_images, checkpoint_every=s.checkpoint_every, out=Path("unused"))
-    values.update(fields_)
-    return TrainConfig(**values)
+def train_config(data: str | Path, *, arch: str, width: float, resolution: int, epochs: int, batch_size: int,
+                 init: Path | str | None = None, qat: bool = False, **fields_) -> TrainConfig:
+    """Every training run the design makes (the flow, the resolution and filtering experiments) is
+    built here: the model it trains, how long, from which checkpoint, float or QAT, then any other
+    `TrainConfig` fields (lr, warmup_steps, workers, ...). Its output folder is the trial's."""
+    return TrainConfig(data=str(data), model=ModelConfig(arch, num_classes=0, width=width, resolution=resolution),
+                       qat=QatConfig() if qat else None, epochs=epochs, batch_size=batch_size,
+                       init=Path(init) if init is not None else None, out=Path("unused"), **fields_)
+
+
+def training_config(s: DesignSettings, data_path: Path, *, epochs: int, lr: float, warmup_steps: int,
+                    qat: bool = False, init: Path | None = None) -> TrainConfig:
+    """A training run of the design flow at the base resolution: `train_config` with the settings every run shares."""
+    return train_config(data_path, arch=s.arch, width=s.width, resolution=s.base_resolution, epochs=epochs,
+                        batch_size=s.batch_size, init=init, qat=qat, lr=lr, warmup_steps=warmup_steps,
+                        augment=s.augment, seed=s.seed, workers=s.workers, threads=s.train_threads,
+                        precision=s.precision, max_val_images=s.max_val_images, checkpoint_every=s.checkpoint_every)
 
 
 def finetune_overrides(s: DesignSettings) -> dict:
+    """The `train_config` fields of every fine-tuning run of the flow (resolution and filtering experiments)."""
     return dict(lr=s.finetune_lr, warmup_steps=s.finetune_warmup_steps, augment=s.augment, seed=s.seed, workers=s.workers,
                 threads=s.train_threads, max_val_images=s.max_val_images, checkpoint_every=s.checkpoint_every)

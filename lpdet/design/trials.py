@@ -271,8 +271,8 @@ class TrialCache:
             val = read_val_csv(run / "val.csv")
             best = max(val, key=lambda r: r.get("AP", -math.inf)) if val else {}
             return {"files": {"run": "run", "best": "run/best", "last": "run/last"}, "val": val, "best": best,
-                    "steps": int(val[-1]["step"]) if val else 0, "epochs": cfg.epochs, "resolution": cfg.resolution,
-                    "qat": cfg.qat}
+                    "steps": int(val[-1]["step"]) if val else 0, "epochs": cfg.epochs,
+                    "resolution": cfg.model.resolution, "qat": cfg.is_qat}
 
         return self.run(name, {"config": config}, fn, kind="train")
 

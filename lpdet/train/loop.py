@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,13 @@ from lpdet.data.transforms import eval_transforms, train_transforms
 from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import detector_predictor, evaluate
 from lpdet.models.checkpoint_format import load_checkpoint, restore_optimizer, save_checkpoint
-from lpdet.models.config import ModelConfig, is_qat
+from lpdet.models.config import is_qat
 from lpdet.models.loss import multibox_loss
 from lpdet.models.registry import build_detector, load_backbone_weights, transfer_weights
 from lpdet.progress import progress_bar
-from lpdet.quant.qat import QatConfig, prepare_qat, set_qat_step
-from lpdet.serialize import from_dict, load_mapping, save_yaml
-from lpdet.train.config import TrainConfig
+from lpdet.quant.qat import prepare_qat, set_qat_step
+from lpdet.serialize import save_yaml
+from lpdet.train.config import TrainConfig, load_train_config
 from lpdet.train.schedule import lr_at
 
 log = logging.getLogger("lpdet.train")
@@ -86,7 +86,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
     out = Path(cfg.out)
     resume_ckpt = None
     if resume:
-        cfg = from_dict(TrainConfig, load_mapping(out / "config.yaml"), where=str(out / "config.yaml"))
+        cfg = load_train_config(out / "config.yaml")
         cfg.out = out
         resume_ckpt = load_checkpoint(out / "last", with_optimizer=True)
     elif (out / "last").exists() or (out / "best").exists():
@@ -96,7 +96,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device)
-    autocast_bf16 = _use_bf16(cfg.precision, device, cfg.qat)
+    autocast_bf16 = _use_bf16(cfg.precision, device, cfg.is_qat)
     if autocast_bf16:
         log.info("training in bf16 mixed precision (autocast; weights, loss and optimizer in fp32)")
     _seed_everything(cfg.seed)
@@ -136,8 +136,8 @@ def _datasets(cfg: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
     if spec.train is None:
         raise LpdetError(f"--data {cfg.data}: the dataset has no train: split; add one to the dataset YAML")
     train_set = CocoDetection(spec.train.annotations, spec.train.images,
-                              transform=train_transforms(cfg.resolution, cfg.augment), seed=cfg.seed)
-    val_set = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(cfg.resolution))
+                              transform=train_transforms(cfg.model.resolution, cfg.augment), seed=cfg.seed)
+    val_set = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(cfg.model.resolution))
     if train_set.category_ids != val_set.category_ids:
         raise LpdetError(f"{spec.val.annotations}: its categories differ from the train split's; "
                          f"both splits must list the same categories")
@@ -147,33 +147,33 @@ def _datasets(cfg: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
 def _build_model(cfg: TrainConfig, num_classes: int, resume: bool):
     """The detector to train: built, then (a new run) ImageNet backbone weights and --init weights
     loaded, then prepared for QAT when asked (after the float weights: QAT starts from them)."""
-    model = build_detector(ModelConfig(arch=cfg.arch, num_classes=num_classes, width=cfg.width,
-                                       resolution=cfg.resolution))
+    model = build_detector(replace(cfg.model, num_classes=num_classes))
     if cfg.backbone_weights and not resume:
         loaded, skipped = load_backbone_weights(model, cfg.backbone_weights)
         log.info("backbone weights: loaded %d tensors from %s (%d skipped)", loaded, cfg.backbone_weights, skipped)
     if cfg.init and not resume:
         _load_init(model, cfg)
-    if cfg.qat and not is_qat(model.config):
-        _prepare_qat(model, cfg)
+    if cfg.is_qat and not is_qat(model.config):
+        prepare_qat(model, cfg.qat)
     return model
 
 
 def _load_init(model, cfg: TrainConfig) -> None:
     source = load_checkpoint(cfg.init)
-    if source.model_config.arch != cfg.arch:
-        raise LpdetError(f"--init {cfg.init}: it is a {source.model_config.arch} checkpoint, not {cfg.arch}; "
-                         f"pass --arch {source.model_config.arch} or a checkpoint of {cfg.arch}")
-    if is_qat(source.model_config) and not cfg.qat:
+    arch = cfg.model.arch
+    if source.model_config.arch != arch:
+        raise LpdetError(f"--init {cfg.init}: it is a {source.model_config.arch} checkpoint, not {arch}; "
+                         f"pass --arch {source.model_config.arch} or a checkpoint of {arch}")
+    if is_qat(source.model_config) and not cfg.is_qat:
         raise LpdetError(f"--init {cfg.init}: it is a quantization-aware (QAT) checkpoint; add --qat to "
                          f"continue it, or --init from a float checkpoint")
     if is_qat(source.model_config):
-        _prepare_qat(model, cfg)  # the source's fake-quant state maps onto a prepared model
+        prepare_qat(model, cfg.qat)  # the source's fake-quant state maps onto a prepared model
     copied, skipped = transfer_weights(model, source.model_state)
     log.info("--init %s: copied %d tensors, %d left at their initial values (shape or name differ)",
              source.path, copied, skipped)
     if copied == 0:
-        raise LpdetError(f"--init {cfg.init}: no tensor fits {cfg.arch} (width {cfg.width}); "
+        raise LpdetError(f"--init {cfg.init}: no tensor fits {arch} (width {cfg.model.width}); "
                          f"use a checkpoint of the same architecture")
 
 
@@ -214,10 +214,10 @@ def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict]:
                restart_steps=cfg.restart_epochs * run.steps_per_epoch, min_lr_ratio=cfg.min_lr_ratio)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    if cfg.qat:
+    if cfg.is_qat:
         set_qat_step(model, step)
     images = images.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    norm_targets = [{"boxes": t["boxes"] / cfg.resolution, "labels": t["labels"]} for t in targets]
+    norm_targets = [{"boxes": t["boxes"] / cfg.model.resolution, "labels": t["labels"]} for t in targets]
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.autocast_bf16):
         cls_logits, box_deltas = model(images)
     # The loss (softmax, hard-negative mining, smooth L1) stays in fp32.
@@ -301,11 +301,6 @@ def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
         raise LpdetError(f"--precision bf16: this {device.type.upper()} has no native bf16 support; "
                          f"use --precision fp32")
     return supported
-
-
-def _prepare_qat(model, cfg: TrainConfig) -> None:
-    prepare_qat(model, QatConfig(freeze_bn_after=cfg.qat_freeze_bn_after,
-                                 freeze_observers_after=cfg.qat_freeze_observers_after))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
