@@ -96,8 +96,9 @@ def design(data: str | Path, budget_ms: float, out_dir: Path | str, *, quick: bo
     started = time.perf_counter()
     custom_settings = settings is not None
     settings = settings or (DesignSettings.quick() if quick else DesignSettings.full())
-    settings = replace(settings, **{k: v for k, v in (("arch", arch), ("width", width), ("threads", threads))
-                                    if v is not None})
+    settings = replace(settings, **{k: v for k, v in (("arch", arch), ("width", width)) if v is not None})
+    if threads is not None:
+        settings = replace(settings, bench=replace(settings.bench, threads=threads))
     settings.validate()
     if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
         raise LpdetError(f"--budget-ms {budget_ms}: must be a latency in milliseconds > 0")
@@ -141,17 +142,15 @@ def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
 
 def _bench_kw(s: DesignSettings) -> dict:
     """How every latency of the flow is measured."""
-    return dict(threads=s.threads, runs=s.bench_runs, warmup=s.bench_warmup, repeats=s.bench_repeats)
+    return dict(threads=s.bench.threads, runs=s.bench.runs, warmup=s.bench.warmup, repeats=s.bench.repeats)
 
 
 def _train_float_and_qat(ctx: FlowContext, cache: TrialCache) -> tuple[Path, Path]:
     """Steps 1-2: the float model at the base resolution, then QAT from it; their best checkpoints."""
     s, base_r = ctx.settings, ctx.settings.base_resolution
-    base = cache.train(f"float-r{base_r}", training_config(s, ctx.data_path, epochs=s.base_epochs, lr=s.lr,
-                                                            warmup_steps=s.warmup_steps))
+    base = cache.train(f"float-r{base_r}", training_config(s, ctx.data_path, s.float_training))
     base_ckpt = cache.file(base, "best")
-    qat = cache.train(f"qat-r{base_r}", training_config(s, ctx.data_path, epochs=s.qat_epochs, lr=s.qat_lr, qat=True,
-                                                         init=base_ckpt, warmup_steps=s.finetune_warmup_steps))
+    qat = cache.train(f"qat-r{base_r}", training_config(s, ctx.data_path, s.qat_training, qat=True, init=base_ckpt))
     return base_ckpt, cache.file(qat, "best")
 
 
@@ -161,13 +160,13 @@ def _quantization_table(ctx: FlowContext, cache: TrialCache, base_ckpt: Path, qa
 
     def compare(directory: Path) -> dict:
         result = compare_quantization(base_ckpt, str(ctx.data_path), directory, qat_ckpt=qat_ckpt,
-                                      calibration_images=s.calibration_images, threads=s.threads,
+                                      calibration_images=s.calibration_images, threads=s.bench.threads,
                                       runs=s.compare_runs, max_images=s.eval_max_images, progress=False)
         return {"files": {"fp32": "model_fp32.onnx", "md": "quant_compare.md"}, "compare": compare_to_dict(result)}
 
     comp = cache.run("quant-compare", {"float": file_identity(base_ckpt), "qat": file_identity(qat_ckpt),
                                        "data": data_identity(ctx.data_path), "calibration_images": s.calibration_images,
-                                       "threads": s.threads, "runs": s.compare_runs, "max_images": s.eval_max_images},
+                                       "threads": s.bench.threads, "runs": s.compare_runs, "max_images": s.eval_max_images},
                      compare, kind="compare")
     float_bench = cache.benchmark(f"float-r{s.base_resolution}-bench", cache.file(comp, "fp32"),
                                   **_bench_kw(s))["latency"]
@@ -200,9 +199,9 @@ def _candidate_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) ->
     table = Table("Resolution search: int8 latency of the QAT model at each candidate (no training)",
                   ["resolution", "input multiple of 8", "int8 latency ms", f"fits (<= {limit:.3g} ms)"],
                   [[r, r % 8 == 0, latency[r], latency[r] <= limit] for r in candidates],
-                  note=f"Budget {budget:g} ms; {limit_text(s, budget)}. Latency: median of {s.bench_runs} "
-                       f"batch-1 runs (end-to-end: forward + NMS), {s.threads} thread(s), the lowest of "
-                       f"{s.bench_repeats} repeats.",
+                  note=f"Budget {budget:g} ms; {limit_text(s, budget)}. Latency: median of {s.bench.runs} "
+                       f"batch-1 runs (end-to-end: forward + NMS), {s.bench.threads} thread(s), the lowest of "
+                       f"{s.bench.repeats} repeats.",
                   formats={"int8 latency ms": ".2f"})
     return latency, table
 
@@ -219,7 +218,7 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> 
         fastest = min(candidates, key=lambda r: latency[r])
         ctx.sections.append(Section("Resolution search", "No candidate resolution meets the budget.", [search_table]))
         raise NoFit(f"no resolution fits --budget-ms {budget:g} ({limit_text(s, budget)}): the fastest candidate, "
-                    f"{fastest}x{fastest}, measured {latency[fastest]:.2f} ms (int8 median, batch 1, {s.threads} "
+                    f"{fastest}x{fastest}, measured {latency[fastest]:.2f} ms (int8 median, batch 1, {s.bench.threads} "
                     f"thread(s)); raise the budget, or try smaller resolutions or a smaller width")
     if base_r in fitting:  # legitimate (the budget may be loose), but the user may expect a trade-off
         log.warning("the %d model fits the budget as it is (%.2f ms on this machine): the resolution search has "
@@ -227,8 +226,8 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> 
                     latency[base_r], latency[base_r])
     aligned = [r for r in fitting if r % 8 == 0]
     to_tune = (aligned or fitting)[: s.finetune_top]
-    sweep = resolution_sweep(qat_ckpt, ctx.data_path, candidates, ctx.out_dir / "resolution", epochs=s.finetune_epochs,
-                             qat=True, finetune=set(to_tune) | {base_r}, batch_size=s.batch_size,
+    sweep = resolution_sweep(qat_ckpt, ctx.data_path, candidates, ctx.out_dir / "resolution", epochs=s.finetuning.epochs,
+                             qat=True, finetune=set(to_tune) | {base_r}, batch_size=s.training.batch_size,
                              max_images=s.eval_max_images, calibration_images=s.calibration_images, budget_ms=budget,
                              train_overrides=finetune_overrides(s), cache=cache, **_bench_kw(s))
     tuned = [Candidate(f"QAT fine-tuned @{row.resolution}", f"finetune-r{row.resolution}", row.resolution,
@@ -257,7 +256,7 @@ def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, flo
     # not a second one: the int8 kernels' time does not depend on the weights, and a re-measurement
     # would report the machine's load drift as the step's effect.
     if ref is not None:
-        record_step(ctx, f"+{s.finetune_epochs} epoch(s) QAT (reference)", f"QAT int8 @{base_r}, fine-tuned", base_r,
+        record_step(ctx, f"+{s.finetuning.epochs} epoch(s) QAT (reference)", f"QAT int8 @{base_r}, fine-tuned", base_r,
                     ref.metrics, latency[base_r], note=SAME_GRAPH)
     record_step(ctx, "resolution", chosen.label, chosen.resolution, chosen.metrics, latency[chosen.resolution],
                 note="unchanged: the base resolution meets the budget" if chosen.resolution == base_r else
@@ -323,8 +322,8 @@ def _filtering(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, current: Can
     s = ctx.settings
     r = current.resolution
     try:
-        ablation = filtering_ablation(qat_ckpt, ctx.data_path, ctx.out_dir / "filtering", epochs=s.finetune_epochs,
-                                      resolution=r, qat=True, batch_size=s.batch_size, small_max=s.small_max,
+        ablation = filtering_ablation(qat_ckpt, ctx.data_path, ctx.out_dir / "filtering", epochs=s.finetuning.epochs,
+                                      resolution=r, qat=True, batch_size=s.training.batch_size, small_max=s.small_max,
                                       train_overrides=finetune_overrides(s),
                                       names=(f"finetune-r{r}", f"finetune-r{r}-no-small"), cache=cache)
     except FilterTooSmall as e:
@@ -370,7 +369,7 @@ def _finalise(ctx: FlowContext, model: Candidate, bench: dict, post, metrics: di
         "size_mb": model_size_bytes(target) / 1e6, "nms_iou": post.nms_iou, "score_threshold": post.score_threshold,
         "top_k": post.top_k, "budget_ms": ctx.budget_ms, "meets_budget": bench["median_ms"] <= ctx.budget_ms,
         "budget_margin": s.budget_margin, "latency_limit_ms": s.latency_limit(ctx.budget_ms),
-        "threads": s.threads, "device": bench.get("device"), "runtime": bench.get("runtime"), "data": ctx.data,
+        "threads": s.bench.threads, "device": bench.get("device"), "runtime": bench.get("runtime"), "data": ctx.data,
         "steps": ctx.steps,
     }
     save_json_atomic(ctx.summary, final_dir / "summary.json")

@@ -44,11 +44,11 @@ def setup_section(ctx: FlowContext) -> Section:
         load = f" Load average at the start: {os.getloadavg()[0]:.2f}."
     where = f" ({ctx.data_path})" if str(ctx.data_path) != ctx.data else ""
     text = (f"Data: {ctx.data}{where}. Budget: {ctx.budget_ms:g} ms int8 latency (median, batch 1, "
-            f"{s.threads} thread(s)). Machine: {cpu_name()}, {platform.system()} {platform.machine()}; torch "
+            f"{s.bench.threads} thread(s)). Machine: {cpu_name()}, {platform.system()} {platform.machine()}; torch "
             f"{torch.__version__}, onnxruntime {onnxruntime.__version__} (CPUExecutionProvider).{load} "
             f"Settings: {ctx.preset}, all in settings.json ({s.arch}, width {s.width:g}, "
-            f"base resolution {s.base_resolution}; epochs: float {s.base_epochs}, QAT {s.qat_epochs}, fine-tuning "
-            f"{s.finetune_epochs}).")
+            f"base resolution {s.base_resolution}; epochs: float {s.float_training.epochs}, QAT {s.qat_training.epochs}, fine-tuning "
+            f"{s.finetuning.epochs}).")
     return Section("Setup", text, [data_table])
 
 
@@ -72,7 +72,7 @@ def resolution_section(ctx: FlowContext, sweep, search_table: Table, to_tune: li
     text = (f"Every candidate was exported int8 from the QAT model and benchmarked without training; "
             f"{len(fit)} of {len(latency)} fit the {ctx.budget_ms:g} ms budget ({limit_text(s, ctx.budget_ms)}) "
             f"({', '.join(str(r) for r in sorted(fit, reverse=True)) or 'none'}). Fine-tuned with QAT for "
-            f"{s.finetune_epochs} epoch(s): {', '.join(str(r) for r in sorted(to_tune, reverse=True))}"
+            f"{s.finetuning.epochs} epoch(s): {', '.join(str(r) for r in sorted(to_tune, reverse=True))}"
             f"{'' if base in to_tune else f', and {base} as the reference'}. Chosen: {chosen.label} "
             f"(AP {ap_of(chosen.metrics):.3f}, {chosen.latency_ms:.2f} ms).")
     if base in fit:
