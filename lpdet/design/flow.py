@@ -195,7 +195,7 @@ def _candidate_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) ->
     for r in candidates:
         m = measure_int8(cache, f"noft-r{r}", qat_ckpt, ctx.data_path, resolution=r, evaluate=False,
                          calibration_images=s.calibration_images, **_bench_kw(s))
-        latency[r] = m["bench"]["latency"]["median_ms"]
+        latency[r] = m.latency_ms
     table = Table("Resolution search: int8 latency of the QAT model at each candidate (no training)",
                   ["resolution", "input multiple of 8", "int8 latency ms", f"fits (<= {limit:.3g} ms)"],
                   [[r, r % 8 == 0, latency[r], latency[r] <= limit] for r in candidates],
@@ -334,7 +334,7 @@ def _filtering(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, current: Can
     m = measure_int8(cache, f"finetune-r{r}-no-small", ckpt, ctx.data_path, resolution=None,
                      max_images=s.eval_max_images, calibration_images=s.calibration_images, **_bench_kw(s))
     filtered = Candidate(f"QAT fine-tuned @{r} without small-object images", f"finetune-r{r}-no-small", r,
-                      m["onnx"], ckpt, m["eval"]["metrics"], m["bench"]["latency"]["median_ms"], m["export"]["size_mb"])
+                         m.onnx, ckpt, m.metrics, m.latency_ms, m.size_mb)
     # the unfiltered arm is the fine-tuning at r when the chosen model is that one (same trial)
     unfiltered_metrics = current.metrics if current.tag == f"finetune-r{r}" else None
     keep = ap_of(filtered.metrics) > ap_of(current.metrics)  # same graph and resolution: only AP differs

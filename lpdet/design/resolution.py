@@ -140,12 +140,8 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
         m = measure_int8(cache, f"noft-r{r}", ckpt.path, data_path, resolution=r, threads=threads, runs=runs,
                          warmup=warmup, max_images=max_images, calibration_images=calibration_images, int8=int8,
                          repeats=repeats)
-        row.metrics = m["eval"]["metrics"]
-        row.latency_ms = m["bench"]["latency"]["median_ms"]
-        row.latency_p90_ms = m["bench"]["latency"]["p90_ms"]
-        row.size_mb = m["export"]["size_mb"]
-        row.quantization = m["export"]["quantization"]
-        row.onnx = str(m["onnx"])
+        row.metrics, row.latency_ms, row.latency_p90_ms = m.metrics, m.latency_ms, m.latency["p90_ms"]
+        row.size_mb, row.quantization, row.onnx = m.size_mb, m.quantization, str(m.onnx)
         if budget_ms is not None:
             row.meets_budget = row.latency_ms <= budget_ms
         if r in to_tune:
@@ -157,9 +153,8 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
             ft = measure_int8(cache, f"finetune-r{r}", best, data_path, resolution=None, threads=threads, runs=runs,
                               warmup=warmup, max_images=max_images, calibration_images=calibration_images,
                               int8=int8, repeats=repeats)
-            row.ft_metrics = ft["eval"]["metrics"]
-            row.ft_latency_ms = ft["bench"]["latency"]["median_ms"]
-            row.ft_onnx, row.ft_checkpoint, row.ft_steps = str(ft["onnx"]), str(best), trained["steps"]
+            row.ft_metrics, row.ft_latency_ms = ft.metrics, ft.latency_ms
+            row.ft_onnx, row.ft_checkpoint, row.ft_steps = str(ft.onnx), str(best), trained["steps"]
         rows.append(row)
 
     sweep = ResolutionSweep(rows=rows, init=str(ckpt.path), data=str(data), threads=threads, runs=runs, epochs=epochs,

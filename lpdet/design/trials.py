@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from lpdet.serialize import atomic_write_text, to_dict
 from lpdet.train.config import TrainConfig
 from lpdet.train.loop import train  # module attribute on purpose: tests replace it
 
-__all__ = ["TrialCache", "measure_int8", "file_identity", "data_identity", "read_val_csv", "dataset_yaml", "TRAIN_SPEC_IGNORED"]
+__all__ = ["TrialCache", "Int8Measurement", "measure_int8", "file_identity", "data_identity", "read_val_csv", "dataset_yaml", "TRAIN_SPEC_IGNORED"]
 
 log = logging.getLogger("lpdet.design")
 
@@ -342,21 +342,37 @@ class TrialCache:
 
 
 # ----------------------------------------------------------------------------- helpers
+@dataclass
+class Int8Measurement:
+    """One deployed int8 model as `measure_int8` measured it."""
+
+    onnx: Path  # the exported model
+    size_mb: float
+    quantization: str  # "int8-qat", "int8-ptq" (or "fp32" when exported without int8)
+    metrics: dict[str, float] | None = None  # COCO AP, AP50, ... on val (None: not evaluated)
+    latency: dict | None = None  # `latency_to_dict` of its benchmark (None: not benchmarked)
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Median batch-1 end-to-end latency."""
+        return None if self.latency is None else self.latency["median_ms"]
+
+
 def measure_int8(cache: TrialCache, prefix: str, checkpoint: Path, data: str | Path, *, resolution: int | None,
                  threads: int, runs: int, warmup: int, max_images: int = 0, calibration_images: int = 100,
-                 evaluate: bool = True, benchmark: bool = True, int8: bool = True, repeats: int = 1) -> dict:
+                 evaluate: bool = True, benchmark: bool = True, int8: bool = True, repeats: int = 1) -> Int8Measurement:
     """Trials ``<prefix>-export`` (int8 ONNX at `resolution`), ``<prefix>-eval`` (COCO AP of that ONNX on
-    val) and ``<prefix>-bench`` (its latency). Returns ``{"export", "eval", "bench", "onnx"}`` (results)."""
+    val) and ``<prefix>-bench`` (its latency), as one `Int8Measurement`."""
     export = cache.export(f"{prefix}-export", checkpoint, resolution=resolution, int8=int8, data=data,
                           calibration_images=calibration_images)
     onnx = cache.file(export, "onnx")
-    out = {"export": export, "onnx": onnx, "eval": None, "bench": None}
+    measured = Int8Measurement(onnx=onnx, size_mb=export["size_mb"], quantization=export["quantization"])
     if evaluate:
-        out["eval"] = cache.evaluate(f"{prefix}-eval", onnx, data, max_images=max_images)
+        measured.metrics = cache.evaluate(f"{prefix}-eval", onnx, data, max_images=max_images)["metrics"]
     if benchmark:
-        out["bench"] = cache.benchmark(f"{prefix}-bench", onnx, threads=threads, runs=runs, warmup=warmup,
-                                       repeats=repeats)
-    return out
+        measured.latency = cache.benchmark(f"{prefix}-bench", onnx, threads=threads, runs=runs, warmup=warmup,
+                                           repeats=repeats)["latency"]
+    return measured
 
 
 
