@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from lpdet.cli import build_parser, main
+from lpdet.cli.data_commands import train_config_from_args
+from lpdet.quant.qat import QatConfig
+from lpdet.train.config import TrainConfig
 
 
 def _fails_cleanly(capsys, argv, *needles):
@@ -120,3 +123,11 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(unbuffered):
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
     assert proc.wait() == 141 and stderr == ""
+
+
+def test_train_flags_fill_the_train_config_with_its_defaults():
+    assert train_config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
+    cfg = train_config_from_args(build_parser().parse_args(
+        ["train", "--arch", "mobilenet_v1_ssd", "--resolution", "128", "--lr", "0.02", "--qat", "--freeze-bn-after", "3"]))
+    assert (cfg.model.arch, cfg.model.resolution, cfg.lr, cfg.qat) == ("mobilenet_v1_ssd", 128, 0.02,
+                                                                        QatConfig(freeze_bn_after=3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 from lpdet.data.filtering import filter_dataset
 from lpdet.data.sizes import SizeThresholds, dataset_stats, format_stats
@@ -50,18 +51,20 @@ def cmd_model_info(args) -> None:
     print(json.dumps(profile_to_dict(profile), indent=2) if args.json else format_profile(profile))
 
 
+def train_config_from_args(args) -> TrainConfig:
+    """The `TrainConfig` the `lpdet train` flags describe: flags named as its fields fill them; the
+    model and QAT flags fill its nested configs."""
+    return TrainConfig(
+        model=ModelConfig(args.arch, num_classes=0, width=args.width, resolution=args.resolution),
+        qat=QatConfig(freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after)
+        if args.qat else None,
+        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in ("model", "qat")
+           and hasattr(args, f.name)})
+
+
 def cmd_train(args) -> None:
     if args.resume:
         best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
     else:
-        config = TrainConfig(
-            data=args.data, model=ModelConfig(args.arch, num_classes=0, width=args.width, resolution=args.resolution),
-            qat=QatConfig(freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after)
-            if args.qat else None,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, restart_epochs=args.restart_epochs,
-            seed=args.seed, workers=args.workers, out=args.out, init=args.init, backbone_weights=args.backbone_weights,
-            checkpoint_every=args.checkpoint_every, augment=args.augment, max_val_images=args.max_val_images,
-            threads=args.threads, device=args.device, precision=args.precision)
-        best = train(config, progress=not args.quiet)
+        best = train(train_config_from_args(args), progress=not args.quiet)
     print(f"best checkpoint: {best}")
