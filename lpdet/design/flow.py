@@ -59,7 +59,8 @@ from pathlib import Path
 from lpdet.deploy.export import update_metadata
 from lpdet.deploy.runtime import model_size_bytes
 from lpdet.design.filtering import FilterTooSmall, filter_figures, filter_table, filtering_ablation
-from lpdet.design.flow_context import SAME_GRAPH, Candidate, FlowContext, NoFit, ap_of, compare_row, record_step
+from lpdet.design.flow_context import (SAME_GRAPH, Candidate, FlowContext, NoFit, StepRow, ap_of, compare_row,
+                                       record_step)
 from lpdet.design.flow_report import limit_text, quant_section, resolution_section, setup_section, write_design_report
 from lpdet.design.nms import nms_sweep, nms_table
 from lpdet.design.quant_compare import compare_quantization, compare_to_dict
@@ -279,7 +280,7 @@ def _tune_nms(ctx: FlowContext, cache: TrialCache, current: Candidate):
         f"{best.score_threshold:g}, top-k {best.top_k}.",
         [nms_table(nms, title="Table 11.3: AP and end-to-end latency vs NMS setting")]))
     record_step(ctx, "NMS setting", f"{current.label}, NMS IoU {best.nms_iou:g}", current.resolution, best.metrics,
-                best.latency_ms, previous={"metrics": baseline.metrics, "latency_ms": baseline.latency_ms},
+                best.latency_ms, previous=(baseline.metrics, baseline.latency_ms),
                 basis=f"same model at NMS IoU {baseline.nms_iou:g} (end-to-end, real predictions)")
     return best, PostprocessConfig(score_threshold=best.score_threshold, nms_iou=best.nms_iou, top_k=best.top_k)
 
@@ -328,7 +329,7 @@ def _filtering(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, current: Can
                                       names=(f"finetune-r{r}", f"finetune-r{r}-no-small"), cache=cache)
     except FilterTooSmall as e:
         ctx.sections.append(Section("Figures 11.3 / 11.4: dataset filtering", f"Skipped: {e}."))
-        ctx.steps.append({"step": "dataset filtering", "model": "skipped", "note": str(e)})
+        ctx.steps.append(StepRow("dataset filtering", "skipped", note=str(e)))
         return None
     ckpt = Path(ablation.runs["filtered"]["checkpoint"])
     m = measure_int8(cache, f"finetune-r{r}-no-small", ckpt, ctx.data_path, resolution=None,
@@ -370,7 +371,7 @@ def _finalise(ctx: FlowContext, model: Candidate, bench: dict, post, metrics: di
         "top_k": post.top_k, "budget_ms": ctx.budget_ms, "meets_budget": bench["median_ms"] <= ctx.budget_ms,
         "budget_margin": s.budget_margin, "latency_limit_ms": s.latency_limit(ctx.budget_ms),
         "threads": s.bench.threads, "device": bench.get("device"), "runtime": bench.get("runtime"), "data": ctx.data,
-        "steps": ctx.steps,
+        "steps": to_dict(ctx.steps),
     }
     save_json_atomic(ctx.summary, final_dir / "summary.json")
     return target

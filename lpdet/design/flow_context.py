@@ -28,7 +28,7 @@ class FlowContext:
     preset: str = "full preset"
     setup: Section | None = None
     sections: list[Section] = field(default_factory=list)
-    steps: list[dict] = field(default_factory=list)  # Table 11.4
+    steps: list[StepRow] = field(default_factory=list)  # Table 11.4
     summary: dict = field(default_factory=dict)
 
 
@@ -55,19 +55,46 @@ def compare_row(compare: dict, name: str) -> dict:
     return next(r for r in compare["rows"] if r["name"] == name)
 
 
+@dataclass
+class StepRow:
+    """A row of Table 11.4: one step of the flow, what it measured, and its change against the step it
+    is compared with (`basis`). A skipped step has no resolution, AP or latency."""
+
+    step: str
+    model: str
+    resolution: int | None = None
+    AP: float | None = None
+    AP_small: float | None = None
+    AP_medium: float | None = None
+    AP_large: float | None = None
+    latency_ms: float | None = None
+    kept: bool = True
+    basis: str = ""
+    note: str = ""
+    delta_AP: float | None = None
+    delta_latency_ms: float | None = None
+    delta_latency_pct: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.latency_ms is not None
+
+
 def record_step(ctx: FlowContext, step: str, model: str, resolution: int, metrics: dict, latency_ms: float, *,
-          previous: dict | None = None, basis: str | None = None, kept: bool = True, note: str = "") -> None:
-    prev = previous
-    if prev is None:
-        prev = next((p for p in reversed(ctx.steps) if p.get("kept", True) and "latency_ms" in p), None)
-        basis = basis or (f"previous step ({prev['step']})" if prev else "")
-    row = {"step": step, "model": model, "resolution": resolution, "AP": metrics.get("AP"),
-           "AP_small": metrics.get("AP_small"), "AP_medium": metrics.get("AP_medium"),
-           "AP_large": metrics.get("AP_large"), "latency_ms": latency_ms, "kept": kept, "basis": basis or "", "note": note}
-    if prev is not None:
-        prev_metrics = prev.get("metrics", prev)
-        prev_ap, prev_lat = prev_metrics.get("AP"), prev.get("latency_ms")
-        row["delta_AP"] = (row["AP"] - prev_ap) if row["AP"] is not None and prev_ap is not None else None
-        row["delta_latency_ms"] = latency_ms - prev_lat if prev_lat is not None else None
-        row["delta_latency_pct"] = 100 * (latency_ms - prev_lat) / prev_lat if prev_lat else None
+                previous: tuple[dict, float] | None = None, basis: str | None = None, kept: bool = True,
+                note: str = "") -> None:
+    """Add `step` to Table 11.4, compared with `previous` ((metrics, latency_ms)) or else with the last
+    kept measured step."""
+    if previous is None:
+        last = next((p for p in reversed(ctx.steps) if p.kept and p.measured), None)
+        previous = (last.__dict__, last.latency_ms) if last else None
+        basis = basis or (f"previous step ({last.step})" if last else "")
+    row = StepRow(step, model, resolution, metrics.get("AP"), metrics.get("AP_small"), metrics.get("AP_medium"),
+                  metrics.get("AP_large"), latency_ms, kept, basis or "", note)
+    if previous is not None:
+        prev_metrics, prev_lat = previous
+        prev_ap = prev_metrics.get("AP")
+        row.delta_AP = (row.AP - prev_ap) if row.AP is not None and prev_ap is not None else None
+        row.delta_latency_ms = latency_ms - prev_lat if prev_lat is not None else None
+        row.delta_latency_pct = 100 * (latency_ms - prev_lat) / prev_lat if prev_lat else None
     ctx.steps.append(row)

@@ -87,12 +87,11 @@ def resolution_section(ctx: FlowContext, sweep, search_table: Table, to_tune: li
 def steps_table(ctx: FlowContext) -> Table:
     rows = []
     for p in ctx.steps:
-        if "latency_ms" not in p:
-            rows.append([p["step"], p["model"], None, None, None, None, None, None, False, p.get("note", "")])
+        if not p.measured:
+            rows.append([p.step, p.model, None, None, None, None, None, None, False, p.note])
             continue
-        rows.append([p["step"], p["model"], p["resolution"], ap_or_none(p["AP"]), p.get("delta_AP"),
-                     p["latency_ms"], p.get("delta_latency_ms"), p.get("delta_latency_pct"), p["kept"],
-                     "; ".join(x for x in (p.get("basis"), p.get("note")) if x)])
+        rows.append([p.step, p.model, p.resolution, ap_or_none(p.AP), p.delta_AP, p.latency_ms, p.delta_latency_ms,
+                     p.delta_latency_pct, p.kept, "; ".join(x for x in (p.basis, p.note) if x)])
     return Table("Table 11.4: each step's measured change", ["step", "model", "resolution", "AP", "Δ AP",
                                                              "latency ms", "Δ latency ms", "Δ latency %", "kept",
                                                              "compared with / note"], rows,
