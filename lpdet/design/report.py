@@ -67,7 +67,7 @@ class Section:
 
 # ---------------------------------------------------------------------------- figures
 def _render_png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported when drawing (see line_plot)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported when drawing: see line_plot
 
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)  # attaches itself as fig.canvas; renders without a display
@@ -119,7 +119,8 @@ def line_plot(title: str, x_label: str, y_label: str, series: dict[str, tuple[li
     `secondary_levels` (name -> y) are horizontal dotted lines on the right axis (e.g. a budget).
     Integer x values (e.g. resolutions) become the x ticks when few (slanted when crowded).
     """
-    # matplotlib is imported when a figure is drawn, not with the module: it adds ~0.5 s to every lpdet command
+    # matplotlib is imported when a figure is drawn, not with this module, which every command that
+    # prints a table loads (lpdet eval, bench, compare-quant): matplotlib.figure takes about 0.9 s to import
     from matplotlib.figure import Figure as MplFigure
 
     fig = MplFigure(figsize=(7.0, 4.2))
