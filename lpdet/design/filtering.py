@@ -31,8 +31,21 @@ class FilterTooSmall(LpdetError):
 
 
 @dataclass
+class FilterRun:
+    """One arm of the ablation: a training run and its per-epoch validation."""
+
+    name: str  # the training trial
+    checkpoint: str  # its best checkpoint
+    train_images: int
+    epochs: int
+    steps: int
+    val: list[dict]  # RUN/val.csv rows
+    best: dict  # the best epoch's row
+
+
+@dataclass
 class FilterAblation:
-    runs: dict[str, dict]  # "all" / "filtered" -> {"name", "checkpoint", "train_images", "epochs", "steps", "val": [...], "best": {...}}
+    runs: dict[str, FilterRun]  # "all" / "filtered"
     filter_report: dict
     drop_images_with: list[str]
     resolution: int
@@ -112,8 +125,8 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
     for key, name, path, run_epochs in (("all", names[0], data_path, epochs),
                                         ("filtered", names[1], filtered_yaml, filtered_epochs)):
         trained = cache.train(name, config(path, run_epochs))
-        runs[key] = {"name": name, "checkpoint": str(cache.file(trained, "best")), "train_images": _train_images(path),
-                     "epochs": run_epochs, "steps": trained["steps"], "val": trained["val"], "best": trained["best"]}
+        runs[key] = FilterRun(name=name, checkpoint=str(cache.file(trained, "best")), train_images=_train_images(path),
+                              epochs=run_epochs, steps=trained["steps"], val=trained["val"], best=trained["best"])
     ablation = FilterAblation(runs=runs, filter_report=filtered["report"], drop_images_with=list(drop_images_with),
                               resolution=resolution, epochs=epochs, qat=qat)
     if write:
@@ -135,8 +148,8 @@ def filter_table(ablation: FilterAblation, *, title: str = "Training with and wi
         run = ablation.runs.get(key)
         if not run:
             continue
-        last = run["val"][-1] if run["val"] else {}
-        cells = [labels[key], run["train_images"], run["steps"]] + [ap_or_none(last.get(k)) for k in ("AP", *SIZE_METRICS)]
+        last = run.val[-1] if run.val else {}
+        cells = [labels[key], run.train_images, run.steps] + [ap_or_none(last.get(k)) for k in ("AP", *SIZE_METRICS)]
         if deployed:
             cells.append(ap_or_none((deployed.get(key) or {}).get("AP")))
         rows.append(cells)
@@ -145,10 +158,15 @@ def filter_table(ablation: FilterAblation, *, title: str = "Training with and wi
             f"({report.get('removed_annotations')} annotations); small: area < "
             f"{(report.get('thresholds') or {}).get('small', 0):g} pixels². Same settings and about the same "
             f"number of steps for both runs (at {ablation.resolution}{', QAT' if ablation.qat else ''}; the smaller "
-            f"filtered set for more epochs: {ablation.runs.get('filtered', {}).get('epochs', ablation.epochs)} vs "
-            f"{ablation.runs.get('all', {}).get('epochs', ablation.epochs)}); AP from each run's val.csv (the torch "
+            f"filtered set for more epochs: {_epochs(ablation, 'filtered')} vs "
+            f"{_epochs(ablation, 'all')}); AP from each run's val.csv (the torch "
             f"model after its last epoch).")
     return Table(title, columns, rows, note=note)
+
+
+def _epochs(ablation: FilterAblation, key: str) -> int:
+    run = ablation.runs.get(key)
+    return run.epochs if run else ablation.epochs
 
 
 def filter_figures(ablation: FilterAblation) -> list[Figure]:
@@ -161,10 +179,10 @@ def filter_figures(ablation: FilterAblation) -> list[Figure]:
         run = ablation.runs.get(key)
         if not run:
             continue
-        val = run["val"] or read_val_csv(Path(run["checkpoint"]).parent / "val.csv")
+        val = run.val or read_val_csv(Path(run.checkpoint).parent / "val.csv")
         steps = [int(r["step"]) for r in val]
         series = {name: (steps, [ap_or_none(r.get(name)) for r in val]) for name in SIZE_METRICS}
         figures.append(line_plot(titles[key], "training step", "COCO AP (val)", series,
-                                 caption=f"{run['train_images']} training images, {run['steps']} step(s); one point per "
-                                         f"epoch (val.csv of {run['name']})."))
+                                 caption=f"{run.train_images} training images, {run.steps} step(s); one point per "
+                                         f"epoch (val.csv of {run.name})."))
     return figures

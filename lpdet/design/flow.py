@@ -331,7 +331,7 @@ def _filtering(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, current: Can
         ctx.sections.append(Section("Figures 11.3 / 11.4: dataset filtering", f"Skipped: {e}."))
         ctx.steps.append(StepRow("dataset filtering", "skipped", note=str(e)))
         return None
-    ckpt = Path(ablation.runs["filtered"]["checkpoint"])
+    ckpt = Path(ablation.runs["filtered"].checkpoint)
     m = measure_int8(cache, f"finetune-r{r}-no-small", ckpt, ctx.data_path, resolution=None,
                      max_images=s.eval_max_images, calibration_images=s.calibration_images, **_bench_kw(s))
     filtered = Candidate(f"QAT fine-tuned @{r} without small-object images", f"finetune-r{r}-no-small", r,
