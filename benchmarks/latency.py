@@ -121,8 +121,9 @@ def export_peer(path: Path) -> tuple[Path, int]:
 def build(out: Path, calibration: int, peer_int8: bool) -> list[Entry]:
     from lpdet.deploy.export import export_onnx
     from lpdet.models.profile import profile_detector
-    from lpdet.models.registry import ModelConfig, build_detector
-    from lpdet.quant.ptq import quantize_calibrated
+    from lpdet.models.config import ModelConfig
+    from lpdet.models.registry import build_detector
+    from lpdet.deploy.ptq import quantize_calibrated
 
     entries = []
     generator = torch.Generator().manual_seed(0)

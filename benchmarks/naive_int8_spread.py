@@ -71,9 +71,9 @@ def main() -> None:
     from lpdet.deploy.export import export_onnx
     from lpdet.deploy.runtime import load_model
     from lpdet.eval.coco_eval import evaluate
-    from lpdet.quant.ptq import calibration_batch, quantize_calibrated, quantize_naive
+    from lpdet.deploy.ptq import calibration_batch, quantize_calibrated, quantize_naive
     from lpdet.quant.weight_ranges import summarize_spread, weight_spread
-    from lpdet.train.checkpoint import load_detector
+    from lpdet.deploy.runtime import load_detector
 
     detector, _ = load_detector(args.checkpoint)
     resolution = int(detector.config.resolution)

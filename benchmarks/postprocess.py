@@ -114,11 +114,11 @@ def build_models(out: Path, checkpoint: Path | None, data: str, calibration: int
     from lpdet.data.transforms import eval_transforms
     from lpdet.deploy.export import export_onnx
     from lpdet.deploy.nms_graph import append_nms_to_file
-    from lpdet.quant.ptq import calibration_batch, quantize_calibrated
+    from lpdet.deploy.ptq import calibration_batch, quantize_calibrated
 
     spec = resolve_dataset(data)
     if checkpoint is not None:
-        from lpdet.train.checkpoint import load_detector
+        from lpdet.deploy.runtime import load_detector
 
         detector, ckpt = load_detector(checkpoint, resolution=RESOLUTION)
         if (detector.config.arch, detector.config.width) != (ARCH, WIDTH):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import types
@@ -20,6 +21,11 @@ import yaml
 from lpdet.errors import LpdetError
 
 T = TypeVar("T")
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float, not a bool (what a numeric option read from YAML/JSON must be)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,8 +1,17 @@
 """Bad input through the command line: one `error:` line naming the problem, exit status 2, no traceback."""
 
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from lpdet.cli import main
+from lpdet.cli import build_parser, main
+from lpdet.cli.data_commands import train_config_from_args
+from lpdet.quant.qat import QatConfig
+from lpdet.train.config import TrainConfig
 
 
 def _fails_cleanly(capsys, argv, *needles):
@@ -133,3 +142,39 @@ def test_export_nms_in_graph_runs_in_eval_predict_and_bench(capsys, tmp_path):
     assert load_model(agnostic).postprocess.class_agnostic
     _fails_cleanly(capsys, ["export", str(ckpt), "--format", "tflite", "--nms-in-graph", "-o", str(tmp_path / "m.tflite")],
                    "--nms-in-graph")
+
+
+def _subparsers(parser):
+    """Every parser under `parser` (itself included)."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _subparsers(child)
+    return found
+
+
+def test_every_option_and_argument_says_what_it_is():
+    missing = [f"{p.prog} {a.option_strings or a.dest}" for p in _subparsers(build_parser()) for a in p._actions
+               if not isinstance(a, argparse._SubParsersAction) and not a.help]
+    assert missing == []
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(unbuffered):
+    # `lpdet model info | head -1`: the reader is gone before lpdet writes (its read end closed at once)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": unbuffered}
+    argv = ["model", "info", "--width", "0.25", "--resolution", "96"]
+    proc = subprocess.Popen([sys.executable, "-m", "lpdet", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 141 and stderr == ""
+
+
+def test_train_flags_fill_the_train_config_with_its_defaults():
+    assert train_config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
+    cfg = train_config_from_args(build_parser().parse_args(
+        ["train", "--arch", "mobilenet_v1_ssd", "--resolution", "128", "--lr", "0.02", "--qat", "--freeze-bn-after", "3"]))
+    assert (cfg.model.arch, cfg.model.resolution, cfg.lr, cfg.qat) == ("mobilenet_v1_ssd", 128, 0.02,
+                                                                        QatConfig(freeze_bn_after=3))

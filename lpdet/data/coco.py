@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from torch.utils.data import Dataset
 
 from lpdet.data.images import load_rgb_image
 from lpdet.errors import LpdetError
+from lpdet.serialize import is_number
 
 __all__ = ["CocoDetection", "item_seed", "clip_to_image", "DEGENERATE", "OUTSIDE", "UNKNOWN_CATEGORY"]
 
@@ -52,10 +52,6 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -71,7 +67,7 @@ class _AnnotationScan:
 
 def _has_usable_bbox(a: dict) -> bool:
     bbox = a.get("bbox")
-    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)
 
 
 def _training_target(a: dict, ok_box: bool, cat_to_label: dict[int, int], index_of: dict[int, int],
@@ -195,7 +191,7 @@ class CocoDetection(Dataset):
             if im["id"] in sizes:
                 raise self._bad(f"images[{i}]", f"duplicate image id {im['id']}")
             w, h = im.get("width"), im.get("height")
-            sizes[im["id"]] = (float(w), float(h)) if _is_number(w) and _is_number(h) and w > 0 and h > 0 else None
+            sizes[im["id"]] = (float(w), float(h)) if is_number(w) and is_number(h) and w > 0 and h > 0 else None
             image_ids.append(im["id"])
             file_names.append(im["file_name"])
         self.image_ids: list[int] = image_ids

@@ -24,7 +24,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lpdet.data.coco import CocoDetection
 from lpdet.errors import LpdetError
+from lpdet.serialize import is_number
 
 __all__ = [
     "BUCKETS", "SizeThresholds", "size_bucket", "object_area", "DatasetStats", "compute_stats",
@@ -63,17 +65,13 @@ def size_bucket(area: float, t: SizeThresholds = SizeThresholds()) -> str:
     return "large"
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def object_area(ann: dict) -> float | None:
     """The area COCOeval buckets an annotation by: ``area`` if usable, else bbox ``w*h``; None if neither."""
     a = ann.get("area")
-    if _is_number(a) and a >= 0:
+    if is_number(a) and a >= 0:
         return float(a)
     bbox = ann.get("bbox")
-    if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
+    if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox):
         w, h = float(bbox[2]), float(bbox[3])
         if w >= 0 and h >= 0:
             return w * h
@@ -104,9 +102,7 @@ class DatasetStats:
 
 def read_coco_json(path: Path) -> dict:
     """A COCO detection file as a dict (top level checked); `LpdetError` if missing or malformed."""
-    from lpdet.data.coco import CocoDetection  # its checks: missing file, bad JSON, top-level keys
-
-    return CocoDetection._read_json(Path(path))
+    return CocoDetection._read_json(Path(path))  # its checks: missing file, bad JSON, top-level keys
 
 
 def _class_names(data: dict, where: str) -> dict[int, str]:

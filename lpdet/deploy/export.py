@@ -32,7 +32,6 @@ stem convolution (`lpdet.deploy.int8_graph.pad_stem_channels`: identical results
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from pathlib import Path
@@ -43,13 +42,12 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
-from lpdet.deploy.int8_graph import pad_stem_channels
+from lpdet.deploy.int8_graph import finish_int8_graph
+from lpdet.deploy.model import INPUT_NAME, OUTPUT_NAMES, export_metadata, read_onnx_metadata, set_onnx_metadata
 from lpdet.errors import LpdetError
 from lpdet.models.box_coder import decode
-
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("scores", "boxes")
-METADATA_KEY = "lpdet"
+from lpdet.models.config import is_qat
+from lpdet.quant.qat import freeze_for_export
 
 
 class _ExportGraph(nn.Module):
@@ -68,10 +66,6 @@ class _ExportGraph(nn.Module):
         return scores, boxes
 
 
-def _is_qat(detector: nn.Module) -> bool:
-    return getattr(detector, "quantization", None) == "qat"
-
-
 def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None, opset: int = 17) -> Path:
     """Write `detector` as ONNX to `path` (see the module docstring for the graph contract).
 
@@ -82,11 +76,9 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
     path = Path(path)
     if not 13 <= opset <= 21:
         raise LpdetError(f"opset: must be between 13 and 21 (QuantizeLinear with per-channel axis), got {opset}")
-    quantized = _is_qat(detector)
+    quantized = is_qat(detector.config)
     model = copy.deepcopy(detector).cpu().to(memory_format=torch.contiguous_format).eval()
     if quantized:
-        from lpdet.quant.qat import freeze_for_export
-
         freeze_for_export(model)  # raises LpdetError if the observers were never calibrated
     graph = _ExportGraph(model).eval()
     resolution = int(model.config.resolution)
@@ -109,49 +101,23 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
     proto = onnx.load(str(path))
     _tidy_graph(proto)
     if quantized:
-        pad_stem_channels(proto)  # same results, faster int8 stem (see lpdet.deploy.int8_graph)
-    _set_metadata(proto, export_metadata(model.config, resolution, "int8-qat" if quantized else "fp32", metadata))
+        finish_int8_graph(proto)  # same results; faster stem, loads with exact x86 kernels (lpdet.deploy.int8_graph)
+    set_onnx_metadata(proto, export_metadata(model.config, resolution, "int8-qat" if quantized else "fp32", metadata))
     proto.producer_name = "lpdet"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
 
 
-def export_metadata(config, resolution: int, quantization: str, extra: dict | None = None, **more) -> dict:
-    """The lpdet metadata every exported model carries: the caller's `extra` plus the model's
-    facts (which win), so a runtime can rebuild labels and the input contract from the file."""
-    info = dict(extra or {})
-    info.update(arch=config.arch, width=config.width, resolution=resolution, num_classes=config.num_classes,
-                quantization=quantization, input=INPUT_NAME, outputs=list(OUTPUT_NAMES), **more)
-    return info
-
-
-def _set_metadata(proto: onnx.ModelProto, info: dict) -> None:
-    """Make `info` the model's only metadata entry (``lpdet``: JSON)."""
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = json.dumps(info, default=str)
-
-
 def update_metadata(source: Path, target: Path, updates: dict) -> Path:
     """Copy the ONNX model `source` to `target` with `updates` merged into its lpdet metadata
     (written to a temporary file first, then renamed: `target` is never half-written)."""
     proto = onnx.load(str(source))
-    _set_metadata(proto, {**read_metadata(source), **updates})
+    set_onnx_metadata(proto, {**read_onnx_metadata(source), **updates})
     tmp = target.with_name(f".{target.name}.tmp")
     onnx.save(proto, str(tmp))
     os.replace(tmp, target)
     return target
-
-
-def read_metadata(path: Path) -> dict:
-    """The ``lpdet`` metadata JSON of an exported model ({} if absent)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    for entry in proto.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    return {}
 
 
 def _tidy_graph(proto: onnx.ModelProto) -> None:

@@ -8,6 +8,15 @@ was slower than float. Padding the quantized input to 4 channels with zeros (and
 with a zero input channel) lets it gather 4-byte groups: the padded stem is about 0.35 ms faster
 there. The result is bit for bit the same: a padded value is the zero point, i.e. exactly 0.0, and
 it meets zero weights, whose per-output-channel scales do not change.
+
+`unshare_int8_initializers`: gives each node its own copy of an int8 initializer that several
+nodes read (the exporter stores one all-zero weight zero point for many convolutions).
+onnxruntime's exact-kernel option for x86 CPUs without VNNI (`session.x64quantprecision`, set by
+`lpdet.deploy.runtime.onnx_session`) rewrites each convolution's s8 weights and zero point to u8,
+and fails to load a graph where one int8 initializer feeds several of them ("Attempt to replace
+the existing tensor", onnxruntime 1.32). Same values, a few bytes more.
+
+`finish_int8_graph` applies both; every int8 graph lpdet writes goes through it.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["pad_stem_channels", "STEM_CHANNELS"]
+__all__ = ["finish_int8_graph", "pad_stem_channels", "unshare_int8_initializers", "STEM_CHANNELS"]
 
 STEM_CHANNELS = 4
 
@@ -85,3 +94,29 @@ def pad_stem_channels(proto: onnx.ModelProto, channels: int = STEM_CHANNELS) -> 
     del graph.value_info[:]
     graph.value_info.extend(kept)
     return True
+
+
+def unshare_int8_initializers(model: onnx.ModelProto) -> int:
+    """Give every node its own copy of each int8 initializer it shares with other nodes (in
+    place); returns how many copies were added."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    consumers = _consumers(graph)
+    added = 0
+    for name, tensor in initializers.items():
+        for k, node in enumerate(consumers.get(name, [])[1:], start=1):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+            copy.name = f"{name}__{k}"
+            graph.initializer.append(copy)
+            node.input[:] = [copy.name if i == name else i for i in node.input]
+            added += 1
+    return added
+
+
+def finish_int8_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The exact rewrites every int8 graph lpdet writes gets (in place): a 4-channel stem and
+    unshared int8 initializers."""
+    pad_stem_channels(model)
+    unshare_int8_initializers(model)
+    return model

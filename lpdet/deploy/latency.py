@@ -23,18 +23,22 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 
 from lpdet.deploy.latency_inputs import benchmark_input, inputs_at, pinned_cpus
 from lpdet.deploy.latency_report import (LatencyComparison, LatencyResult, describe_postprocess, format_comparison,
                                          format_latency, latency_to_dict)
 from lpdet.deploy.latency_stats import StopRule, cycle_means, median_interval, ratio_interval, separation, stop_reason
-from lpdet.deploy.runtime import DeployedModel, load_model
+from lpdet.deploy.model import DeployedModel
+from lpdet.deploy.runtime import load_model
 from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig, select_detections
+from lpdet.threads import torch_threads
 
 __all__ = ["LatencyResult", "LatencyComparison", "StopRule", "compare_latency", "run_interleaved", "round_order",
            "benchmark", "benchmark_paired", "format_latency", "format_comparison", "latency_to_dict", "cpu_name",
@@ -57,26 +61,16 @@ def cpu_name() -> str:
 
 def _runtime_name(model: DeployedModel) -> str:
     if model.kind.startswith("onnx"):
-        import onnxruntime
-
         return f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
     if model.kind.startswith("tflite"):
-        from importlib.metadata import version
-
         return f"LiteRT (ai-edge-litert {version('ai-edge-litert')})"
     return f"torch {torch.__version__}"
 
 
 @contextlib.contextmanager
 def _torch_threads(threads: int):
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        yield
 
 
 def _check(runs: int, warmup: int, threads: int) -> None:

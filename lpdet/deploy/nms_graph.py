@@ -43,7 +43,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor
 
-from lpdet.deploy.export import read_metadata, update_metadata
+from lpdet.deploy.export import update_metadata
+from lpdet.deploy.model import read_onnx_metadata
 from lpdet.errors import LpdetError
 from lpdet.models.postprocess import PostprocessConfig
 
@@ -189,7 +190,7 @@ def append_nms_to_file(source: Path | str, target: Path | str, cfg: PostprocessC
     gains ``nms_in_graph``, the baked ``postprocess`` settings and the new ``outputs``."""
     cfg = cfg or PostprocessConfig()
     source, target = Path(source), Path(target)
-    meta = read_metadata(source)
+    meta = read_onnx_metadata(source)
     if has_nms_in_graph(meta):
         raise LpdetError(f"{source}: already has NMS in its graph; export the checkpoint again without --nms-in-graph")
     proto = append_nms(onnx.load(str(source)), cfg)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import json
 import warnings
@@ -35,8 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lpdet.deploy.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, _ExportGraph, export_metadata
+from lpdet.deploy.export import _ExportGraph
+from lpdet.deploy.model import (INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, DeployedModel, check_images,
+                                export_metadata)
 from lpdet.errors import LpdetError
+from lpdet.models.config import is_qat
+from lpdet.models.postprocess import postprocess_from_metadata
 
 __all__ = ["export_tflite", "load_tflite", "read_tflite_metadata", "INSTALL_HINT"]
 
@@ -45,8 +50,7 @@ _FILE_IDENTIFIER = b"TFL3"
 
 
 def _require(module: str):
-    import importlib
-
+    """Import an optional LiteRT module by name (the `[tflite]` extra), or say how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -74,6 +78,7 @@ def _check_calibration(images: Tensor, resolution: int) -> Tensor:
 def _quantize_body(model: nn.Module, images: Tensor, quantizer) -> nn.Module:
     """PT2E PTQ of the detector alone: export (strict, so residual adds keep the source info the
     quantizer's add annotator needs), observe `images` one at a time, convert to Q/DQ."""
+    # torchao comes with the optional [tflite] extra: imported only when this route runs
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     example = images[:1]
@@ -92,7 +97,7 @@ def export_tflite(detector: nn.Module, path: Path, *, calibration_images: Tensor
     contract as `export_onnx` (module docstring). The detector is left untouched. Returns `path`."""
     path = Path(path)
     litert_torch = _require("litert_torch")
-    if getattr(detector, "quantization", None) == "qat":
+    if is_qat(detector.config):
         raise LpdetError("a QAT detector cannot be exported to TFLite (litert-torch quantizes float models "
                          "only: export the float checkpoint with --format tflite-int8, or this one with "
                          "--format onnx-int8)")
@@ -105,7 +110,7 @@ def export_tflite(detector: nn.Module, path: Path, *, calibration_images: Tensor
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         try:
-            if quantized:
+            if quantized:  # the optional [tflite] extra: imported only on this route
                 from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
                 from litert_torch.quantize.quant_config import QuantConfig
 
@@ -136,6 +141,7 @@ def export_tflite(detector: nn.Module, path: Path, *, calibration_images: Tensor
 # ----------------------------------------------------------------------------- flatbuffer metadata
 def _write_metadata(path: Path, text: str) -> None:
     """Add (or replace) the ``lpdet`` entry of the flatbuffer's Model.metadata."""
+    # the optional [tflite] extra (flatbuffers comes with it): imported only when writing a .tflite
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -187,9 +193,6 @@ def load_tflite(path: Path | str, threads: int = 0, resolution: int | None = Non
     """A `DeployedModel` (kind "tflite-int8" / "tflite-fp32") running `path` with the LiteRT
     interpreter; `threads` > 0 fixes its thread count (0: LiteRT's default). Batches run one
     image at a time (the graph has batch 1)."""
-    from lpdet.deploy.runtime import DeployedModel, _check_images
-    from lpdet.models.postprocess import postprocess_from_metadata
-
     path = Path(path)
     interpreter_module = _require("ai_edge_litert.interpreter")
     if not path.is_file():
@@ -218,7 +221,7 @@ def load_tflite(path: Path | str, threads: int = 0, resolution: int | None = Non
     quantization = str(meta.get("quantization", "fp32"))
 
     def forward(images: Tensor) -> tuple[Tensor, Tensor]:
-        _check_images(images, model_resolution, path)
+        check_images(images, model_resolution, path)
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
         if not len(array):
             return torch.zeros(0, 0, len(class_names)), torch.zeros(0, 0, 4)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import math
 import numbers
 import re
@@ -66,7 +67,7 @@ class Section:
 
 # ---------------------------------------------------------------------------- figures
 def _render_png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported when drawing: see line_plot
 
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)  # attaches itself as fig.canvas; renders without a display
@@ -118,8 +119,8 @@ def line_plot(title: str, x_label: str, y_label: str, series: dict[str, tuple[li
     `secondary_levels` (name -> y) are horizontal dotted lines on the right axis (e.g. a budget).
     Integer x values (e.g. resolutions) become the x ticks when few (slanted when crowded).
     """
-    import itertools
-
+    # matplotlib is imported when a figure is drawn, not with this module, which every command that
+    # prints a table loads (lpdet eval, bench, compare-quant): matplotlib.figure takes about 0.9 s to import
     from matplotlib.figure import Figure as MplFigure
 
     fig = MplFigure(figsize=(7.0, 4.2))
@@ -216,6 +217,11 @@ def _md(text: str) -> str:
 
 def _md_cell(text: str) -> str:
     return _md(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def markdown_table(t: Table) -> str:
+    """`t` as a GitHub Markdown table (title in bold above, note in italics below; numbers right-aligned)."""
+    return "\n".join(_md_table(t))
 
 
 def _md_table(t: Table) -> list[str]:

@@ -1,5 +1,5 @@
-"""Small helpers beside `report.py`: Markdown for one sweep's table (``*.md`` next to its ``*.json``),
-and atomic writes of JSON and PNG files."""
+"""Small helpers beside `report.py`: one sweep's Markdown (``*.md`` next to its ``*.json``), atomic
+JSON writes, and the AP value tables and plots show."""
 
 from __future__ import annotations
 
@@ -7,34 +7,16 @@ import json
 import math
 from pathlib import Path
 
-from lpdet.design.report import Figure, Table, format_cell
+from lpdet.design.report import Figure, Table, markdown_table
 from lpdet.serialize import atomic_write_bytes, atomic_write_text, to_dict
 
-__all__ = ["markdown_table", "write_sweep_files", "save_json_atomic", "ap_or_none", "fmt_delta"]
+__all__ = ["write_sweep_files", "save_json_atomic", "ap_or_none", "SIZE_METRICS"]
+
+SIZE_METRICS = ("AP_small", "AP_medium", "AP_large")
 
 
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(table: Table) -> str:
-    """A GitHub Markdown table with the report's cell formatting (numbers right-aligned)."""
-    def numeric(j: int) -> bool:
-        values = [r[j] for r in table.rows if j < len(r) and r[j] is not None]
-        return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-    lines = []
-    if table.title:
-        lines += [f"**{_md_escape(table.title)}**", ""]
-    lines.append("| " + " | ".join(_md_escape(c) for c in table.columns) + " |")
-    lines.append("|" + "|".join("---:" if numeric(j) else ":---" for j in range(len(table.columns))) + "|")
-    for row in table.rows:
-        cells = [format_cell(v, table.columns[j], table.formats) for j, v in enumerate(row)]
-        cells += [""] * (len(table.columns) - len(cells))
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    if table.note:
-        lines += ["", f"*{_md_escape(table.note)}*"]
-    return "\n".join(lines)
 
 
 def save_json_atomic(data, path: Path) -> Path:
@@ -68,13 +50,3 @@ def ap_or_none(value) -> float | None:
         return None
     value = float(value)
     return None if math.isnan(value) or value < 0 else value
-
-
-def fmt_delta(value: float | None, unit: str = "", digits: int = 3, percent_of: float | None = None) -> str | None:
-    """``+0.012`` / ``-1.30 ms (-12%)``: a signed change, None if unknown."""
-    if value is None:
-        return None
-    text = f"{value:+.{digits}f}{(' ' + unit) if unit else ''}"
-    if percent_of:
-        text += f" ({100 * value / percent_of:+.0f}%)"
-    return text

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -33,16 +34,28 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lpdet.data.spec import load_dataset_yaml, resolve_dataset
+from lpdet.data.splits import eval_split
+from lpdet.deploy.export import export_onnx
+from lpdet.deploy.int8 import export_int8
+from lpdet.deploy.latency import benchmark, latency_to_dict
+from lpdet.deploy.model import source_metadata
+from lpdet.deploy.ptq import load_calibration_images
+from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
 from lpdet.errors import LpdetError
+from lpdet.eval.coco_eval import evaluate
+from lpdet.models.checkpoint_format import META, WEIGHTS, resolve_checkpoint
+from lpdet.models.config import is_qat
+from lpdet.models.postprocess import PostprocessConfig
 from lpdet.serialize import atomic_write_text, to_dict
 from lpdet.train.config import TrainConfig
 from lpdet.train.loop import train  # module attribute on purpose: tests replace it
 
-__all__ = ["TrialCache", "file_identity", "data_identity", "read_val_csv", "dataset_yaml", "TRAIN_SPEC_IGNORED"]
+__all__ = ["TrialCache", "Int8Measurement", "measure_int8", "file_identity", "data_identity", "read_val_csv", "dataset_yaml", "TRAIN_SPEC_IGNORED"]
 
 log = logging.getLogger("lpdet.design")
 
@@ -59,7 +72,6 @@ _HASHES: dict[tuple, str] = {}
 
 def _sha256(path: Path, st) -> str:
     """Content hash of a file, memoised per (path, size, mtime) for this process."""
-    import hashlib
 
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
@@ -78,7 +90,6 @@ def file_identity(path: Path | str | None) -> Any:
         return None
     path = Path(path)
     if path.is_dir():
-        from lpdet.train.checkpoint import META, WEIGHTS, resolve_checkpoint
 
         try:
             path = resolve_checkpoint(path)
@@ -107,7 +118,6 @@ def data_identity(data: str | Path) -> Any:
     if path.is_dir():
         path = path / "data.yaml"
     try:
-        from lpdet.data.spec import load_dataset_yaml
 
         spec = load_dataset_yaml(path)
     except LpdetError:
@@ -121,7 +131,6 @@ def dataset_yaml(data: str | Path, *, synth_train: int | None = None, synth_val:
                  synth_seed: int | None = None) -> Path:
     """The dataset YAML path for ``--data``: a YAML/folder as given, ``synth`` generated (cached)
     at the requested size. Training configs get this path, so a run always reads the same data."""
-    from lpdet.data.spec import resolve_dataset
 
     spec = resolve_dataset(str(data), synth_train=synth_train, synth_val=synth_val, synth_seed=synth_seed)
     if str(data) != "synth":
@@ -262,8 +271,8 @@ class TrialCache:
             val = read_val_csv(run / "val.csv")
             best = max(val, key=lambda r: r.get("AP", -math.inf)) if val else {}
             return {"files": {"run": "run", "best": "run/best", "last": "run/last"}, "val": val, "best": best,
-                    "steps": int(val[-1]["step"]) if val else 0, "epochs": cfg.epochs, "resolution": cfg.resolution,
-                    "qat": cfg.qat}
+                    "steps": int(val[-1]["step"]) if val else 0, "epochs": cfg.epochs,
+                    "resolution": cfg.model.resolution, "qat": cfg.is_qat}
 
         return self.run(name, {"config": config}, fn, kind="train")
 
@@ -273,29 +282,18 @@ class TrialCache:
         float one gives fp32, or with `int8` calibrated PTQ on `calibration_images` train images of `data`."""
 
         def fn(directory: Path) -> dict:
-            import tempfile
-
-            from lpdet.deploy.export import export_onnx
-            from lpdet.deploy.runtime import model_size_bytes
-            from lpdet.train.checkpoint import load_detector
-
             detector, ckpt = load_detector(checkpoint, resolution=resolution)
-            meta = {"class_names": ckpt.class_names, "category_ids": ckpt.category_ids, "source": str(ckpt.path)}
             out = directory / "model.onnx"
-            qat = ckpt.quantization == "qat"
-            if qat or not int8:
-                export_onnx(detector, out, metadata=meta)
+            qat = is_qat(detector.config)
+            if not int8:
+                export_onnx(detector, out, metadata=source_metadata(ckpt))
                 quantization = "int8-qat" if qat else "fp32"
             else:
-                if data is None:
+                if data is None and not qat:
                     raise LpdetError(f"{ckpt.path}: a float checkpoint needs calibration data for an int8 export")
-                from lpdet.quant.ptq import quantize_calibrated
-
-                images = _calibration(data, detector.config.resolution, calibration_images)
-                with tempfile.TemporaryDirectory(dir=directory) as tmp:
-                    fp32 = export_onnx(detector, Path(tmp) / "fp32.onnx", metadata=meta)
-                    quantize_calibrated(fp32, out, images)
-                quantization = "int8-ptq"
+                r = detector.config.resolution
+                quantization = export_int8(detector, out, lambda: load_calibration_images(data, r, calibration_images),
+                                           metadata=source_metadata(ckpt))
             return {"files": {"onnx": "model.onnx"}, "resolution": int(detector.config.resolution),
                     "quantization": quantization, "size_mb": model_size_bytes(out) / 1e6,
                     "arch": detector.config.arch, "width": detector.config.width}
@@ -307,16 +305,12 @@ class TrialCache:
     def evaluate(self, name: str, model: Path, data: str | Path, *, postprocess=None, max_images: int = 0,
                  threads: int = 0) -> dict:
         """COCO AP of `model` (checkpoint or .onnx, as deployed: `load_model(...).predict`) on `data`'s val split."""
-        from lpdet.models.postprocess import PostprocessConfig
 
         cfg = postprocess or PostprocessConfig()
 
         def fn(directory: Path) -> dict:
-            from lpdet.deploy.runtime import load_model
-            from lpdet.eval.coco_eval import evaluate
-
             deployed = load_model(model, threads=threads)
-            dataset = val_dataset(data, deployed.resolution, deployed.category_ids, where=str(deployed.path))
+            dataset = eval_split(data, deployed.resolution, deployed.category_ids, where=str(deployed.path))
             result = evaluate(lambda images: deployed.predict(images, cfg), dataset, batch_size=8,
                               max_images=max_images, progress=False)
             return {"metrics": result.metrics, "images": result.num_images, "kind": deployed.kind,
@@ -333,14 +327,11 @@ class TrialCache:
         With `repeats` > 1 the benchmark runs that many times and the repeat with the lowest median
         is kept (timeit's rule: on a shared machine the others are inflated by other jobs' load);
         every repeat's median is recorded in ``medians_ms``."""
-        from lpdet.models.postprocess import PostprocessConfig
 
         # The key holds the effective settings, so a changed default re-runs the trial.
         cfg = postprocess or PostprocessConfig()
 
         def fn(directory: Path) -> dict:
-            from lpdet.deploy.latency import benchmark, latency_to_dict
-
             best = benchmark(model, threads=threads, runs=runs, warmup=warmup, postprocess=cfg, repeats=repeats)
             return {"latency": latency_to_dict(best),
                     "medians_ms": [round(m, 4) for m in best.repeat_medians_ms or [best.median_ms]]}
@@ -351,34 +342,41 @@ class TrialCache:
 
 
 # ----------------------------------------------------------------------------- helpers
-def val_dataset(data: str | Path, resolution: int, category_ids: list[int] | None = None, *, where: str = "the model"):
-    """The val split of `data` at `resolution` (eval transforms); checks the categories match the model's."""
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.data.transforms import eval_transforms
+@dataclass
+class Int8Measurement:
+    """One deployed int8 model as `measure_int8` measured it."""
 
-    spec = resolve_dataset(str(data))
-    dataset = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(resolution))
-    if category_ids is not None and dataset.category_ids != list(category_ids):
-        raise LpdetError(f"{spec.val.annotations}: its categories differ from those {where} was trained on; "
-                         f"use a dataset with the same categories")
-    return dataset
+    onnx: Path  # the exported model
+    size_mb: float
+    quantization: str  # "int8-qat", "int8-ptq" (or "fp32" when exported without int8)
+    metrics: dict[str, float] | None = None  # COCO AP, AP50, ... on val (None: not evaluated)
+    latency: dict | None = None  # `latency_to_dict` of its benchmark (None: not benchmarked)
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Median batch-1 end-to-end latency."""
+        return None if self.latency is None else self.latency["median_ms"]
 
 
-def _calibration(data: str | Path, resolution: int, n: int):
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.data.transforms import eval_transforms
-    from lpdet.quant.ptq import calibration_batch
+def measure_int8(cache: TrialCache, prefix: str, checkpoint: Path, data: str | Path, *, resolution: int | None,
+                 threads: int, runs: int, warmup: int, max_images: int = 0, calibration_images: int = 100,
+                 evaluate: bool = True, benchmark: bool = True, int8: bool = True, repeats: int = 1) -> Int8Measurement:
+    """Trials ``<prefix>-export`` (int8 ONNX at `resolution`), ``<prefix>-eval`` (COCO AP of that ONNX on
+    val) and ``<prefix>-bench`` (its latency), as one `Int8Measurement`."""
+    export = cache.export(f"{prefix}-export", checkpoint, resolution=resolution, int8=int8, data=data,
+                          calibration_images=calibration_images)
+    onnx = cache.file(export, "onnx")
+    measured = Int8Measurement(onnx=onnx, size_mb=export["size_mb"], quantization=export["quantization"])
+    if evaluate:
+        measured.metrics = cache.evaluate(f"{prefix}-eval", onnx, data, max_images=max_images)["metrics"]
+    if benchmark:
+        measured.latency = cache.benchmark(f"{prefix}-bench", onnx, threads=threads, runs=runs, warmup=warmup,
+                                           repeats=repeats)["latency"]
+    return measured
 
-    spec = resolve_dataset(str(data))
-    split = spec.train or spec.val
-    return calibration_batch(CocoDetection(split.annotations, split.images, transform=eval_transforms(resolution)), n)
 
 
 def _has_last(run: Path) -> bool:
-    from lpdet.train.checkpoint import META
-
     return any((run / name / META).is_file() for name in ("last", "last.old"))
 
 

@@ -14,9 +14,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from lpdet.progress import progress_bar
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from lpdet.data.loader import make_loader
+from lpdet.models.postprocess import PostprocessConfig, postprocess
+from lpdet.progress import progress_bar
 
 # COCOeval.stats[0:6] in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -37,8 +40,6 @@ class EvalResult:
 
 def detector_predictor(detector: torch.nn.Module, postprocess_config=None) -> Predictor:
     """A predictor that runs a torch detector and its post-processing."""
-    from lpdet.models.postprocess import PostprocessConfig, postprocess
-
     config = postprocess_config or PostprocessConfig()
     anchors = detector.anchors
 
@@ -74,8 +75,6 @@ def evaluate_per_image(coco_gt, results: list[dict], image_ids: list[int] | None
 
     `results` are COCO result entries; they are copied, since `loadRes` writes into them. With no
     results at all every ground-truth object is a miss (pycocotools' `loadRes` cannot load [])."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         if results:

@@ -11,13 +11,9 @@ w = s·sqrt(r), h = s/sqrt(r) (normalised; the input is square). Centres sit at
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from lpdet.models.registry import ModelConfig
 
 NUM_LAYERS = 6
 ASPECT_RATIOS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
@@ -46,8 +42,9 @@ def num_anchors_per_location() -> list[int]:
     return [len(box_shapes(k, 0.2, 0.95)) for k in range(NUM_LAYERS)]
 
 
-def anchors_for(feature_map_sizes: list[tuple[int, int]], cfg: ModelConfig) -> Tensor:
-    """All anchors as `[A, 4]` (cx, cy, w, h) normalised, A = Σ H·W·n_k.
+def anchors_for(feature_map_sizes: list[tuple[int, int]], min_scale: float, max_scale: float) -> Tensor:
+    """All anchors as `[A, 4]` (cx, cy, w, h) normalised, A = Σ H·W·n_k, for the real map sizes
+    and the scales of the first and last map (the anchors own their parameters: no model config).
 
     Order: feature map by feature map, row-major over (i, j), then box within the location:
     the order `heads.PredictionHead` flattens its outputs in.
@@ -56,7 +53,7 @@ def anchors_for(feature_map_sizes: list[tuple[int, int]], cfg: ModelConfig) -> T
         raise ValueError(f"expected {NUM_LAYERS} feature map sizes, got {len(feature_map_sizes)}")
     per_map = []
     for layer, (height, width) in enumerate(feature_map_sizes):
-        shapes = torch.tensor(box_shapes(layer, cfg.min_scale, cfg.max_scale), dtype=torch.float64)  # [n, 2]
+        shapes = torch.tensor(box_shapes(layer, min_scale, max_scale), dtype=torch.float64)  # [n, 2]
         cy = (torch.arange(height, dtype=torch.float64) + 0.5) / height
         cx = (torch.arange(width, dtype=torch.float64) + 0.5) / width
         grid_y, grid_x = torch.meshgrid(cy, cx, indexing="ij")

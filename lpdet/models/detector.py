@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.fx
@@ -12,14 +11,11 @@ from torch import Tensor, nn
 
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import anchors_for
+from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
 from lpdet.models.heads import ExtraLayers, PredictionHead
-
-if TYPE_CHECKING:
-    from lpdet.models.registry import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MIN_RESOLUTION = 32
 # Strides of the six SSD maps: two from the backbone, four from the extra layers.
 FEATURE_STRIDES = (16, 32, 64, 128, 256, 512)
 # Classification bias prior: background starts at this probability, so the first steps are
@@ -93,11 +89,11 @@ class Detector(nn.Module):
         return [(downsampled_size(resolution, s), downsampled_size(resolution, s)) for s in FEATURE_STRIDES]
 
     def _anchors(self, resolution: int) -> Tensor:
-        return anchors_for(self.feature_map_sizes(resolution), self.config)
+        return anchors_for(self.feature_map_sizes(resolution), self.config.min_scale, self.config.max_scale)
 
     def set_resolution(self, resolution: int) -> None:
         """Switch the input size: recompute anchors (the weights do not depend on it)."""
-        if not isinstance(resolution, int) or resolution < MIN_RESOLUTION:
+        if not is_resolution(resolution):
             raise LpdetError(f"resolution: must be an integer >= {MIN_RESOLUTION}, got {resolution!r}")
         self.config = dataclasses.replace(self.config, resolution=resolution)
         self.anchors = self._anchors(resolution).to(self.anchors.device)

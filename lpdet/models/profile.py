@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from lpdet.models.detector import Detector
-from lpdet.models.registry import ModelConfig, build_detector
+from lpdet.models.config import ModelConfig
+from lpdet.models.registry import build_detector
 from lpdet.serialize import to_dict
 
 # Phone CPUs/NPUs vectorise channels (and often spatial tiles) in groups of 8.

@@ -1,30 +1,22 @@
-"""`ModelConfig`, architecture name → builder, `build_detector`, ImageNet backbone loading."""
+"""Architecture name → builder, `build_detector`, ImageNet backbone loading, weight transfer."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import num_anchors_per_location
 from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features
-from lpdet.models.detector import MIN_RESOLUTION, Detector
+from lpdet.models.config import QUANTIZATIONS, ModelConfig, check_resolution, is_qat
+from lpdet.models.detector import Detector
 from lpdet.models.heads import ExtraLayers, PredictionHead
-
-
-@dataclass
-class ModelConfig:
-    arch: str  # mobilenet_v1_ssd | mobilenet_v1_ssdlite | mobilenet_v2_ssd | mobilenet_v2_ssdlite
-    num_classes: int  # K object classes, background NOT included
-    width: float = 1.0  # depth multiplier
-    resolution: int = 320  # square input R
-    min_scale: float = 0.2  # anchor scales (TF Object Detection API style)
-    max_scale: float = 0.95
+from lpdet.serialize import is_number
 
 
 def _assemble(cfg: ModelConfig, backbone: nn.Module, lite: bool) -> Detector:
@@ -60,31 +52,31 @@ ARCHITECTURES: dict[str, Callable[[ModelConfig], Detector]] = {
 }
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate_config(cfg: ModelConfig) -> None:
     """Raise `LpdetError` naming the first invalid option and its valid values."""
     if cfg.arch not in ARCHITECTURES:
         raise LpdetError(f"model.arch: unknown architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}")
     if not isinstance(cfg.num_classes, int) or isinstance(cfg.num_classes, bool) or cfg.num_classes < 1:
         raise LpdetError(f"model.num_classes: must be an integer >= 1 (background excluded), got {cfg.num_classes!r}")
-    if not _is_number(cfg.width) or cfg.width <= 0:
+    if not is_number(cfg.width) or cfg.width <= 0:
         raise LpdetError(f"model.width: must be a number > 0 (e.g. 0.35, 0.5, 0.75, 1.0), got {cfg.width!r}")
-    if not isinstance(cfg.resolution, int) or isinstance(cfg.resolution, bool) or cfg.resolution < MIN_RESOLUTION:
-        raise LpdetError(f"model.resolution: must be an integer >= {MIN_RESOLUTION} (e.g. 300, 320), got {cfg.resolution!r}")
-    scales_ok = _is_number(cfg.min_scale) and _is_number(cfg.max_scale) and 0 < cfg.min_scale < cfg.max_scale
+    check_resolution(cfg.resolution, "model.resolution")
+    scales_ok = is_number(cfg.min_scale) and is_number(cfg.max_scale) and 0 < cfg.min_scale < cfg.max_scale
     if not scales_ok:
         raise LpdetError(
             f"model.min_scale/max_scale: need 0 < min_scale < max_scale (default 0.2, 0.95), "
             f"got {cfg.min_scale!r}, {cfg.max_scale!r}"
         )
+    if cfg.quantization not in QUANTIZATIONS:
+        raise LpdetError(f"model.quantization: must be one of {', '.join(QUANTIZATIONS)}, got {cfg.quantization!r}")
 
 
 def build_detector(cfg: ModelConfig) -> Detector:
-    """A freshly initialised detector for `cfg` (validated first)."""
+    """A freshly initialised float detector for `cfg` (validated first). A QAT config is built
+    float here; `lpdet.quant.qat.build_model` builds it quantization-aware."""
     validate_config(cfg)
+    if is_qat(cfg):
+        cfg = replace(cfg, quantization="fp32")
     return ARCHITECTURES[cfg.arch](cfg)
 
 
@@ -94,8 +86,6 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
         raise LpdetError(f"{path}: backbone weights file not found; check the path")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -132,3 +122,11 @@ def load_backbone_weights(detector: Detector, path: Path) -> tuple[int, int]:
         )
     detector.backbone.load_state_dict(matching, strict=False)
     return len(matching), len(state) - len(matching)
+
+
+def transfer_weights(model: nn.Module, state: dict[str, Tensor]) -> tuple[int, int]:
+    """Copy every tensor whose name and shape match (for --init across resolution/width); returns (copied, skipped)."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own) - len(matched)

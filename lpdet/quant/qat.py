@@ -7,8 +7,9 @@ block's add in a quantizer and gives each prediction head one shared output quan
 (`lpdet.quant.fake_quant` documents the integer scheme and the BN folding). The detector keeps
 its forward signature, outputs, `.config` and `.anchors`; its state dict keeps every float name
 (so float weights still load into it, e.g. `transfer_weights` after `prepare_qat`) and adds the
-quantizers' buffers (observer ranges, freeze flags: all tensors). To load a QAT checkpoint,
-build the detector, `prepare_qat` it, then `load_state_dict`.
+quantizers' buffers (observer ranges, freeze flags: all tensors). Its config says
+``quantization="qat"`` (read with `lpdet.models.config.is_qat`). To load a QAT checkpoint,
+`build_model(config)` (float build + `prepare_qat`), then `load_state_dict`.
 
 Training loop contract::
 
@@ -26,17 +27,17 @@ right after `prepare_qat` on a float-trained detector, or as post-training quant
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from lpdet.errors import LpdetError
+from lpdet.models.config import ModelConfig, is_qat
+from lpdet.models.detector import Detector
 from lpdet.models.heads import PredictionHead
+from lpdet.models.registry import build_detector
 from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QPredictionHead, QResidual
-
-QUANTIZATION_ATTR = "quantization"
-QAT = "qat"
 
 
 @dataclass
@@ -47,22 +48,24 @@ class QatConfig:
     ema_decay: float = 0.99  # activation range observers: range ← decay·range + (1 − decay)·batch range
 
 
-def is_qat(detector: nn.Module) -> bool:
-    """True if `prepare_qat` converted `detector`."""
-    return getattr(detector, QUANTIZATION_ATTR, None) == QAT
+def build_model(config: ModelConfig) -> Detector:
+    """A freshly initialised detector as `config` describes it: float, or prepared for QAT
+    (`prepare_qat`) when ``config.quantization`` is ``"qat"``."""
+    detector = build_detector(config)
+    return prepare_qat(detector) if is_qat(config) else detector
 
 
-def prepare_qat(detector: nn.Module, config: QatConfig | None = None) -> nn.Module:
+def prepare_qat(detector: Detector, config: QatConfig | None = None) -> Detector:
     """Convert `detector` in place for QAT and return it (see the module docstring).
 
     Works on a freshly built detector and on one holding trained float weights (its BN
     statistics and conv weights are the starting point; call `calibrate` or train to set the
-    activation ranges). Sets `detector.quantization = "qat"` and `detector.qat_config`.
+    activation ranges). Sets ``detector.config.quantization = "qat"`` and `detector.qat_config`.
     Calling it on a QAT detector only updates the config.
     """
     config = config or QatConfig()
     _check_config(config)
-    if is_qat(detector):
+    if is_qat(detector.config):
         detector.qat_config = config
         return detector
     training = detector.training
@@ -78,7 +81,7 @@ def prepare_qat(detector: nn.Module, config: QatConfig | None = None) -> nn.Modu
             setattr(detector, name, QPredictionHead.from_float(head, config.ema_decay))
     _wire_quantizers(detector, config.ema_decay)
     detector.train(training)
-    detector.quantization = QAT
+    detector.config = replace(detector.config, quantization="qat")
     detector.qat_config = config
     return detector
 
@@ -90,7 +93,7 @@ def set_qat_step(detector: nn.Module, step: int) -> None:
     freeze_observers_after`` (if > 0). The flags are buffers, so they also travel in the state
     dict; deriving them from the step makes a resumed run behave like an uninterrupted one.
     """
-    if not is_qat(detector):
+    if not is_qat(detector.config):
         raise LpdetError("set_qat_step: the detector is not prepared for QAT; call prepare_qat first")
     config: QatConfig = detector.qat_config
     bn_frozen = config.freeze_bn_after > 0 and step >= config.freeze_bn_after
@@ -104,7 +107,7 @@ def calibrate(detector: nn.Module, batches: Iterable[Tensor], *, update_bn: bool
     ranges (observers run even if frozen). With `update_bn=False` (default) the BN statistics are
     left as they are (the deployed folded convs run); `update_bn=True` also updates them from
     the batches (train-mode BN). Restores the mode and freeze flags; returns the batch count."""
-    if not is_qat(detector):
+    if not is_qat(detector.config):
         raise LpdetError("calibrate: the detector is not prepared for QAT; call prepare_qat first")
     training = detector.training
     saved = {m: m.bn_frozen.clone() for m in detector.modules() if isinstance(m, QConv2d)}
@@ -128,7 +131,7 @@ def freeze_for_export(detector: nn.Module) -> None:
     """Turn every scale, zero point and quantized weight/bias into constants (eval-mode values),
     so a traced export holds no scale arithmetic. For a throw-away copy (`export_onnx` uses one):
     the frozen detector stops training and observing."""
-    if not is_qat(detector):
+    if not is_qat(detector.config):
         raise LpdetError("freeze_for_export: the detector is not prepared for QAT")
     uncalibrated = [name for name, m in detector.named_modules() if isinstance(m, ActQuant) and not bool(m.initialized)]
     if uncalibrated:

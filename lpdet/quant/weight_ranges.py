@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 __all__ = ["LayerSpread", "weight_spread", "summarize_spread", "format_spread"]
 
@@ -28,9 +30,6 @@ class LayerSpread:
 
 def weight_spread(fp32_onnx: Path) -> list[LayerSpread]:
     """Per-output-channel weight range spread of every Conv with a constant weight in `fp32_onnx`."""
-    import onnx
-    from onnx import numpy_helper
-
     model = onnx.load(str(fp32_onnx))
     weights = {t.name: t for t in model.graph.initializer}
     layers = []

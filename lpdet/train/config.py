@@ -1,12 +1,17 @@
-"""`TrainConfig`: every knob of a training run, saved as RUN_DIR/config.yaml."""
+"""`TrainConfig`: every knob of a training run, saved as RUN_DIR/config.yaml. It holds the model
+it trains (`ModelConfig`; the number of classes comes from the dataset) and, for 8-bit
+quantization-aware training, a `QatConfig`."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpdet.errors import LpdetError
+from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
+from lpdet.quant.qat import QatConfig
+from lpdet.serialize import from_dict, load_mapping
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -15,9 +20,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass
 class TrainConfig:
     data: str = "synth"                 # dataset YAML path or "synth"
-    arch: str = "mobilenet_v2_ssdlite"
-    width: float = 1.0
-    resolution: int = 320
+    # arch, width, resolution of the model; num_classes 0: the dataset's (set when training starts)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig("mobilenet_v2_ssdlite", num_classes=0))
+    qat: QatConfig | None = None        # 8-bit quantization-aware training (fake quant, BN folded, ReLU6); None: float
     epochs: int = 10
     batch_size: int = 32
     lr: float = 0.05                    # peak learning rate after warm-up
@@ -37,9 +42,10 @@ class TrainConfig:
     threads: int = 0                    # torch intra-op threads (0: torch's default)
     device: str = "cpu"                 # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     precision: str = "auto"             # "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it)
-    qat: bool = False                   # 8-bit quantization-aware training (fake quant, BN folded, ReLU6)
-    qat_freeze_bn_after: int = 0        # QAT: steps after which BN statistics freeze (0: never)
-    qat_freeze_observers_after: int = 0  # QAT: steps after which activation ranges freeze (0: never)
+
+    @property
+    def is_qat(self) -> bool:
+        return self.qat is not None
 
     def validate(self) -> None:
         checks = [
@@ -52,18 +58,36 @@ class TrainConfig:
             (self.restart_epochs >= 0, "--restart-epochs must be >= 0"),
             (0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
             (self.workers >= 0, "--workers must be >= 0"),
-            (self.resolution >= 32, "--resolution must be >= 32"),
-            (self.width > 0, "--width must be > 0"),
-            (self.qat_freeze_bn_after >= 0, "--freeze-bn-after must be >= 0"),
-            (self.qat_freeze_observers_after >= 0, "--freeze-observers-after must be >= 0"),
+            (is_resolution(self.model.resolution), f"--resolution must be a whole number >= {MIN_RESOLUTION}"),
+            (self.model.width > 0, "--width must be > 0"),
+            (self.model.quantization == "fp32", "model.quantization: leave it fp32; QAT is the config's qat: entry"),
+            (self.qat is None or self.qat.freeze_bn_after >= 0, "--freeze-bn-after must be >= 0"),
+            (self.qat is None or self.qat.freeze_observers_after >= 0, "--freeze-observers-after must be >= 0"),
         ]
         device_ok = self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device) is not None
         checks.append((device_ok, f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}"))
         checks.append((self.precision in PRECISIONS,
                        f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"))
-        checks.append((not (self.qat and self.precision == "bf16"),
+        checks.append((not (self.is_qat and self.precision == "bf16"),
                        "--precision bf16 cannot be combined with --qat: fake quantization simulates the int8 "
                        "grid in fp32; drop --precision (QAT always runs in fp32)"))
         for ok, message in checks:
             if not ok:
                 raise LpdetError(message)
+
+
+# The fields a config.yaml written before TrainConfig nested its model and QAT configs had flat.
+_FLAT_MODEL = ("arch", "width", "resolution")
+_FLAT_QAT = {"qat_freeze_bn_after": "freeze_bn_after", "qat_freeze_observers_after": "freeze_observers_after"}
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """A run's config.yaml, also in the flat layout of runs written by earlier lpdet versions."""
+    data = dict(load_mapping(path))
+    if any(key in data for key in (*_FLAT_MODEL, *_FLAT_QAT)) or isinstance(data.get("qat"), bool):
+        model = {"arch": "mobilenet_v2_ssdlite", "num_classes": 0, **data.pop("model", {})}
+        model.update({key: data.pop(key) for key in _FLAT_MODEL if key in data})
+        qat = {new: data.pop(old) for old, new in _FLAT_QAT.items() if old in data}
+        data["model"] = model
+        data["qat"] = qat if data.get("qat") is True else None
+    return from_dict(TrainConfig, data, where=str(path))

@@ -11,16 +11,26 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lpdet.data.coco import CocoDetection
+from lpdet.data.loader import make_loader
+from lpdet.data.spec import resolve_dataset
+from lpdet.data.transforms import eval_transforms, train_transforms
 from lpdet.errors import LpdetError
+from lpdet.eval.coco_eval import detector_predictor, evaluate
+from lpdet.models.checkpoint_format import load_checkpoint, restore_optimizer, save_checkpoint
+from lpdet.models.config import is_qat
+from lpdet.models.loss import multibox_loss
+from lpdet.models.registry import build_detector, load_backbone_weights, transfer_weights
 from lpdet.progress import progress_bar
-from lpdet.serialize import from_dict, load_mapping, save_yaml
-from lpdet.train.checkpoint import (load_checkpoint, restore_optimizer, save_checkpoint, transfer_weights)
-from lpdet.train.config import TrainConfig
+from lpdet.quant.qat import prepare_qat, set_qat_step
+from lpdet.serialize import save_yaml
+from lpdet.train.config import TrainConfig, load_train_config
 from lpdet.train.schedule import lr_at
 
 log = logging.getLogger("lpdet.train")
@@ -32,18 +42,51 @@ VAL_FIELDS = ["epoch", "step", "AP", "AP50", "AP75", "AP_small", "AP_medium", "A
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a detector as `cfg` says (or continue the run in `cfg.out`); returns the best checkpoint."""
-    from lpdet.data.coco import CocoDetection
-    from lpdet.data.loader import make_loader
-    from lpdet.data.spec import resolve_dataset
-    from lpdet.data.transforms import eval_transforms, train_transforms
-    from lpdet.eval.coco_eval import detector_predictor, evaluate
-    from lpdet.models.loss import multibox_loss
-    from lpdet.models.registry import ModelConfig, build_detector, load_backbone_weights
+    run = _set_up(cfg, resume)
+    for epoch in range(run.state["epoch"], run.cfg.epochs):
+        _train_epoch(run, epoch, progress)
+        _validate(run, epoch, progress)
+    run.tb.close()
+    return run.out / "best"
 
+
+@dataclass
+class _Run:
+    """Everything the steps of a run share, made by `_set_up`."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    autocast_bf16: bool
+    train_set: CocoDetection
+    val_set: CocoDetection
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    state: dict  # epoch, step_in_epoch, global_step, best_ap, best_epoch: what a checkpoint records
+    tb: object  # TensorBoard writer (or a stand-in)
+    step_log: _CsvLog
+    val_log: _CsvLog
+    bad_steps: int = 0  # consecutive updates skipped for non-finite gradients
+
+    def checkpoint(self, name: str, with_optimizer: bool) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise LpdetError(f"weights became non-finite at step {self.state['global_step']}; kept the last good "
+                             f"checkpoint in {self.out / 'last'}; lower --lr")
+        save_checkpoint(self.out / name, model=self.model, model_config=self.model.config,
+                        class_names=self.train_set.class_names, category_ids=self.train_set.category_ids,
+                        train_state=dict(self.state), optimizer=self.optimizer if with_optimizer else None)
+
+
+# ----------------------------------------------------------------------------- set-up
+def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
+    """Read (or continue) the run's config, seed, load the data, build the model and optimizer, open the logs."""
     out = Path(cfg.out)
     resume_ckpt = None
     if resume:
-        cfg = from_dict(TrainConfig, load_mapping(out / "config.yaml"), where=str(out / "config.yaml"))
+        cfg = load_train_config(out / "config.yaml")
         cfg.out = out
         resume_ckpt = load_checkpoint(out / "last", with_optimizer=True)
     elif (out / "last").exists() or (out / "best").exists():
@@ -53,20 +96,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device)
-    autocast_bf16 = _use_bf16(cfg.precision, device, cfg.qat)
+    autocast_bf16 = _use_bf16(cfg.precision, device, cfg.is_qat)
     if autocast_bf16:
         log.info("training in bf16 mixed precision (autocast; weights, loss and optimizer in fp32)")
     _seed_everything(cfg.seed)
 
-    spec = resolve_dataset(cfg.data)
-    if spec.train is None:
-        raise LpdetError(f"--data {cfg.data}: the dataset has no train: split; add one to the dataset YAML")
-    train_set = CocoDetection(spec.train.annotations, spec.train.images,
-                              transform=train_transforms(cfg.resolution, cfg.augment), seed=cfg.seed)
-    val_set = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(cfg.resolution))
-    if train_set.category_ids != val_set.category_ids:
-        raise LpdetError(f"{spec.val.annotations}: its categories differ from the train split's; "
-                         f"both splits must list the same categories")
+    train_set, val_set = _datasets(cfg)
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise LpdetError(f"the train split has {len(train_set)} images, fewer than --batch-size "
@@ -79,33 +114,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
 
-    model_cfg = ModelConfig(arch=cfg.arch, num_classes=train_set.num_classes, width=cfg.width,
-                            resolution=cfg.resolution)
-    model = build_detector(model_cfg)
-    if cfg.backbone_weights and not resume:
-        loaded, skipped = load_backbone_weights(model, cfg.backbone_weights)
-        log.info("backbone weights: loaded %d tensors from %s (%d skipped)", loaded, cfg.backbone_weights, skipped)
-    if cfg.init and not resume:
-        source = load_checkpoint(cfg.init)
-        if source.model_config.arch != cfg.arch:
-            raise LpdetError(f"--init {cfg.init}: it is a {source.model_config.arch} checkpoint, not {cfg.arch}; "
-                             f"pass --arch {source.model_config.arch} or a checkpoint of {cfg.arch}")
-        if source.quantization == "qat" and not cfg.qat:
-            raise LpdetError(f"--init {cfg.init}: it is a quantization-aware (QAT) checkpoint; add --qat to "
-                             f"continue it, or --init from a float checkpoint")
-        if source.quantization == "qat":
-            _prepare_qat(model, cfg)  # the source's fake-quant state maps onto a prepared model
-        copied, skipped = transfer_weights(model, source.model_state)
-        log.info("--init %s: copied %d tensors, %d left at their initial values (shape or name differ)",
-                 source.path, copied, skipped)
-        if copied == 0:
-            raise LpdetError(f"--init {cfg.init}: no tensor fits {cfg.arch} (width {cfg.width}); "
-                             f"use a checkpoint of the same architecture")
-    if cfg.qat and getattr(model, "quantization", "fp32") != "qat":
-        _prepare_qat(model, cfg)  # after loading float weights: QAT starts from the trained float model
+    model = _build_model(cfg, train_set.num_classes, resume)
     model = model.to(device=device, memory_format=torch.channels_last)  # measurably faster for these convs on CPU
     optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1}
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt.model_state)
@@ -114,101 +125,147 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         log.info("resuming %s at epoch %d, step %d", out, state["epoch"], state["global_step"])
     _trim_csv(out / "metrics.csv", "step", last_kept=state["global_step"] - 1)
     _trim_csv(out / "val.csv", "epoch", last_kept=state["epoch"])
-    tb = _tensorboard(out / "tb", purge_step=state["global_step"])
+    return _Run(cfg=cfg, out=out, device=device, autocast_bf16=autocast_bf16, train_set=train_set, val_set=val_set,
+                steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup_steps, model=model,
+                optimizer=optimizer, state=state, tb=_tensorboard(out / "tb", purge_step=state["global_step"]),
+                step_log=_CsvLog(out / "metrics.csv", STEP_FIELDS), val_log=_CsvLog(out / "val.csv", VAL_FIELDS))
 
-    def checkpoint(name: str, with_optimizer: bool) -> None:
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise LpdetError(f"weights became non-finite at step {state['global_step']}; kept the last good "
-                             f"checkpoint in {out / 'last'}; lower --lr")
-        save_checkpoint(out / name, model=model, model_config=model_cfg, class_names=train_set.class_names,
-                        category_ids=train_set.category_ids, train_state=dict(state),
-                        optimizer=optimizer if with_optimizer else None)
 
-    predict = detector_predictor(model)
-    step_log = _CsvLog(out / "metrics.csv", STEP_FIELDS)
-    val_log = _CsvLog(out / "val.csv", VAL_FIELDS)
-    bad_steps = 0
-    for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
-        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                             workers=cfg.workers, skip_batches=state["step_in_epoch"])
-        bar = progress_bar(loader, enabled=progress, total=steps_per_epoch, initial=state["step_in_epoch"],
-                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        tick = time.perf_counter()
-        for images, targets, dropped in bar:
-            if not targets:
-                continue
-            lr = lr_at(state["global_step"], base_lr=cfg.lr, total_steps=total_steps,
-                       warmup_steps=warmup_steps, restart_steps=cfg.restart_epochs * steps_per_epoch,
-                       min_lr_ratio=cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if cfg.qat:
-                from lpdet.quant.qat import set_qat_step
+def _datasets(cfg: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
+    spec = resolve_dataset(cfg.data)
+    if spec.train is None:
+        raise LpdetError(f"--data {cfg.data}: the dataset has no train: split; add one to the dataset YAML")
+    train_set = CocoDetection(spec.train.annotations, spec.train.images,
+                              transform=train_transforms(cfg.model.resolution, cfg.augment), seed=cfg.seed)
+    val_set = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(cfg.model.resolution))
+    if train_set.category_ids != val_set.category_ids:
+        raise LpdetError(f"{spec.val.annotations}: its categories differ from the train split's; "
+                         f"both splits must list the same categories")
+    return train_set, val_set
 
-                set_qat_step(model, state["global_step"])
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            norm_targets = [{"boxes": t["boxes"] / cfg.resolution, "labels": t["labels"]} for t in targets]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                cls_logits, box_deltas = model(images)
-            # The loss (softmax, hard-negative mining, smooth L1) stays in fp32.
-            losses = multibox_loss(cls_logits.float(), box_deltas.float(), norm_targets, model.anchors)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise LpdetError(
-                    f"loss became {loss.item()} at step {state['global_step']} (epoch {epoch + 1}); training "
-                    f"stopped. The last good checkpoint is {out / 'last'}; lower --lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if _gradients_finite(model):
-                optimizer.step()
-                bad_steps = 0
-            else:
-                # A finite loss with a non-finite gradient: seen (rarely) from oneDNN's bf16 depthwise
-                # backward on 1x1 maps. Skip the update, as mixed-precision training does (GradScaler).
-                bad_steps += 1
-                log.warning("step %d: non-finite gradient with a finite loss; update skipped", state["global_step"])
-                if bad_steps >= MAX_SKIPPED_STEPS:
-                    raise LpdetError(
-                        f"{bad_steps} steps in a row had non-finite gradients (step {state['global_step']}); "
-                        f"training stopped. The last good checkpoint is {out / 'last'}; lower --lr"
-                        + (" or use --precision fp32" if autocast_bf16 else ""))
 
-            now = time.perf_counter()
-            row = {"step": state["global_step"], "epoch": epoch, "lr": lr, "loss": loss.item(),
-                   "cls_loss": losses["cls_loss"].item(), "box_loss": losses["box_loss"].item(),
-                   "images_per_s": len(targets) / max(now - tick, 1e-9), "skipped_images": dropped}
-            tick = now
-            step_log.write(row)
-            for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
-                tb.add_scalar(f"train/{key}", row[key], state["global_step"])
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
-                            refresh=False)
-            state["global_step"] += 1
-            state["step_in_epoch"] += 1
-            if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                checkpoint("last", with_optimizer=True)
-        bar.close()
+def _build_model(cfg: TrainConfig, num_classes: int, resume: bool):
+    """The detector to train: built, then (a new run) ImageNet backbone weights and --init weights
+    loaded, then prepared for QAT when asked (after the float weights: QAT starts from them)."""
+    model = build_detector(replace(cfg.model, num_classes=num_classes))
+    if cfg.backbone_weights and not resume:
+        loaded, skipped = load_backbone_weights(model, cfg.backbone_weights)
+        log.info("backbone weights: loaded %d tensors from %s (%d skipped)", loaded, cfg.backbone_weights, skipped)
+    if cfg.init and not resume:
+        _load_init(model, cfg)
+    if cfg.is_qat and not is_qat(model.config):
+        prepare_qat(model, cfg.qat)
+    return model
 
-        model.eval()
-        result = evaluate(predict, val_set, batch_size=16, workers=cfg.workers, max_images=cfg.max_val_images,
-                          progress=progress, desc=f"val {epoch + 1}/{cfg.epochs}")
-        ap = result.metrics["AP"]
-        val_log.write({"epoch": epoch + 1, "step": state["global_step"], **result.metrics,
+
+def _load_init(model, cfg: TrainConfig) -> None:
+    source = load_checkpoint(cfg.init)
+    arch = cfg.model.arch
+    if source.model_config.arch != arch:
+        raise LpdetError(f"--init {cfg.init}: it is a {source.model_config.arch} checkpoint, not {arch}; "
+                         f"pass --arch {source.model_config.arch} or a checkpoint of {arch}")
+    if is_qat(source.model_config) and not cfg.is_qat:
+        raise LpdetError(f"--init {cfg.init}: it is a quantization-aware (QAT) checkpoint; add --qat to "
+                         f"continue it, or --init from a float checkpoint")
+    if is_qat(source.model_config):
+        prepare_qat(model, cfg.qat)  # the source's fake-quant state maps onto a prepared model
+    copied, skipped = transfer_weights(model, source.model_state)
+    log.info("--init %s: copied %d tensors, %d left at their initial values (shape or name differ)",
+             source.path, copied, skipped)
+    if copied == 0:
+        raise LpdetError(f"--init {cfg.init}: no tensor fits {arch} (width {cfg.model.width}); "
+                         f"use a checkpoint of the same architecture")
+
+
+# ----------------------------------------------------------------------------- steps
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> None:
+    cfg, state = run.cfg, run.state
+    run.model.train()
+    loader = make_loader(run.train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                         workers=cfg.workers, skip_batches=state["step_in_epoch"])
+    bar = progress_bar(loader, enabled=progress, total=run.steps_per_epoch, initial=state["step_in_epoch"],
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+    tick = time.perf_counter()
+    for images, targets, dropped in bar:
+        if not targets:
+            continue
+        lr, losses = _step(run, epoch, images, targets)
+        now = time.perf_counter()
+        row = {"step": state["global_step"], "epoch": epoch, "lr": lr, "loss": losses["loss"].item(),
+               "cls_loss": losses["cls_loss"].item(), "box_loss": losses["box_loss"].item(),
+               "images_per_s": len(targets) / max(now - tick, 1e-9), "skipped_images": dropped}
+        tick = now
+        run.step_log.write(row)
+        for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
+            run.tb.add_scalar(f"train/{key}", row[key], state["global_step"])
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
+                        refresh=False)
+        state["global_step"] += 1
+        state["step_in_epoch"] += 1
+        if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+            run.checkpoint("last", with_optimizer=True)
+    bar.close()
+
+
+def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict]:
+    """One optimizer step on a batch; returns its learning rate and losses."""
+    cfg, model, optimizer, step = run.cfg, run.model, run.optimizer, run.state["global_step"]
+    lr = lr_at(step, base_lr=cfg.lr, total_steps=run.total_steps, warmup_steps=run.warmup_steps,
+               restart_steps=cfg.restart_epochs * run.steps_per_epoch, min_lr_ratio=cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if cfg.is_qat:
+        set_qat_step(model, step)
+    images = images.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    norm_targets = [{"boxes": t["boxes"] / cfg.model.resolution, "labels": t["labels"]} for t in targets]
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.autocast_bf16):
+        cls_logits, box_deltas = model(images)
+    # The loss (softmax, hard-negative mining, smooth L1) stays in fp32.
+    losses = multibox_loss(cls_logits.float(), box_deltas.float(), norm_targets, model.anchors)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise LpdetError(
+            f"loss became {loss.item()} at step {step} (epoch {epoch + 1}); training "
+            f"stopped. The last good checkpoint is {run.out / 'last'}; lower --lr or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if _gradients_finite(model):
+        optimizer.step()
+        run.bad_steps = 0
+    else:
+        # A finite loss with a non-finite gradient: seen (rarely) from oneDNN's bf16 depthwise
+        # backward on 1x1 maps. Skip the update, as mixed-precision training does (GradScaler).
+        run.bad_steps += 1
+        log.warning("step %d: non-finite gradient with a finite loss; update skipped", step)
+        if run.bad_steps >= MAX_SKIPPED_STEPS:
+            raise LpdetError(
+                f"{run.bad_steps} steps in a row had non-finite gradients (step {step}); "
+                f"training stopped. The last good checkpoint is {run.out / 'last'}; lower --lr"
+                + (" or use --precision fp32" if run.autocast_bf16 else ""))
+    return lr, losses
+
+
+# ----------------------------------------------------------------------------- validation
+def _validate(run: _Run, epoch: int, progress: bool) -> None:
+    """COCO AP on val after an epoch; logs it, then writes `best` (if it improved) and `last`."""
+    cfg, state = run.cfg, run.state
+    run.model.eval()
+    result = evaluate(detector_predictor(run.model), run.val_set, batch_size=16, workers=cfg.workers,
+                      max_images=cfg.max_val_images, progress=progress, desc=f"val {epoch + 1}/{cfg.epochs}")
+    ap = result.metrics["AP"]
+    run.val_log.write({"epoch": epoch + 1, "step": state["global_step"], **result.metrics,
                        "seconds": round(result.seconds, 1)})
-        for key, value in result.metrics.items():
-            tb.add_scalar(f"val/{key}", value, state["global_step"])
-        tb.flush()
-        log.info("epoch %d/%d: AP %.4f AP50 %.4f AP_small %.4f AP_large %.4f", epoch + 1, cfg.epochs, ap,
-                 result.metrics["AP50"], result.metrics["AP_small"], result.metrics["AP_large"])
-        state["epoch"] = epoch + 1
-        state["step_in_epoch"] = 0
-        if ap > state["best_ap"]:
-            state["best_ap"], state["best_epoch"] = ap, epoch + 1
-            checkpoint("best", with_optimizer=False)
-        checkpoint("last", with_optimizer=True)
-    tb.close()
-    return out / "best"
+    for key, value in result.metrics.items():
+        run.tb.add_scalar(f"val/{key}", value, state["global_step"])
+    run.tb.flush()
+    log.info("epoch %d/%d: AP %.4f AP50 %.4f AP_small %.4f AP_large %.4f", epoch + 1, cfg.epochs, ap,
+             result.metrics["AP50"], result.metrics["AP_small"], result.metrics["AP_large"])
+    state["epoch"] = epoch + 1
+    state["step_in_epoch"] = 0
+    if ap > state["best_ap"]:
+        state["best_ap"], state["best_epoch"] = ap, epoch + 1
+        run.checkpoint("best", with_optimizer=False)
+    run.checkpoint("last", with_optimizer=True)
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -246,13 +303,6 @@ def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
     return supported
 
 
-def _prepare_qat(model, cfg: TrainConfig) -> None:
-    from lpdet.quant.qat import QatConfig, prepare_qat
-
-    prepare_qat(model, QatConfig(freeze_bn_after=cfg.qat_freeze_bn_after,
-                                 freeze_observers_after=cfg.qat_freeze_observers_after))
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets)."""
     decay, no_decay = [], []
@@ -269,7 +319,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _tensorboard(log_dir: Path, purge_step: int):
-    try:
+    try:  # imported here: a broken tensorboard install must not stop training
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency, but keep training if it is broken
         log.warning("tensorboard is not importable; TensorBoard scalars are off")

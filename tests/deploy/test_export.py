@@ -12,10 +12,13 @@ import torch
 from onnx import numpy_helper
 from torchvision.ops import box_iou
 
-from lpdet.deploy.export import export_onnx, read_metadata
+from lpdet.deploy.export import export_onnx
+from lpdet.deploy.model import read_onnx_metadata
+from lpdet.deploy.runtime import onnx_session
 from lpdet.errors import LpdetError
 from lpdet.models.box_coder import decode
-from lpdet.models.registry import ModelConfig, build_detector
+from lpdet.models.config import ModelConfig
+from lpdet.models.registry import build_detector
 from lpdet.quant.fake_quant import QConv2d, QResidual
 from lpdet.quant.qat import calibrate, prepare_qat
 
@@ -36,14 +39,8 @@ DETECTIONS_AGREEING = 0.95
 
 
 def _session(path, optimized=None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if optimized is not None:
-        options.optimized_model_filepath = str(optimized)
-    source = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    """The session lpdet runs models with (its exact-kernel option included), one thread."""
+    return onnx_session(path, threads=1, optimized_model=optimized)
 
 
 def _torch_outputs(detector, images):
@@ -85,7 +82,7 @@ def test_fp32_export_matches_torch(tmp_path, arch):
     model = onnx.load(str(path))
     assert [i.name for i in model.graph.input] == ["images"]
     assert [o.name for o in model.graph.output] == ["scores", "boxes"]
-    assert read_metadata(path) == {"class_names": ["a", "b", "c"], "arch": arch, "width": 0.25, "resolution": 96,
+    assert read_onnx_metadata(path) == {"class_names": ["a", "b", "c"], "arch": arch, "width": 0.25, "resolution": 96,
                                    "num_classes": 3, "quantization": "fp32", "input": "images",
                                    "outputs": ["scores", "boxes"]}
     detector.eval()
@@ -101,7 +98,7 @@ def test_fp32_export_matches_torch(tmp_path, arch):
 
 def test_int8_graph_is_fully_int8(trained, tmp_path):
     detector, _, int8, fp32 = trained
-    meta = read_metadata(int8)
+    meta = read_onnx_metadata(int8)
     assert meta["quantization"] == "int8-qat" and meta["arch"] == "mobilenet_v2_ssdlite" and meta["resolution"] == R
     assert "class_names" in meta
     model = onnx.load(str(int8))
@@ -187,4 +184,4 @@ def test_int8_export_needs_calibration(tmp_path):
     assert detector.training and detector.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in detector.state_dict().items())
     assert not any(getattr(m, "export_params", False) for m in detector.modules())
-    assert read_metadata(tmp_path / "m.onnx")["quantization"] == "int8-qat"
+    assert read_onnx_metadata(tmp_path / "m.onnx")["quantization"] == "int8-qat"

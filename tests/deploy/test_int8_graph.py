@@ -85,3 +85,32 @@ def test_lpdet_int8_exports_carry_the_padded_stem(tmp_path):
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert ops["Pad"] == 1 and next(n for n in model.graph.node if n.op_type == "Pad").output[0] in \
         next(n for n in model.graph.node if n.op_type == "QuantizeLinear").input
+
+
+def test_int8_initializers_are_unshared_without_changing_outputs(tmp_path):
+    """The exporter shares one int8 zero point among many convolutions; onnxruntime's exact x86
+    kernels (session.x64quantprecision, always set by onnx_session) refuse such a graph."""
+    from lpdet.deploy.int8_graph import unshare_int8_initializers
+    from lpdet.deploy.runtime import onnx_session
+    from lpdet.quant.qat import calibrate, prepare_qat
+
+    detector = prepare_qat(tiny_detector())
+    calibrate(detector, [torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))])
+    detector.eval()
+    model = onnx.load(str(export_onnx(detector, tmp_path / "int8.onnx")))
+    shared = copy.deepcopy(model)
+    int8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    readers = collections.Counter(i for n in model.graph.node for i in n.input if i in int8)
+    assert int8 and max(readers.values()) == 1  # lpdet's export is already unshared
+    # share them again as the exporter writes them, then undo it
+    first = {}
+    for t in shared.graph.initializer:
+        if t.data_type == onnx.TensorProto.INT8:
+            first.setdefault((tuple(t.dims), t.raw_data), t.name)
+    by_name = {t.name: (tuple(t.dims), t.raw_data) for t in shared.graph.initializer}
+    for node in shared.graph.node:
+        node.input[:] = [first.get(by_name.get(i), i) if i in int8 else i for i in node.input]
+    assert unshare_int8_initializers(shared) > 0  # (onnxruntime 1.32 refused to load it before this)
+    x = np.random.default_rng(0).random((1, 3, 96, 96), dtype=np.float32)
+    for got, want in zip(onnx_session(shared).run(None, {"images": x}), onnx_session(model).run(None, {"images": x})):
+        np.testing.assert_array_equal(got, want)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from lpdet.deploy.export import export_onnx, read_metadata
+from lpdet.deploy.export import export_onnx
+from lpdet.deploy.model import read_onnx_metadata as read_metadata
 from lpdet.deploy.nms_graph import NMS_OUTPUTS, append_nms, append_nms_to_file
 from lpdet.deploy.runtime import load_model, onnx_session
 from lpdet.errors import LpdetError

@@ -119,12 +119,13 @@ def test_onnx_without_lpdet_metadata(models, tmp_path):
 
 def test_embedded_postprocess_settings_are_the_default(models, tmp_path):
     """A model carrying tuned NMS settings (as `lpdet design` writes them) uses them unless told otherwise."""
-    from lpdet.deploy.export import read_metadata, update_metadata
+    from lpdet.deploy.export import update_metadata
+    from lpdet.deploy.model import read_onnx_metadata
 
     _, onnx_path = models
     assert load_model(onnx_path).postprocess == PostprocessConfig()  # none embedded: the defaults
     tuned = update_metadata(onnx_path, tmp_path / "tuned.onnx", {"postprocess": {"nms_iou": 0.15, "top_k": 7}})
-    assert read_metadata(tuned)["class_names"] == CLASS_NAMES  # the rest of the metadata is kept
+    assert read_onnx_metadata(tuned)["class_names"] == CLASS_NAMES  # the rest of the metadata is kept
     model = load_model(tuned)
     assert model.postprocess == PostprocessConfig(nms_iou=0.15, top_k=7)
     images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from lpdet.deploy.runtime import load_model  # noqa: E402
 from lpdet.deploy.tflite import export_tflite, read_tflite_metadata  # noqa: E402
 from lpdet.errors import LpdetError  # noqa: E402
 from lpdet.models.box_coder import decode  # noqa: E402
-from lpdet.models.registry import ModelConfig, build_detector  # noqa: E402
+from lpdet.models.config import ModelConfig  # noqa: E402
+from lpdet.models.registry import build_detector  # noqa: E402
 from tests.helpers import overfit_detector  # noqa: E402
 
 R = 128
@@ -130,6 +132,6 @@ def test_calibration_images_must_fit(tmp_path):
     detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", 3, width=0.5, resolution=R)).eval()
     with pytest.raises(LpdetError, match=r"calibration images: need \[N, 3, 128, 128\]"):
         export_tflite(detector, tmp_path / "x.tflite", calibration_images=torch.rand(2, 3, 96, 96))
-    detector.quantization = "qat"
+    detector.config = replace(detector.config, quantization="qat")
     with pytest.raises(LpdetError, match="QAT detector"):
         export_tflite(detector, tmp_path / "x.tflite")

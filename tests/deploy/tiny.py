@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from lpdet.models.registry import ModelConfig, build_detector
-from lpdet.train.checkpoint import save_checkpoint
+from lpdet.models.config import ModelConfig
+from lpdet.models.registry import build_detector
+from lpdet.models.checkpoint_format import save_checkpoint
 
 CLASS_NAMES = ["circle", "square", "triangle"]
 CATEGORY_IDS = [1, 2, 3]

@@ -9,23 +9,27 @@ import pytest
 
 import lpdet.design.trials as trials
 from lpdet.design.flow import DesignSettings, design
+from lpdet.design.settings import BenchSettings, Schedule, TrainingSettings
 from lpdet.errors import LpdetError
+from lpdet.serialize import to_dict
 from tests.helpers import tiny_synth
 
 
 def tiny_settings() -> DesignSettings:
     return DesignSettings(width=0.25, base_resolution=128, resolutions=[128, 96], table_resolutions=[],
-                          finetune_top=1, base_epochs=1, qat_epochs=1, finetune_epochs=1, batch_size=4, lr=0.01,
-                          warmup_steps=1, qat_lr=0.005, finetune_lr=0.005, finetune_warmup_steps=1, workers=0,
-                          train_threads=1, max_val_images=0, checkpoint_every=0, bench_runs=3, bench_warmup=1, bench_repeats=1,
-                          compare_runs=2, calibration_images=2, small_max=18.0, nms_ious=[0.6, 0.3],
-                          precision="fp32")
+                          finetune_top=1, float_training=Schedule(epochs=1, lr=0.01, warmup_steps=1),
+                          qat_training=Schedule(epochs=1, lr=0.005, warmup_steps=1),
+                          finetuning=Schedule(epochs=1, lr=0.005, warmup_steps=1),
+                          training=TrainingSettings(batch_size=4, workers=0, threads=1, max_val_images=0,
+                                                    checkpoint_every=0, precision="fp32"),
+                          bench=BenchSettings(runs=3, warmup=1, repeats=1),
+                          compare_runs=2, calibration_images=2, small_max=18.0, nms_ious=[0.6, 0.3])
 
 
 def test_presets_round_trip():
     quick, full = DesignSettings.quick(), DesignSettings.full()
-    assert quick.width < full.width and quick.base_epochs < full.base_epochs
-    assert DesignSettings.from_dict(json.loads(json.dumps(quick.__dict__))) == quick
+    assert quick.width < full.width and quick.float_training.epochs < full.float_training.epochs
+    assert DesignSettings.from_dict(json.loads(json.dumps(to_dict(quick)))) == quick
     assert full.candidates()[0] == 300 and 236 in full.candidates() and 296 in full.candidates()
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lpdet.design.sweeps import ResolutionRow, nms_sweep, nms_table, resolution_geometry
+from lpdet.design.nms import nms_sweep, nms_table
+from lpdet.design.resolution import ResolutionRow, resolution_geometry
 from lpdet.errors import LpdetError
 from lpdet.train.loop import train
 from tests.helpers import tiny_synth, tiny_train_config

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lpdet.models.anchors import anchors_for, box_shapes, layer_scales, num_anchors_per_location
-from lpdet.models.registry import ModelConfig
+from lpdet.models.config import ModelConfig
 
 CFG = ModelConfig("mobilenet_v2_ssdlite", num_classes=3)
 
@@ -20,7 +20,7 @@ def test_layer_scales_linear_then_one():
 
 def test_hand_checked_tiny_case():
     sizes = [(2, 2)] + [(1, 1)] * 5
-    anchors = anchors_for(sizes, CFG)
+    anchors = anchors_for(sizes, CFG.min_scale, CFG.max_scale)
     assert anchors.shape == (2 * 2 * 3 + 5 * 6, 4)
     first = anchors[:12].view(2, 2, 3, 4)  # (i, j, anchor)
     # Centres at (j + 0.5) / W, (i + 0.5) / H, row-major over (i, j).
@@ -47,13 +47,13 @@ def test_hand_checked_tiny_case():
 def test_scales_follow_config():
     cfg = ModelConfig("mobilenet_v2_ssdlite", 3, min_scale=0.1, max_scale=0.9)
     assert box_shapes(1, cfg.min_scale, cfg.max_scale)[0] == pytest.approx((0.26, 0.26))
-    anchors = anchors_for([(1, 1)] * 6, cfg)
+    anchors = anchors_for([(1, 1)] * 6, cfg.min_scale, cfg.max_scale)
     assert anchors[1, 2:].tolist() == pytest.approx([0.1 * math.sqrt(2), 0.1 / math.sqrt(2)])
 
 
 def test_non_square_map_and_count():
     sizes = [(3, 5), (2, 3), (1, 2), (1, 1), (1, 1), (1, 1)]
-    anchors = anchors_for(sizes, CFG)
+    anchors = anchors_for(sizes, CFG.min_scale, CFG.max_scale)
     per_loc = num_anchors_per_location()
     assert anchors.shape[0] == sum(h * w * n for (h, w), n in zip(sizes, per_loc))
     first = anchors[: 15 * 3].view(3, 5, 3, 4)
@@ -63,4 +63,4 @@ def test_non_square_map_and_count():
 
 def test_wrong_number_of_maps_is_a_bug():
     with pytest.raises(ValueError):
-        anchors_for([(2, 2)] * 5, CFG)
+        anchors_for([(2, 2)] * 5, CFG.min_scale, CFG.max_scale)

@@ -4,7 +4,8 @@ from safetensors.torch import save_file
 
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import num_anchors_per_location
-from lpdet.models.registry import ARCHITECTURES, ModelConfig, build_detector
+from lpdet.models.config import ModelConfig
+from lpdet.models.registry import ARCHITECTURES, build_detector
 
 
 TINY = dict(num_classes=3, width=0.25)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lpdet.models.profile import format_profile, profile_model, profile_to_dict
-from lpdet.models.registry import ModelConfig
+from lpdet.models.config import ModelConfig
 
 
 

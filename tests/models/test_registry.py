@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 from lpdet.errors import LpdetError
 from lpdet.models.backbones import MobileNetV1Features
-from lpdet.models.registry import ARCHITECTURES, ModelConfig, build_detector, load_backbone_weights
+from lpdet.models.config import ModelConfig
+from lpdet.models.registry import ARCHITECTURES, build_detector, load_backbone_weights
 
 
 VALID = ModelConfig("mobilenet_v2_ssdlite", num_classes=3, width=0.25, resolution=64)

@@ -2,7 +2,8 @@ import torch
 
 from lpdet.models.loss import multibox_loss
 from lpdet.models.postprocess import postprocess
-from lpdet.models.registry import ModelConfig, build_detector
+from lpdet.models.config import ModelConfig
+from lpdet.models.registry import build_detector
 
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lpdet.errors import LpdetError
+from lpdet.models.config import ModelConfig, is_qat
 from lpdet.models.layers import conv_bn_relu6
 from lpdet.models.loss import multibox_loss
-from lpdet.models.registry import ModelConfig, build_detector
+from lpdet.models.registry import build_detector
 from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QPredictionHead, QResidual
-from lpdet.quant.qat import QatConfig, calibrate, is_qat, prepare_qat, quantizers, set_qat_step
+from lpdet.quant.qat import QatConfig, build_model, calibrate, prepare_qat, quantizers, set_qat_step
 
 
 R = 96
@@ -62,7 +65,7 @@ def test_prepare_keeps_outputs_names_and_parameters():
     first_weight = detector.backbone.features[0][0].weight
     anchors = detector.anchors.clone()
     assert prepare_qat(detector) is detector
-    assert is_qat(detector) and detector.quantization == "qat" and detector.config == CFG
+    assert is_qat(detector.config) and detector.config == replace(CFG, quantization="qat")
     assert torch.equal(detector.anchors, anchors)
     # same Parameter objects (an optimizer made before prepare_qat keeps working), float names kept
     assert detector.backbone.features[0][0].weight is first_weight
@@ -254,5 +257,6 @@ def test_observers_do_not_move_in_eval_mode_and_errors():
         set_qat_step(build_detector(CFG), 0)
     with pytest.raises(LpdetError, match="freeze_bn_after"):
         prepare_qat(build_detector(CFG), QatConfig(freeze_bn_after=-1))
-    assert not is_qat(build_detector(CFG))
+    assert not is_qat(build_detector(CFG).config)
+    assert is_qat(build_model(replace(CFG, quantization="qat")).config)
     assert all(isinstance(q, ActQuant) and bool(q.initialized) for _, q in quantizers(detector))

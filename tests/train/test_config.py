@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lpdet.errors import LpdetError
-from lpdet.train.config import TrainConfig
+from lpdet.quant.qat import QatConfig
+from lpdet.train.config import TrainConfig, load_train_config
 from lpdet.train.loop import _resolve_device, _use_bf16
 
 
@@ -40,7 +41,7 @@ def test_unknown_precision_is_a_clear_error():
 
 def test_bf16_with_qat_is_refused():
     with pytest.raises(LpdetError, match="cannot be combined with --qat"):
-        TrainConfig(precision="bf16", qat=True).validate()
+        TrainConfig(precision="bf16", qat=QatConfig()).validate()
     assert not _use_bf16("auto", torch.device("cpu"), qat=True)  # auto QAT: fp32
 
 
@@ -55,3 +56,14 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
         _use_bf16("bf16", torch.device("cpu"), qat=False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert _use_bf16("auto", torch.device("cpu"), qat=False) == torch.backends.mkldnn.is_available()
+
+
+def test_a_flat_config_yaml_of_an_earlier_version_still_loads(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("data: synth\narch: mobilenet_v1_ssd\nwidth: 0.5\nresolution: 128\nepochs: 3\n"
+                    "qat: true\nqat_freeze_bn_after: 5\nqat_freeze_observers_after: 7\n")
+    cfg = load_train_config(path)
+    assert (cfg.model.arch, cfg.model.width, cfg.model.resolution, cfg.epochs) == ("mobilenet_v1_ssd", 0.5, 128, 3)
+    assert cfg.qat == QatConfig(freeze_bn_after=5, freeze_observers_after=7)
+    path.write_text("data: synth\nresolution: 96\nqat: false\n")
+    assert load_train_config(path).qat is None and load_train_config(path).model.resolution == 96

@@ -4,8 +4,12 @@ import pytest
 import torch
 
 import lpdet.train.loop as loop
+from lpdet.deploy.export import export_onnx
+from lpdet.deploy.model import read_onnx_metadata
+from lpdet.deploy.runtime import load_detector
 from lpdet.errors import LpdetError
-from lpdet.train.checkpoint import load_checkpoint
+from lpdet.models.checkpoint_format import load_checkpoint
+from lpdet.models.config import is_qat
 from lpdet.train.loop import train
 from tests.helpers import tiny_synth, tiny_train_config
 
@@ -72,9 +76,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_yaml, tmp_path
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_yaml, tmp_path, monkeypatch):
-    import lpdet.models.loss as loss_module
-
-    real_loss = loss_module.multibox_loss
+    real_loss = loop.multibox_loss
     calls = {"n": 0}
 
     def loss_turning_nan(*args, **kwargs):
@@ -84,7 +86,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_yaml, tmp_path, monk
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(loss_module, "multibox_loss", loss_turning_nan)
+    monkeypatch.setattr(loop, "multibox_loss", loss_turning_nan)
     with pytest.raises(LpdetError, match="nan at step 3"):
         train(tiny_train_config(data_yaml, tmp_path / "run"), progress=False)
     last = load_checkpoint(tmp_path / "run" / "last")
@@ -114,17 +116,14 @@ def test_init_from_a_different_architecture_is_refused(data_yaml, tmp_path):
 
 
 def test_qat_run_from_float_init_resumes_and_exports_fully_int8(data_yaml, tmp_path):
-    from lpdet.deploy.export import export_onnx, read_metadata
-    from lpdet.train.checkpoint import load_detector
-
     train(tiny_train_config(data_yaml, tmp_path / "float", epochs=1), progress=False)
     cfg = tiny_train_config(data_yaml, tmp_path / "qat", epochs=1, qat=True, init=tmp_path / "float" / "last",
                             qat_freeze_bn_after=1, qat_freeze_observers_after=2)
     train(cfg, progress=False)
     detector, ckpt = load_detector(tmp_path / "qat")
-    assert ckpt.quantization == "qat" and getattr(detector, "quantization", None) == "qat"
+    assert is_qat(ckpt.model_config) and is_qat(detector.config)
     onnx_path = export_onnx(detector, tmp_path / "model.onnx")
-    assert read_metadata(onnx_path)["quantization"] == "int8-qat"
+    assert read_onnx_metadata(onnx_path)["quantization"] == "int8-qat"
     # a float --init into a QAT run is fine; a QAT --init into a float run is refused
     with pytest.raises(LpdetError, match="--qat"):
         train(tiny_train_config(data_yaml, tmp_path / "back", epochs=1, init=tmp_path / "qat" / "last"),

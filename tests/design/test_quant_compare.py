@@ -7,7 +7,7 @@ from lpdet.data.coco import CocoDetection
 from lpdet.data.spec import resolve_dataset
 from lpdet.data.synth import generate_synthetic_coco
 from lpdet.errors import LpdetError
-from lpdet.quant.compare import QAT_HINT, compare_quantization, format_compare
+from lpdet.design.quant_compare import QAT_HINT, compare_quantization, format_compare
 from tests.deploy.tiny import tiny_checkpoint, tiny_detector
 
 

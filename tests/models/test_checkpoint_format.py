@@ -4,10 +4,12 @@ import pickle
 import pytest
 import torch
 
-import lpdet.train.checkpoint as checkpoint
+import lpdet.models.checkpoint_format as checkpoint
 from lpdet.errors import LpdetError
-from lpdet.models.registry import ModelConfig, build_detector
-from lpdet.train.checkpoint import load_checkpoint, load_detector, resolve_checkpoint, save_checkpoint
+from lpdet.models.config import ModelConfig
+from lpdet.models.registry import build_detector
+from lpdet.models.checkpoint_format import load_checkpoint, resolve_checkpoint, save_checkpoint
+from lpdet.deploy.runtime import load_detector
 
 CONFIG = ModelConfig(arch="mobilenet_v1_ssdlite", num_classes=3, width=0.25, resolution=64)
 

@@ -19,25 +19,29 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor
 
-from lpdet.deploy.int8_graph import pad_stem_channels
+from lpdet.data.splits import calibration_split
+from lpdet.deploy.int8_graph import finish_int8_graph
+from lpdet.deploy.model import read_onnx_metadata, set_onnx_metadata
 from lpdet.errors import LpdetError
 
-__all__ = ["quantize_calibrated", "quantize_naive", "calibration_batch", "float_tail_nodes",
+__all__ = ["quantize_calibrated", "quantize_naive", "calibration_batch", "load_calibration_images", "float_tail_nodes",
            "CALIBRATION_METHOD", "NAIVE_CALIBRATION_IMAGES"]
 
 log = logging.getLogger("lpdet.ptq")
 
-METADATA_KEY = "lpdet"
 # Chosen by AP on a trained model (see quantize_calibrated's docstring).
 CALIBRATION_METHOD = "MinMax"
 NAIVE_CALIBRATION_IMAGES = 2
@@ -71,10 +75,15 @@ def calibration_batch(dataset, n: int, seed: int = 0) -> Tensor:
     return torch.stack(images).float()
 
 
+def load_calibration_images(data: str | Path, resolution: int, n: int) -> Tensor:
+    """`n` calibration images of dataset `data` (``--data``: its train split, else val) at `resolution`."""
+    if n < 1:
+        raise LpdetError(f"--calibration-images {n}: must be >= 1")
+    return calibration_batch(calibration_split(data, resolution), n)
+
+
 # ----------------------------------------------------------------------------- graph helpers
 def _load(path: Path):
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise LpdetError(f"{path}: no such ONNX file; export one with lpdet export --format onnx")
@@ -84,19 +93,6 @@ def _load(path: Path):
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LpdetError(f"{path}: not a readable ONNX model ({reason}); "
                          f"export one with lpdet export --format onnx") from None
-
-
-def _metadata(model, path: Path) -> dict:
-    for entry in model.metadata_props:
-        if entry.key == METADATA_KEY:
-            try:
-                meta = json.loads(entry.value)
-            except json.JSONDecodeError:
-                break
-            if isinstance(meta, dict):
-                return meta
-    raise LpdetError(f"{path}: was not exported by lpdet export (no '{METADATA_KEY}' metadata); "
-                     f"export the float checkpoint with lpdet export --format onnx")
 
 
 def float_tail_nodes(model) -> list[str]:
@@ -186,14 +182,9 @@ def _check_images(images: Tensor, resolution: int, path: Path) -> Tensor:
 
 def _quantize(fp32_onnx: Path, out: Path, images: Tensor, *, per_channel: bool, method: str,
               label: str, extra: dict | None = None) -> Path:
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     fp32_onnx, out = Path(fp32_onnx), Path(out)
     model = _load(fp32_onnx)
-    meta = _metadata(model, fp32_onnx)
+    meta = read_onnx_metadata(fp32_onnx, {p.key: p.value for p in model.metadata_props})
     if meta.get("quantization", "fp32") != "fp32":
         raise LpdetError(f"{fp32_onnx}: is already quantized ({meta['quantization']}); quantize the fp32 export")
     resolution = int(meta.get("resolution") or model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
@@ -220,13 +211,11 @@ def _quantize(fp32_onnx: Path, out: Path, images: Tensor, *, per_channel: bool, 
                 nodes_to_exclude=exclude, extra_options=options,
             )
         quantized = onnx.load(str(Path(tmp) / "q.onnx"))
-    pad_stem_channels(quantized)  # same results, faster int8 stem (see lpdet.deploy.int8_graph)
+    finish_int8_graph(quantized)  # same results; faster stem, loads with exact x86 kernels (lpdet.deploy.int8_graph)
     meta = {**meta, "quantization": label, "calibration": {
         "method": method, "images": int(len(images)), "weights": "per-channel" if per_channel else "per-tensor",
         "activations": "uint8 per-tensor asymmetric", "weight_type": "int8 symmetric"}}
-    del quantized.metadata_props[:]
-    entry = quantized.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, default=str)
+    set_onnx_metadata(quantized, meta)
     quantized.producer_name = "lpdet"
     onnx.save(quantized, str(out))
     return out

@@ -1,4 +1,8 @@
-"""Checkpoints: a directory holding safetensors weights and a JSON of everything else.
+"""The checkpoint format: a directory holding safetensors weights and a JSON of everything else.
+
+Below every user (training writes checkpoints, deployment and the design experiments read
+them), so it imports nothing but the model config. `lpdet.deploy.runtime.load_detector`
+rebuilds the detector a checkpoint describes.
 
 Layout of a checkpoint directory (e.g. RUN_DIR/last, RUN_DIR/best):
     model.safetensors      model weights
@@ -29,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lpdet.errors import LpdetError
+from lpdet.models.config import QUANTIZATIONS, ModelConfig
 from lpdet.serialize import from_dict, to_dict
 
 FORMAT_VERSION = 1
@@ -40,19 +45,20 @@ OPTIMIZER = "optimizer.safetensors"
 @dataclass
 class Checkpoint:
     path: Path
-    model_config: Any                      # lpdet.models.registry.ModelConfig
+    model_config: ModelConfig              # its `quantization` says whether the weights are QAT
     class_names: list[str]
     category_ids: list[int]
     model_state: dict[str, torch.Tensor]
     train_state: dict = field(default_factory=dict)
     optimizer_tensors: dict[str, torch.Tensor] | None = None
-    quantization: str = "fp32"             # "fp32", or "qat" for a quantization-aware (fake-quant) model
 
 
-def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: Any, class_names: list[str],
+def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: ModelConfig, class_names: list[str],
                     category_ids: list[int], train_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Atomically write a checkpoint directory at `path` (replacing any existing one)."""
+    """Atomically write a checkpoint directory at `path` (replacing any existing one).
+
+    `model_config` is the model's own config (`detector.config`: QAT once `prepare_qat` ran)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
@@ -62,10 +68,10 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: Any, cl
         meta = {
             "format": "lpdet-checkpoint",
             "version": FORMAT_VERSION,
-            "model": to_dict(model_config),
+            "model": _model_to_json(model_config),
             "class_names": list(class_names),
             "category_ids": [int(c) for c in category_ids],
-            "quantization": getattr(model, "quantization", "fp32"),
+            "quantization": model_config.quantization,
             "train_state": to_dict(train_state or {}),
         }
         if optimizer is not None:
@@ -119,8 +125,6 @@ def resolve_checkpoint(path: Path | str) -> Path:
 
 def load_checkpoint(path: Path | str, *, with_optimizer: bool = False) -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint` with clear errors for anything else."""
-    from lpdet.models.registry import ModelConfig
-
     directory = resolve_checkpoint(path)
     try:
         meta = json.loads((directory / META).read_text())
@@ -145,35 +149,29 @@ def load_checkpoint(path: Path | str, *, with_optimizer: bool = False) -> Checkp
         train_state["rng"] = meta["rng"]
     return Checkpoint(
         path=directory,
-        model_config=from_dict(ModelConfig, meta["model"], where=str(directory / META)),
+        model_config=_model_from_json(meta, directory / META),
         class_names=list(meta["class_names"]),
         category_ids=[int(c) for c in meta["category_ids"]],
         model_state=model_state,
         train_state=train_state,
         optimizer_tensors=optimizer_tensors,
-        quantization=str(meta.get("quantization", "fp32")),
     )
 
 
-def load_detector(path: Path | str, *, resolution: int | None = None):
-    """Build the detector a checkpoint describes and load its weights; returns (detector, checkpoint)."""
-    from lpdet.models.registry import build_detector
+def _model_to_json(config: ModelConfig) -> dict:
+    """The "model" entry: the config without `quantization`, which has its own top-level key
+    (as in every checkpoint.json written so far)."""
+    data = to_dict(config)
+    data.pop("quantization")
+    return data
 
-    ckpt = load_checkpoint(path)
-    config = ckpt.model_config
-    if resolution is not None and resolution != config.resolution:
-        config = type(config)(**{**to_dict(config), "resolution": resolution})
-    detector = build_detector(config)
-    if ckpt.quantization == "qat":
-        from lpdet.quant.qat import prepare_qat
 
-        prepare_qat(detector)
-    missing, unexpected = detector.load_state_dict(ckpt.model_state, strict=False)
-    if missing or unexpected:
-        raise LpdetError(f"{ckpt.path}: weights do not fit {config.arch} (missing {len(missing)}, "
-                         f"unexpected {len(unexpected)} tensors); the checkpoint is damaged or from another lpdet")
-    detector.eval()
-    return detector, ckpt
+def _model_from_json(meta: dict, where: Path) -> ModelConfig:
+    quantization = meta.get("quantization", "fp32")
+    if quantization not in QUANTIZATIONS:
+        raise LpdetError(f"{where}: quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}; "
+                         f"the checkpoint is damaged or from a newer lpdet")
+    return from_dict(ModelConfig, {**meta["model"], "quantization": quantization}, where=str(where))
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
@@ -196,14 +194,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
     if rng:
         random.setstate(_python_rng_from_json(rng["python"]))
         np.random.set_state(_numpy_rng_from_json(rng["numpy"]))
-
-
-def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Copy every tensor whose name and shape match (for --init across resolution/width); returns (copied, skipped)."""
-    own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    return len(matched), len(own) - len(matched)
 
 
 def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:

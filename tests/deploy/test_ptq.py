@@ -11,7 +11,7 @@ from lpdet.data.transforms import eval_transforms
 from lpdet.deploy.export import export_onnx
 from lpdet.deploy.runtime import load_model, onnx_session
 from lpdet.errors import LpdetError
-from lpdet.quant.ptq import calibration_batch, quantize_calibrated, quantize_naive
+from lpdet.deploy.ptq import calibration_batch, quantize_calibrated, quantize_naive
 from tests.deploy.tiny import CATEGORY_IDS, CLASS_NAMES, tiny_detector
 
 

@@ -1,0 +1,83 @@
+"""What `lpdet data ...`, `lpdet model info` and `lpdet train` do once parsed (parsers: `lpdet.cli.parsers`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+from lpdet.data.coco2017 import write_coco2017_yaml
+from lpdet.data.convert import convert_dataset
+from lpdet.data.filtering import filter_dataset
+from lpdet.data.sizes import SizeThresholds, dataset_stats, format_stats
+from lpdet.data.spec import resolve_dataset
+from lpdet.data.splits import split_of
+from lpdet.data.synth import generate_synthetic_coco
+from lpdet.errors import LpdetError
+from lpdet.models.config import ModelConfig
+from lpdet.models.profile import format_profile, profile_model, profile_to_dict
+from lpdet.quant.qat import QatConfig
+from lpdet.serialize import to_dict
+from lpdet.train.config import TrainConfig
+from lpdet.train.loop import train
+
+
+def cmd_data_synth(args) -> None:
+    yaml_path = generate_synthetic_coco(args.out_dir, args.train, args.val, seed=args.seed, progress=not args.quiet)
+    print(f"wrote the synthetic dataset; use it with --data {yaml_path}")
+
+
+def _thresholds(args):
+    try:
+        return SizeThresholds(small=args.small_max ** 2, large=args.large_min ** 2)
+    except (ValueError, TypeError) as e:
+        raise LpdetError(f"--small-max/--large-min: {e}") from None
+
+
+def cmd_data_stats(args) -> None:
+    _, split = split_of(args.data, args.split)
+    stats = dataset_stats(split.annotations, _thresholds(args))
+    print(json.dumps(to_dict(stats), indent=2) if args.json else format_stats(stats))
+
+
+def cmd_data_filter(args) -> None:
+    yaml_path = filter_dataset(resolve_dataset(args.data), args.out, drop_images_with=args.drop_images_with,
+                               thresholds=_thresholds(args), split=args.split)
+    report = json.loads((args.out / "filter_report.json").read_text())
+    print(json.dumps(report, indent=2))
+    print(f"filtered dataset: --data {yaml_path}")
+
+
+def cmd_data_convert(args) -> None:
+    yaml_path = convert_dataset(args.source_format, args.src, args.out, classes=args.classes,
+                                copy_images=args.copy_images, val_fraction=args.val_fraction)
+    print(f"converted {args.source_format} dataset {args.src}: use it with --data {yaml_path} "
+          f"(counts and skips in {yaml_path.parent / 'convert_report.json'})")
+
+
+def cmd_data_coco(args) -> None:
+    print(f"COCO 2017 dataset YAML: --data {write_coco2017_yaml(args.root, args.out)}")
+
+
+def cmd_model_info(args) -> None:
+    config = ModelConfig(arch=args.arch, num_classes=args.num_classes, width=args.width, resolution=args.resolution)
+    profile = profile_model(config)
+    print(json.dumps(profile_to_dict(profile), indent=2) if args.json else format_profile(profile))
+
+
+def train_config_from_args(args) -> TrainConfig:
+    """The `TrainConfig` the `lpdet train` flags describe: flags named as its fields fill them; the
+    model and QAT flags fill its nested configs."""
+    return TrainConfig(
+        model=ModelConfig(args.arch, num_classes=0, width=args.width, resolution=args.resolution),
+        qat=QatConfig(freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after)
+        if args.qat else None,
+        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in ("model", "qat")
+           and hasattr(args, f.name)})
+
+
+def cmd_train(args) -> None:
+    if args.resume:
+        best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
+    else:
+        best = train(train_config_from_args(args), progress=not args.quiet)
+    print(f"best checkpoint: {best}")

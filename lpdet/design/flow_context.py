@@ -1,0 +1,100 @@
+"""What the steps of the design flow share: its context (settings, where things go, the report
+sections and Table 11.4 rows built so far), the candidates it measures, and how a step's change
+is recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lpdet.design.report import Section
+from lpdet.design.settings import DesignSettings
+
+SAME_GRAPH = "same graph as in the resolution search: its latency"
+
+
+class NoFit(Exception):
+    """No candidate meets the budget (the report says so; `design` raises LpdetError)."""
+
+
+@dataclass
+class FlowContext:
+    data: str
+    data_path: Path
+    budget_ms: float
+    settings: DesignSettings
+    out_dir: Path
+    quick: bool
+    preset: str = "full preset"
+    setup: Section | None = None
+    sections: list[Section] = field(default_factory=list)
+    steps: list[StepRow] = field(default_factory=list)  # Table 11.4
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class Candidate:
+    """A deployable candidate: an int8 ONNX with its measured AP and latency."""
+
+    label: str
+    tag: str
+    resolution: int
+    onnx: Path
+    checkpoint: Path
+    metrics: dict
+    latency_ms: float
+    size_mb: float | None = None
+
+
+def ap_of(metrics: dict | None) -> float:
+    value = (metrics or {}).get("AP")
+    return float(value) if value is not None else float("-inf")
+
+
+def compare_row(compare: dict, name: str) -> dict:
+    return next(r for r in compare["rows"] if r["name"] == name)
+
+
+@dataclass
+class StepRow:
+    """A row of Table 11.4: one step of the flow, what it measured, and its change against the step it
+    is compared with (`basis`). A skipped step has no resolution, AP or latency."""
+
+    step: str
+    model: str
+    resolution: int | None = None
+    AP: float | None = None
+    AP_small: float | None = None
+    AP_medium: float | None = None
+    AP_large: float | None = None
+    latency_ms: float | None = None
+    kept: bool = True
+    basis: str = ""
+    note: str = ""
+    delta_AP: float | None = None
+    delta_latency_ms: float | None = None
+    delta_latency_pct: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.latency_ms is not None
+
+
+def record_step(ctx: FlowContext, step: str, model: str, resolution: int, metrics: dict, latency_ms: float, *,
+                previous: tuple[dict, float] | None = None, basis: str | None = None, kept: bool = True,
+                note: str = "") -> None:
+    """Add `step` to Table 11.4, compared with `previous` ((metrics, latency_ms)) or else with the last
+    kept measured step."""
+    if previous is None:
+        last = next((p for p in reversed(ctx.steps) if p.kept and p.measured), None)
+        previous = (last.__dict__, last.latency_ms) if last else None
+        basis = basis or (f"previous step ({last.step})" if last else "")
+    row = StepRow(step, model, resolution, metrics.get("AP"), metrics.get("AP_small"), metrics.get("AP_medium"),
+                  metrics.get("AP_large"), latency_ms, kept, basis or "", note)
+    if previous is not None:
+        prev_metrics, prev_lat = previous
+        prev_ap = prev_metrics.get("AP")
+        row.delta_AP = (row.AP - prev_ap) if row.AP is not None and prev_ap is not None else None
+        row.delta_latency_ms = latency_ms - prev_lat if prev_lat is not None else None
+        row.delta_latency_pct = 100 * (latency_ms - prev_lat) / prev_lat if prev_lat else None
+    ctx.steps.append(row)

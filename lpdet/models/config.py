@@ -1,0 +1,43 @@
+"""`ModelConfig`: what a detector is (architecture, classes, width, input size, anchor scales,
+float or quantization-aware), and the checks shared by every option that names a resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from lpdet.errors import LpdetError
+
+# The smallest input the six SSD maps (strides 16..512, each at least 1x1) make sense for.
+MIN_RESOLUTION = 32
+# How a model's weights compute: "fp32" (float) or "qat" (fake-quantized, BN folded: 8-bit-ready).
+Quantization = Literal["fp32", "qat"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+
+
+@dataclass
+class ModelConfig:
+    arch: str  # mobilenet_v1_ssd | mobilenet_v1_ssdlite | mobilenet_v2_ssd | mobilenet_v2_ssdlite
+    num_classes: int  # K object classes, background NOT included
+    width: float = 1.0  # depth multiplier
+    resolution: int = 320  # square input R
+    min_scale: float = 0.2  # anchor scales (TF Object Detection API style)
+    max_scale: float = 0.95
+    quantization: Quantization = "fp32"  # "qat": built by `lpdet.quant.qat.build_model` / `prepare_qat`
+
+
+def is_qat(config: ModelConfig) -> bool:
+    """Whether the model `config` describes is quantization-aware (the one place this is read)."""
+    return config.quantization == "qat"
+
+
+def is_resolution(value: object) -> bool:
+    """Whether `value` is a usable input resolution: a whole number >= `MIN_RESOLUTION`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= MIN_RESOLUTION
+
+
+def check_resolution(value: object, option: str, example: str = "e.g. 300, 320") -> int:
+    """`value` if it is a usable resolution, else `LpdetError` naming `option`."""
+    if not is_resolution(value):
+        raise LpdetError(f"{option}: must be a whole number >= {MIN_RESOLUTION} ({example}), got {value!r}")
+    return value
