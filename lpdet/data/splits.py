@@ -1,4 +1,4 @@
-"""A dataset split ready for a model: `eval_split` (val or train, eval transforms at the model's
+"""A dataset split ready for a model: `eval_split` (val, select or train, eval transforms at the model's
 resolution, its categories checked against the model's) and `calibration_split` (the images
 post-training quantization calibrates on)."""
 
@@ -13,9 +13,9 @@ from lpdet.errors import LpdetError
 
 
 def split_of(data: str | Path, split: str = "val") -> tuple[DatasetSpec, SplitSpec]:
-    """The dataset `data` names (``--data``) and its `split` ("val" or "train"); LpdetError if absent."""
+    """The dataset `data` names (``--data``) and its `split` ("val", "select" or "train"); LpdetError if absent."""
     spec = resolve_dataset(str(data))
-    chosen = spec.val if split == "val" else spec.train
+    chosen = spec.val if split == "val" else spec.select if split == "select" else spec.train
     if chosen is None:
         raise LpdetError(f"--data {data}: has no {split}: split")
     return spec, chosen

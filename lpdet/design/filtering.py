@@ -135,12 +135,15 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
 
 
 def filter_table(ablation: FilterAblation, *, title: str = "Training with and without images holding small objects",
-                 deployed: dict[str, dict] | None = None) -> Table:
+                 deployed: dict[str, dict] | None = None, interval: str | None = None) -> Table:
     """Per run: training images, steps, and the val AP of its last epoch (val.csv); `deployed`
-    (run key -> metrics of the int8 export) adds the deployed AP."""
+    (run key -> metrics of the int8 export) adds the deployed AP, and `interval` the filtered run's
+    deployed AP minus the unfiltered one's, with an interval."""
     columns = ["training data", "train images", "steps", "AP (last epoch)", "AP_small", "AP_medium", "AP_large"]
     if deployed:
         columns.append("AP (int8, deployed)")
+    if interval is not None:
+        columns.append("Δ AP vs all images [95%]")
     rows = []
     labels = {"all": "all images", "filtered": f"without images with {'/'.join(ablation.drop_images_with)} objects"}
     for key in ("all", "filtered"):
@@ -151,6 +154,8 @@ def filter_table(ablation: FilterAblation, *, title: str = "Training with and wi
         cells = [labels[key], run.train_images, run.steps] + [ap_or_none(last.get(k)) for k in ("AP", *SIZE_METRICS)]
         if deployed:
             cells.append(ap_or_none((deployed.get(key) or {}).get("AP")))
+        if interval is not None:
+            cells.append(interval if key == "filtered" else None)
         rows.append(cells)
     report = ablation.filter_report
     note = (f"Filter: removed {report.get('removed_images')} of {report.get('before', {}).get('images')} training images "

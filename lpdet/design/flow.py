@@ -58,15 +58,16 @@ from pathlib import Path
 
 from lpdet.deploy.export import update_metadata
 from lpdet.deploy.runtime import model_size_bytes
-from lpdet.design.filtering import FilterTooSmall, filter_figures, filter_table, filtering_ablation
-from lpdet.design.flow_context import (SAME_GRAPH, Candidate, FlowContext, NoFit, StepRow, ap_of, compare_row,
+from lpdet.design.flow_choices import filtering_step, nms_step
+from lpdet.design.flow_context import (SAME_GRAPH, Candidate, FlowContext, NoFit, bench_kw, choice_ap, compare_row,
                                        record_step)
 from lpdet.design.flow_report import limit_text, quant_section, resolution_section, setup_section, write_design_report
-from lpdet.design.nms import nms_sweep, nms_table
+from lpdet.design.noise import NoiseJudge
 from lpdet.design.quant_compare import compare_quantization, compare_to_dict
 from lpdet.design.report import Section, Table
 from lpdet.design.resolution import resolution_sweep
 from lpdet.design.settings import DesignSettings, finetune_overrides, training_config
+from lpdet.design.splits import design_data
 from lpdet.design.tables import save_json_atomic
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity, measure_int8
 from lpdet.errors import LpdetError
@@ -92,12 +93,14 @@ class DesignResult:
 
 def design(data: str | Path, budget_ms: float, out_dir: Path | str, *, quick: bool = False,
            settings: DesignSettings | None = None, arch: str | None = None, width: float | None = None,
-           threads: int | None = None, progress: bool = True, echo=None) -> DesignResult:
+           threads: int | None = None, select_fraction: float | None = None, progress: bool = True,
+           echo=None) -> DesignResult:
     """Run the whole guided design flow (see the module docstring); returns where everything is."""
     started = time.perf_counter()
     custom_settings = settings is not None
     settings = settings or (DesignSettings.quick() if quick else DesignSettings.full())
-    settings = replace(settings, **{k: v for k, v in (("arch", arch), ("width", width)) if v is not None})
+    settings = replace(settings, **{k: v for k, v in (("arch", arch), ("width", width),
+                                                      ("select_fraction", select_fraction)) if v is not None})
     if threads is not None:
         settings = replace(settings, bench=replace(settings.bench, threads=threads))
     settings.validate()
@@ -110,10 +113,12 @@ def design(data: str | Path, budget_ms: float, out_dir: Path | str, *, quick: bo
                       "budget_ms": budget_ms, "settings": to_dict(settings)}, out_dir / "settings.json")
     cache = TrialCache(out_dir / "trials", progress=progress, echo=echo)
     s = settings
-    data_path = dataset_yaml(data, synth_train=s.synth_train, synth_val=s.synth_val)
+    splits = design_data(dataset_yaml(data, synth_train=s.synth_train, synth_val=s.synth_val), out_dir / "selection",
+                         s.select_fraction)
     preset = "custom settings" if custom_settings else "quick preset" if quick else "full preset"
-    ctx = FlowContext(data=str(data), data_path=data_path, budget_ms=budget_ms, settings=s, out_dir=out_dir, quick=quick,
-                   preset=preset)
+    ctx = FlowContext(data=str(data), data_path=splits.evaluation, budget_ms=budget_ms, settings=s, out_dir=out_dir,
+                      quick=quick, preset=preset, train_path=splits.training, select_source=splits.select_source,
+                      noise=NoiseJudge(splits.evaluation))
     ctx.setup = setup_section(ctx)
 
     try:
@@ -131,32 +136,28 @@ def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
     """The steps of the module docstring, one function each; returns the final model's path."""
     cache.plan(2 + 1 + 1 + 2 * len(ctx.settings.candidates()))
     base_ckpt, qat_ckpt = _train_float_and_qat(ctx, cache)  # 1-2
-    float_row, float_bench = _quantization_table(ctx, cache, base_ckpt, qat_ckpt)  # 3
+    float_row, float_bench, float_predictions = _quantization_table(ctx, cache, base_ckpt, qat_ckpt)  # 3
     search = _search_resolutions(ctx, cache, qat_ckpt)  # 4
-    _record_search_steps(ctx, search, float_row, float_bench)
+    _record_search_steps(ctx, search, float_row, float_bench, float_predictions)
     current = search.chosen
     if ctx.settings.filtering:  # 5
-        current = _filtering(ctx, cache, qat_ckpt, current, search.latency[current.resolution]) or current
-    best, post = _tune_nms(ctx, cache, current)  # 6
+        current = filtering_step(ctx, cache, qat_ckpt, current, search.latency[current.resolution]) or current
+    best, post = nms_step(ctx, cache, current)  # 6
     return _final_model(ctx, cache, current, best, post, search)  # 7
-
-
-def _bench_kw(s: DesignSettings) -> dict:
-    """How every latency of the flow is measured."""
-    return dict(threads=s.bench.threads, runs=s.bench.runs, warmup=s.bench.warmup, repeats=s.bench.repeats)
 
 
 def _train_float_and_qat(ctx: FlowContext, cache: TrialCache) -> tuple[Path, Path]:
     """Steps 1-2: the float model at the base resolution, then QAT from it; their best checkpoints."""
     s, base_r = ctx.settings, ctx.settings.base_resolution
-    base = cache.train(f"float-r{base_r}", training_config(s, ctx.data_path, s.float_training))
+    base = cache.train(f"float-r{base_r}", training_config(s, ctx.train_path, s.float_training))
     base_ckpt = cache.file(base, "best")
-    qat = cache.train(f"qat-r{base_r}", training_config(s, ctx.data_path, s.qat_training, qat=True, init=base_ckpt))
+    qat = cache.train(f"qat-r{base_r}", training_config(s, ctx.train_path, s.qat_training, qat=True, init=base_ckpt))
     return base_ckpt, cache.file(qat, "best")
 
 
-def _quantization_table(ctx: FlowContext, cache: TrialCache, base_ckpt: Path, qat_ckpt: Path) -> tuple[dict, dict]:
-    """Step 3 (Table 11.1); returns the float row and the float model's latency."""
+def _quantization_table(ctx: FlowContext, cache: TrialCache, base_ckpt: Path,
+                        qat_ckpt: Path) -> tuple[dict, dict, Path]:
+    """Step 3 (Table 11.1); returns the float row, the float model's latency and its predictions file."""
     s = ctx.settings
 
     def compare(directory: Path) -> dict:
@@ -167,12 +168,16 @@ def _quantization_table(ctx: FlowContext, cache: TrialCache, base_ckpt: Path, qa
 
     comp = cache.run("quant-compare", {"float": file_identity(base_ckpt), "qat": file_identity(qat_ckpt),
                                        "data": data_identity(ctx.data_path), "calibration_images": s.calibration_images,
-                                       "threads": s.bench.threads, "runs": s.compare_runs, "max_images": s.eval_max_images},
+                                       "threads": s.bench.threads, "runs": s.compare_runs, "max_images": s.eval_max_images,
+                                       "keeps": "predictions"},
                      compare, kind="compare")
     float_bench = cache.benchmark(f"float-r{s.base_resolution}-bench", cache.file(comp, "fp32"),
-                                  **_bench_kw(s))["latency"]
-    ctx.sections.append(quant_section(comp["compare"]))
-    return compare_row(comp["compare"], "float"), float_bench
+                                  **bench_kw(s))["latency"]
+    kept = {r["name"]: cache.path("quant-compare") / r["predictions"]
+            for r in comp["compare"]["rows"] if r["status"] == "ok"}
+    intervals = {name: ctx.interval(kept["float"], path) for name, path in kept.items() if name != "float"}
+    ctx.sections.append(quant_section(comp["compare"], intervals))
+    return compare_row(comp["compare"], "float"), float_bench, kept["float"]
 
 
 @dataclass
@@ -195,7 +200,7 @@ def _candidate_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) ->
     latency = {}
     for r in candidates:
         m = measure_int8(cache, f"noft-r{r}", qat_ckpt, ctx.data_path, resolution=r, evaluate=False,
-                         calibration_images=s.calibration_images, **_bench_kw(s))
+                         calibration_images=s.calibration_images, **bench_kw(s))
         latency[r] = m.latency_ms
     table = Table("Resolution search: int8 latency of the QAT model at each candidate (no training)",
                   ["resolution", "input multiple of 8", "int8 latency ms", f"fits (<= {limit:.3g} ms)"],
@@ -230,59 +235,48 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> 
     sweep = resolution_sweep(qat_ckpt, ctx.data_path, candidates, ctx.out_dir / "resolution", epochs=s.finetuning.epochs,
                              qat=True, finetune=set(to_tune) | {base_r}, batch_size=s.training.batch_size,
                              max_images=s.eval_max_images, calibration_images=s.calibration_images, budget_ms=budget,
-                             train_overrides=finetune_overrides(s), cache=cache, **_bench_kw(s))
+                             train_overrides=finetune_overrides(s), cache=cache, train_data=ctx.train_path,
+                             select=True, **bench_kw(s))
     tuned = [Candidate(f"QAT fine-tuned @{row.resolution}", f"finetune-r{row.resolution}", row.resolution,
-                       Path(row.ft_onnx), Path(row.ft_checkpoint), row.ft_metrics, row.ft_latency_ms)
+                       Path(row.ft_onnx), Path(row.ft_checkpoint), row.ft_metrics, row.ft_latency_ms,
+                       predictions=Path(row.ft_predictions), select_metrics=row.ft_select_metrics)
              for row in sweep.rows if row.ft_metrics is not None]
     untuned = [Candidate(f"QAT @{base_r} loaded at {row.resolution}", f"noft-r{row.resolution}", row.resolution,
-                         Path(row.onnx), qat_ckpt, row.metrics, row.latency_ms) for row in sweep.rows]
+                         Path(row.onnx), qat_ckpt, row.metrics, row.latency_ms, predictions=Path(row.predictions),
+                         select_metrics=row.select_metrics)
+               for row in sweep.rows]
     # Whether a resolution fits is decided once, by the search's measurement of its graph (a fine-tuned
     # model has the same graph; measuring it again near the budget would only add noise to the decision).
     # The final model is re-benchmarked before it is accepted. The base-resolution reference competes
     # too when it fits (same fine-tuning); ties in AP go to the faster.
     pool = [m for m in tuned if latency[m.resolution] <= limit] or [m for m in untuned if latency[m.resolution] <= limit]
-    chosen = max(pool, key=lambda m: (ap_of(m.metrics), -latency[m.resolution]))
+    chosen = max(pool, key=lambda m: (choice_ap(m), -latency[m.resolution]))  # chosen on select, not val
     ctx.sections.append(resolution_section(ctx, sweep, search_table, to_tune, chosen, latency, fitting))
     return _Search(latency=latency, fitting=fitting, sweep=sweep, tuned=tuned, untuned=untuned, chosen=chosen)
 
 
-def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, float_bench: dict) -> None:
+def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, float_bench: dict,
+                         float_predictions: Path) -> None:
     """Table 11.4's rows for the float model, QAT, the reference fine-tuning and the resolution."""
     s, base_r, latency, chosen = ctx.settings, ctx.settings.base_resolution, search.latency, search.chosen
     noft_base = search.sweep.row(base_r)
     ref = next((m for m in search.tuned if m.resolution == base_r), None)
-    record_step(ctx, "float", f"fp32 ONNX @{base_r}", base_r, float_row["metrics"], float_bench["median_ms"])
-    record_step(ctx, "8-bit QAT", f"QAT int8 @{base_r}", base_r, noft_base.metrics, noft_base.latency_ms)
+    record_step(ctx, "float", f"fp32 ONNX @{base_r}", base_r, float_row["metrics"], float_bench["median_ms"],
+                predictions=float_predictions)
+    record_step(ctx, "8-bit QAT", f"QAT int8 @{base_r}", base_r, noft_base.metrics, noft_base.latency_ms,
+                predictions=noft_base.predictions, select_metrics=noft_base.select_metrics)
     # Steps that keep the graph (fine-tuning, filtering) show the search's measurement of that graph,
     # not a second one: the int8 kernels' time does not depend on the weights, and a re-measurement
     # would report the machine's load drift as the step's effect.
     if ref is not None:
         record_step(ctx, f"+{s.finetuning.epochs} epoch(s) QAT (reference)", f"QAT int8 @{base_r}, fine-tuned", base_r,
-                    ref.metrics, latency[base_r], note=SAME_GRAPH)
+                    ref.metrics, latency[base_r], predictions=ref.predictions, select_metrics=ref.select_metrics,
+                    note=SAME_GRAPH)
     record_step(ctx, "resolution", chosen.label, chosen.resolution, chosen.metrics, latency[chosen.resolution],
+                predictions=chosen.predictions, select_metrics=chosen.select_metrics,
                 note="unchanged: the base resolution meets the budget" if chosen.resolution == base_r else
-                f"best AP among the fine-tuned sizes that fit ({'a' if chosen.resolution % 8 == 0 else 'not a'} "
+                f"best select AP among the fine-tuned sizes that fit ({'a' if chosen.resolution % 8 == 0 else 'not a'} "
                 f"multiple of 8)")
-
-
-def _tune_nms(ctx: FlowContext, cache: TrialCache, current: Candidate):
-    """Step 6 (Table 11.3): the NMS sweep on the chosen model; returns its best row and that setting."""
-    s = ctx.settings
-    ious = list(dict.fromkeys(float(v) for v in s.nms_ious))
-    nms = nms_sweep(current.onnx, ctx.data_path, ious, max_images=s.eval_max_images, out_dir=ctx.out_dir / "nms",
-                    cache=cache, name=f"nms-{current.tag}", **_bench_kw(s))
-    best = nms.best()
-    baseline = nms.find(ious[0]) or nms.rows[0]
-    ctx.sections.append(Section(
-        "Table 11.3: NMS threshold",
-        f"Post-processing settings of the chosen model ({current.label}). The first IoU ({baseline.nms_iou:g}) is the "
-        f"baseline; the setting with the highest AP is kept (ties: the faster): IoU {best.nms_iou:g}, score threshold "
-        f"{best.score_threshold:g}, top-k {best.top_k}.",
-        [nms_table(nms, title="Table 11.3: AP and end-to-end latency vs NMS setting")]))
-    record_step(ctx, "NMS setting", f"{current.label}, NMS IoU {best.nms_iou:g}", current.resolution, best.metrics,
-                best.latency_ms, previous=(baseline.metrics, baseline.latency_ms),
-                basis=f"same model at NMS IoU {baseline.nms_iou:g} (end-to-end, real predictions)")
-    return best, PostprocessConfig(score_threshold=best.score_threshold, nms_iou=best.nms_iou, top_k=best.top_k)
 
 
 def _final_model(ctx: FlowContext, cache: TrialCache, current: Candidate, best, post: PostprocessConfig,
@@ -294,12 +288,12 @@ def _final_model(ctx: FlowContext, cache: TrialCache, current: Candidate, best, 
     others = [m for m in search.tuned if latency[m.resolution] <= limit] + \
         [m for m in search.untuned if latency[m.resolution] <= limit]
     order = [current] + sorted((m for m in others if m.onnx != current.onnx),
-                               key=lambda m: (-ap_of(m.metrics), latency[m.resolution]))
+                               key=lambda m: (-choice_ap(m), latency[m.resolution]))
     tried = []
     final = None
     for model in order:
         chosen_post = post if model is current else PostprocessConfig()
-        fb = cache.benchmark(f"final-{model.tag}-bench", model.onnx, postprocess=chosen_post, **_bench_kw(s))["latency"]
+        fb = cache.benchmark(f"final-{model.tag}-bench", model.onnx, postprocess=chosen_post, **bench_kw(s))["latency"]
         tried.append((model, fb))
         if fb["median_ms"] <= limit:
             final = (model, fb, chosen_post)
@@ -312,46 +306,10 @@ def _final_model(ctx: FlowContext, cache: TrialCache, current: Candidate, best, 
     model, fb, chosen_post = final
     metrics = best.metrics if model is current else model.metrics
     record_step(ctx, "final (re-benchmarked)", model.label, model.resolution, metrics, fb["median_ms"],
+                predictions=best.predictions if model is current else model.predictions,
+                select_metrics=best.select_metrics if model is current else model.select_metrics,
                 note="" if model is current else "the chosen model did not fit when re-benchmarked; next best")
     return _finalise(ctx, model, fb, chosen_post, metrics)
-
-
-def _filtering(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, current: Candidate,
-               graph_latency_ms: float) -> Candidate | None:
-    """Step 5 (Figs 11.3 / 11.4): the fine-tuning at the chosen resolution repeated without the training
-    images holding small objects; the filtered model if its deployed AP is higher, else None."""
-    s = ctx.settings
-    r = current.resolution
-    try:
-        ablation = filtering_ablation(qat_ckpt, ctx.data_path, ctx.out_dir / "filtering", epochs=s.finetuning.epochs,
-                                      resolution=r, qat=True, batch_size=s.training.batch_size, small_max=s.small_max,
-                                      train_overrides=finetune_overrides(s),
-                                      names=(f"finetune-r{r}", f"finetune-r{r}-no-small"), cache=cache)
-    except FilterTooSmall as e:
-        ctx.sections.append(Section("Figures 11.3 / 11.4: dataset filtering", f"Skipped: {e}."))
-        ctx.steps.append(StepRow("dataset filtering", "skipped", note=str(e)))
-        return None
-    ckpt = Path(ablation.runs["filtered"].checkpoint)
-    m = measure_int8(cache, f"finetune-r{r}-no-small", ckpt, ctx.data_path, resolution=None,
-                     max_images=s.eval_max_images, calibration_images=s.calibration_images, **_bench_kw(s))
-    filtered = Candidate(f"QAT fine-tuned @{r} without small-object images", f"finetune-r{r}-no-small", r,
-                         m.onnx, ckpt, m.metrics, m.latency_ms, m.size_mb)
-    # the unfiltered arm is the fine-tuning at r when the chosen model is that one (same trial)
-    unfiltered_metrics = current.metrics if current.tag == f"finetune-r{r}" else None
-    keep = ap_of(filtered.metrics) > ap_of(current.metrics)  # same graph and resolution: only AP differs
-    deployed = {"filtered": filtered.metrics, **({"all": unfiltered_metrics} if unfiltered_metrics else {})}
-    dropped = ablation.filter_report
-    text = (f"Fine-tuning at {r} repeated, for about the same number of steps, without the "
-            f"{dropped.get('removed_images')} training images (of {dropped.get('before', {}).get('images')}) that "
-            f"hold small objects (area < {s.small_max:g}²). Deployed (int8) AP on val: "
-            f"{ap_of(filtered.metrics):.3f} filtered vs {ap_of(current.metrics):.3f} for the chosen model: the "
-            f"filtered model is {'kept' if keep else 'not kept'}.")
-    ctx.sections.append(Section("Figures 11.3 / 11.4: dataset filtering", text,
-                                [filter_table(ablation, deployed=deployed), *filter_figures(ablation)]))
-    record_step(ctx, "dataset filtering", filtered.label, r, filtered.metrics, graph_latency_ms, kept=keep, note=SAME_GRAPH)
-    if keep:
-        return filtered
-    return None
 
 
 def _finalise(ctx: FlowContext, model: Candidate, bench: dict, post, metrics: dict) -> Path:
@@ -363,6 +321,7 @@ def _finalise(ctx: FlowContext, model: Candidate, bench: dict, post, metrics: di
     ctx.summary = {
         "model": str(target), "source_onnx": str(model.onnx), "checkpoint": str(model.checkpoint),
         "description": model.label, "arch": s.arch, "width": s.width, "resolution": model.resolution,
+        "AP_split": "val", "selection_split": ctx.select_source,
         "AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "AP75": metrics.get("AP75"),
         "AP_small": metrics.get("AP_small"), "AP_medium": metrics.get("AP_medium"), "AP_large": metrics.get("AP_large"),
         "latency_median_ms": bench["median_ms"], "latency_p90_ms": bench["p90_ms"],

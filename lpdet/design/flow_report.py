@@ -15,6 +15,7 @@ from lpdet.data.sizes import BUCKETS, SizeThresholds, dataset_stats
 from lpdet.data.spec import resolve_dataset
 from lpdet.deploy.latency import cpu_name
 from lpdet.design.flow_context import Candidate, FlowContext, ap_of
+from lpdet.design.noise import INTERVAL_NOTE
 from lpdet.design.quant_compare import compare_table
 from lpdet.design.report import Section, Table, write_report
 from lpdet.design.resolution import resolution_figure, resolution_table
@@ -29,7 +30,7 @@ def setup_section(ctx: FlowContext) -> Section:
     spec = resolve_dataset(str(ctx.data_path))
     rows = []
     thresholds = SizeThresholds()
-    for split_name, split in (("train", spec.train), ("val", spec.val)):
+    for split_name, split in (("train", spec.train), ("select", spec.select), ("val", spec.val)):
         if split is None:
             continue
         st = dataset_stats(split.annotations, thresholds)
@@ -49,15 +50,18 @@ def setup_section(ctx: FlowContext) -> Section:
             f"Settings: {ctx.preset}, all in settings.json ({s.arch}, width {s.width:g}, "
             f"base resolution {s.base_resolution}; epochs: float {s.float_training.epochs}, QAT {s.qat_training.epochs}, fine-tuning "
             f"{s.finetuning.epochs}).")
+    text += (f" Selection split: {ctx.select_source}. Every choice of the design (resolution, dataset filtering, "
+             f"NMS setting, each training run's best epoch) is made on it; val is only reported.")
     return Section("Setup", text, [data_table])
 
 
-def quant_section(compare: dict) -> Section:
-    table = compare_table(compare, "Table 11.1: float vs 8-bit")
+def quant_section(compare: dict, intervals: dict[str, str | None] | None = None) -> Section:
+    table = compare_table(compare, "Table 11.1: float vs 8-bit", intervals=intervals)
     table.note = (f"{compare['arch']} @{compare['resolution']} on {compare['images']} val images; onnxruntime CPU, "
                   f"{compare['threads']} thread(s), batch 1, median of {compare['runs']} runs interleaved across the "
                   f"rows; {compare['device']}. Naive 8-bit: per-tensor weights, ranges from 2 images; calibrated "
-                  f"PTQ: per-channel weights, {compare['calibration_images']} calibration images.")
+                  f"PTQ: per-channel weights, {compare['calibration_images']} calibration images."
+                  + (f" Δ AP vs float {INTERVAL_NOTE}" if intervals is not None else ""))
     text = "The float model and its 8-bit versions, each deployed as ONNX."
     if compare.get("weight_spread"):
 
@@ -88,17 +92,21 @@ def steps_table(ctx: FlowContext) -> Table:
     rows = []
     for p in ctx.steps:
         if not p.measured:
-            rows.append([p.step, p.model, None, None, None, None, None, None, False, p.note])
+            rows.append([p.step, p.model, None, None, None, None, None, None, None, None, False, p.note])
             continue
-        rows.append([p.step, p.model, p.resolution, ap_or_none(p.AP), p.delta_AP, p.latency_ms, p.delta_latency_ms,
-                     p.delta_latency_pct, p.kept, "; ".join(x for x in (p.basis, p.note) if x)])
+        rows.append([p.step, p.model, p.resolution, ap_or_none(p.AP), p.delta_AP, p.delta_AP_interval,
+                     ap_or_none(p.select_AP), p.latency_ms, p.delta_latency_ms, p.delta_latency_pct, p.kept,
+                     "; ".join(x for x in (p.basis, p.note) if x)])
     return Table("Table 11.4: each step's measured change", ["step", "model", "resolution", "AP", "Δ AP",
-                                                             "latency ms", "Δ latency ms", "Δ latency %", "kept",
+                                                             "Δ AP [95% interval]", "select AP", "latency ms",
+                                                             "Δ latency ms", "Δ latency %", "kept",
                                                              "compared with / note"], rows,
                  note="Δ: this step minus the step it is compared with (negative Δ AP is a loss; negative Δ latency "
                       "a speed-up). AP: COCO AP on val of the deployed model; latency: median batch-1 end-to-end "
                       "(forward + NMS, default setting) on this machine, from the resolution search for the steps "
-                      "that keep its graph; the NMS and final rows with the tuned NMS setting.",
+                      "that keep its graph; the NMS and final rows with the tuned NMS setting. AP and Δ AP: on val "
+                      "(reported only); select AP: on the selection split, where each step's choice is made (— where "
+                      "no choice needs it). Δ AP " + INTERVAL_NOTE,
                  formats={"Δ AP": "+.4f", "latency ms": ".2f", "Δ latency ms": "+.2f", "Δ latency %": "+.1f"})
 
 

@@ -20,6 +20,7 @@ from lpdet.data.loader import make_loader
 from lpdet.data.splits import eval_split
 from lpdet.deploy.latency import benchmark, cpu_name, latency_to_dict
 from lpdet.deploy.runtime import load_model
+from lpdet.design.noise import save_predictions
 from lpdet.design.report import Table
 from lpdet.design.tables import SIZE_METRICS, ap_or_none, write_sweep_files
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity
@@ -39,10 +40,17 @@ class NmsRow:
     nms_ms: float  # median select_detections time per image on the real predictions
     forward_ms: float  # model forward median (benchmark)
     latency_ms: float  # forward_ms + nms_ms
+    predictions: str | None = None  # its val predictions file (`lpdet.design.noise`), when kept
+    select_metrics: dict[str, float] | None = None  # on the selection split, when measured: the choice uses it
 
     @property
     def ap(self) -> float:
         return self.metrics.get("AP", float("nan"))
+
+    @property
+    def choice_ap(self) -> float:
+        """The AP the choice is made on: the selection split's when measured, else val's."""
+        return (self.select_metrics or self.metrics).get("AP", float("nan"))
 
 
 @dataclass
@@ -56,9 +64,10 @@ class NmsSweep:
     device: str = ""
 
     def best(self) -> NmsRow:
-        """Highest AP; ties (within 1e-4) go to the lower end-to-end latency."""
-        top = max(r.ap for r in self.rows)
-        return min((r for r in self.rows if r.ap >= top - 1e-4), key=lambda r: r.latency_ms)
+        """Highest AP on the selection split (val without one); ties (within 1e-4) go to the lower
+        end-to-end latency."""
+        top = max(r.choice_ap for r in self.rows)
+        return min((r for r in self.rows if r.choice_ap >= top - 1e-4), key=lambda r: r.latency_ms)
 
     def find(self, nms_iou: float, score_threshold: float | None = None, top_k: int | None = None) -> NmsRow | None:
         for r in self.rows:
@@ -91,10 +100,12 @@ def _nms_settings(ious, score_thresholds, top_ks) -> list:
             for i in ious for s in scores for k in tops]
 
 
-def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads: int, max_images: int) -> dict:
-    """One forward pass over val; per setting: select_detections on each image (timed), COCO AP."""
+def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads: int, max_images: int,
+                 directory: Path | None = None, split: str = "val") -> dict:
+    """One forward pass over `split`; per setting: select_detections on each image (timed), COCO AP; with
+    `directory`, each setting's predictions kept there (``predictions-<j>.json``)."""
     model = load_model(model_path, threads=threads)
-    dataset = eval_split(data, model.resolution, model.category_ids, where=str(model.path))
+    dataset = eval_split(data, model.resolution, model.category_ids, split=split, where=str(model.path))
     subset = dataset
     if max_images and max_images < len(dataset):
         subset = torch.utils.data.Subset(dataset, range(max_images))
@@ -118,23 +129,29 @@ def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads:
     n = max(1, len(image_ids))
     rows = []
     for j, cfg in enumerate(settings):
+        kept = None
+        if directory is not None:
+            kept = save_predictions(Path(directory) / f"predictions-{j}.json", results[j], image_ids).name
         rows.append({"nms_iou": cfg.nms_iou, "score_threshold": cfg.score_threshold, "top_k": cfg.top_k,
                      "metrics": coco_metrics(dataset.coco, results[j], image_ids=image_ids),
                      "detections_per_image": counts[j] / n,
-                     "nms_ms": statistics.median(times[j]) * 1e3 if times[j] else 0.0})
+                     "nms_ms": statistics.median(times[j]) * 1e3 if times[j] else 0.0, "predictions": kept})
     return {"rows": rows, "images": len(image_ids)}
 
 
 def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = (0.30, 0.25, 0.20, 0.15, 0.10), *,
               score_thresholds: Sequence[float] | None = None, top_ks: Sequence[int] | None = None, threads: int = 1,
               runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0, out_dir: Path | str | None = None,
-              cache: TrialCache | None = None, name: str = "nms", progress: bool = True) -> NmsSweep:
+              cache: TrialCache | None = None, name: str = "nms", progress: bool = True,
+              select: bool = False) -> NmsSweep:
     """AP and end-to-end latency per post-processing setting (every IoU × score threshold × top-k).
 
     Latency per image = the model's forward median (`benchmark`, batch 1, `threads` threads) +
     the median time of `select_detections` measured on the model's real predictions on val at
     that setting (the forward median: the lowest of `repeats` benchmarks). With `out_dir`, writes ``nms_sweep.{md,json}`` there and caches the two trials
-    (``<name>-bench``, ``<name>-sweep``) in ``out_dir/trials`` (or `cache`)."""
+    (``<name>-bench``, ``<name>-sweep``) in ``out_dir/trials`` (or `cache`). With `select` (needs a
+    `cache`), every setting's AP is also measured on the selection split (``<name>-sweep-select``) and
+    `NmsSweep.best` chooses on it."""
 
     settings = _nms_settings(ious, score_thresholds, top_ks)
     model_path = Path(model_path)
@@ -147,20 +164,30 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
             "settings": [[c.nms_iou, c.score_threshold, c.top_k] for c in settings], "max_images": max_images,
             "threads": threads}
     if cache is not None:
-        cache.plan(2)
+        cache.plan(3 if select else 2)
         bench = cache.benchmark(f"{name}-bench", model_path, threads=threads, runs=runs, warmup=warmup,
                                 repeats=repeats)["latency"]
-        measured = cache.run(f"{name}-sweep", spec, lambda _d: _measure_nms(model_path, data_path, settings,
-                                                                            threads=threads, max_images=max_images),
-                             kind="nms")
+        spec["keeps"] = "predictions"  # trials cached before predictions were kept are redone
+        measured = chosen_on = None
+        for split in ("val", "select") if select else ("val",):
+            chosen_on = cache.run(f"{name}-sweep" + ("" if split == "val" else f"-{split}"), {**spec, "split": split},
+                                  lambda d, split=split: _measure_nms(model_path, data_path, settings, threads=threads,
+                                                                      max_images=max_images, directory=d, split=split),
+                                  kind="nms")
+            measured = measured or chosen_on
+        kept_in = cache.path(f"{name}-sweep")
     else:
 
         bench = latency_to_dict(benchmark(model_path, threads=threads, runs=runs, warmup=warmup, repeats=repeats))
-        measured = _measure_nms(model_path, data_path, settings, threads=threads, max_images=max_images)
+        measured = chosen_on = _measure_nms(model_path, data_path, settings, threads=threads, max_images=max_images)
+        kept_in = None
     forward = float(bench["forward_ms"])
     rows = [NmsRow(nms_iou=r["nms_iou"], score_threshold=r["score_threshold"], top_k=r["top_k"], metrics=r["metrics"],
                    detections_per_image=r["detections_per_image"], nms_ms=r["nms_ms"], forward_ms=forward,
-                   latency_ms=forward + r["nms_ms"]) for r in measured["rows"]]
+                   latency_ms=forward + r["nms_ms"],
+                   predictions=str(kept_in / r["predictions"]) if kept_in and r.get("predictions") else None,
+                   select_metrics=c["metrics"] if chosen_on is not measured else None)
+            for r, c in zip(measured["rows"], chosen_on["rows"])]
     sweep = NmsSweep(rows=rows, model=str(model_path), data=str(data), images=measured["images"], threads=threads,
                      runs=runs, device=cpu_name())
     if out_dir is not None:
@@ -168,17 +195,26 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
     return sweep
 
 
-def nms_table(sweep: NmsSweep, *, title: str = "AP and latency vs NMS setting") -> Table:
-    """Table 11.3: one row per NMS setting."""
-    columns = ["NMS IoU", "score threshold", "top-k", "AP", "AP50", "AP_small", "AP_medium", "AP_large",
+def nms_table(sweep: NmsSweep, *, title: str = "AP and latency vs NMS setting",
+              intervals: list[str | None] | None = None) -> Table:
+    """Table 11.3: one row per NMS setting; `intervals` (one text per row) adds its AP minus the
+    baseline's with an interval."""
+    extra = ["Δ AP vs baseline [95%]"] if intervals is not None else []
+    on_select = any(r.select_metrics for r in sweep.rows)
+    extra += ["select AP"] if on_select else []
+    columns = ["NMS IoU", "score threshold", "top-k", "AP", "AP50", "AP_small", "AP_medium", "AP_large", *extra,
                "detections / image", "NMS ms", "end-to-end ms"]
     rows = [[r.nms_iou, r.score_threshold, r.top_k] + [ap_or_none(r.metrics.get(k)) for k in
                                                        ("AP", "AP50", *SIZE_METRICS)]
-            + [r.detections_per_image, r.nms_ms, r.latency_ms] for r in sweep.rows]
+            + ([intervals[i]] if intervals is not None else [])
+            + ([ap_or_none((r.select_metrics or {}).get("AP"))] if on_select else [])
+            + [r.detections_per_image, r.nms_ms, r.latency_ms] for i, r in enumerate(sweep.rows)]
     note = (f"{Path(sweep.model).name} on {sweep.images} val images. End-to-end = model forward median "
             f"({sweep.rows[0].forward_ms:.2f} ms, {sweep.runs} batch-1 runs, {sweep.threads} thread(s), {sweep.device}) "
             f"+ median post-processing time (score threshold, per-class NMS, top-k) on the real predictions."
             if sweep.rows else "")
+    if on_select:
+        note += " AP columns: on val (reported only); \"select AP\": on the held-out selection split, where the setting is chosen."
     return Table(title, columns, rows, note=note,
                  formats={"NMS IoU": ".2f", "score threshold": ".3g", "detections / image": ".1f", "NMS ms": ".3f",
                           "end-to-end ms": ".2f"})

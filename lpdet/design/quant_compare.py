@@ -20,6 +20,7 @@ from lpdet.deploy.latency import benchmark_paired, cpu_name
 from lpdet.deploy.model import source_metadata
 from lpdet.deploy.ptq import load_calibration_images, quantize_calibrated, quantize_naive
 from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
+from lpdet.design.noise import save_predictions
 from lpdet.design.report import Table, markdown_table
 from lpdet.design.tables import ap_or_none
 from lpdet.errors import LpdetError
@@ -48,6 +49,7 @@ class CompareRow:
     graph_ms: float | None = None  # median of the graph alone (NMS excluded)
     graph_ratio: float | None = None  # paired median ratio to the float row, graph alone
     size_mb: float | None = None  # model file size
+    predictions: str = ""  # its val predictions, a file in the comparison's folder (`lpdet.design.noise`)
 
     @property
     def ran(self) -> bool:
@@ -147,6 +149,8 @@ def _evaluate_rows(rows: list[CompareRow], paths: dict[str, Path], val, *, threa
         result = evaluate(model.predict, val, batch_size=16, max_images=max_images, progress=progress,
                           desc=f"eval {row.name}")
         row.metrics = result.metrics
+        row.predictions = f"predictions_{ROW_FILES[ROW_NAMES.index(row.name)]}.json"
+        save_predictions(paths[row.name].parent / row.predictions, result.results, result.image_ids)
         images = result.num_images
     return images
 
@@ -159,17 +163,21 @@ def _time_rows(rows: list[CompareRow], paths: dict[str, Path], *, threads: int, 
         row.graph_ms, row.graph_ratio = latency.forward_ms, latency.forward_ratio
 
 
-def compare_table(compare: dict, title: str = "") -> Table:
-    """The comparison (`compare_to_dict` form, as cached by the design flow) as a report table."""
+def compare_table(compare: dict, title: str = "", intervals: dict[str, str] | None = None) -> Table:
+    """The comparison (`compare_to_dict` form, as cached by the design flow) as a report table;
+    `intervals` (row name -> text) adds a column: its AP minus the float row's, with an interval."""
     rows = []
     for r in compare["rows"]:
         if r["status"] != "ok":
             rows.append([r["name"], r["status"]])
             continue
         m = r["metrics"]
-        rows.append([r["name"], *(ap_or_none(m.get(k)) for k in METRICS), r["latency_ms"], r["graph_ms"],
+        extra = [(intervals or {}).get(r["name"])] if intervals is not None else []
+        rows.append([r["name"], *(ap_or_none(m.get(k)) for k in METRICS), *extra, r["latency_ms"], r["graph_ms"],
                      1.0 if r["name"] == "float" else r["latency_ratio"], r["size_mb"]])
-    return Table(title, ["model", *METRICS, "latency ms", "graph ms", "latency vs float", "size MB"], rows,
+    interval_column = ["Δ AP vs float [95%]"] if intervals is not None else []
+    return Table(title, ["model", *METRICS, *interval_column, "latency ms", "graph ms", "latency vs float",
+                         "size MB"], rows,
                  formats={"latency ms": ".2f", "graph ms": ".2f", "latency vs float": ".2f", "size MB": ".2f"})
 
 

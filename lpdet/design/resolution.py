@@ -45,6 +45,10 @@ class ResolutionRow:
     ft_onnx: str | None = None
     ft_checkpoint: str | None = None
     ft_steps: int | None = None
+    predictions: str | None = None  # predictions files of the two evaluations (`lpdet.design.noise`)
+    ft_predictions: str | None = None
+    select_metrics: dict[str, float] | None = None  # the same two on the selection split (the design chooses on it)
+    ft_select_metrics: dict[str, float] | None = None
     meets_budget: bool | None = None  # latency_ms <= budget (None without a budget)
 
     @property
@@ -107,14 +111,15 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
                      threads: int = 1, runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0,
                      calibration_images: int = 100, budget_ms: float | None = None,
                      train_overrides: dict | None = None, cache: TrialCache | None = None, progress: bool = True,
-                     write: bool = True) -> ResolutionSweep:
+                     write: bool = True, train_data: str | Path | None = None, select: bool = False) -> ResolutionSweep:
     """AP and int8 latency per resolution, without and with fine-tuning (see the module docstring).
 
     For each R: the checkpoint loaded at R (anchors recomputed; weights as they are) is exported
     int8 (a QAT checkpoint directly; a float one with calibrated PTQ), evaluated on val and
     benchmarked; with `finetune` (True: every R; or the resolutions to fine-tune) a model is
     trained from `init_ckpt` at R for `epochs` (QAT if `qat`; `train_overrides`: other TrainConfig
-    fields) and measured the same way. `budget_ms` marks rows whose int8 latency fits. Writes
+    fields; on `train_data`, default `data`) and measured the same way; with `select`, every model is also
+    evaluated on `data`'s selection split. `budget_ms` marks rows whose int8 latency fits. Writes
     ``out_dir/resolution_sweep.{md,json,png}`` (with `write`). Trials live in ``out_dir/trials``
     (or `cache`)."""
 
@@ -128,6 +133,7 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
     ckpt = load_checkpoint(init_ckpt)
     model_cfg = ckpt.model_config
     data_path = dataset_yaml(data)
+    train_path = dataset_yaml(train_data) if train_data is not None else data_path
     to_tune = set(resolutions) if finetune is True else set() if finetune is False else set(int(r) for r in finetune)
     int8 = qat or is_qat(ckpt.model_config)
     cache.plan(3 * len(resolutions) + 4 * len(to_tune & set(resolutions)))
@@ -138,22 +144,25 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
                                                                len(ckpt.class_names), r))
         m = measure_int8(cache, f"noft-r{r}", ckpt.path, data_path, resolution=r, threads=threads, runs=runs,
                          warmup=warmup, max_images=max_images, calibration_images=calibration_images, int8=int8,
-                         repeats=repeats)
+                         repeats=repeats, select=select)
         row.metrics, row.latency_ms, row.latency_p90_ms = m.metrics, m.latency_ms, m.latency["p90_ms"]
+        row.select_metrics = m.select_metrics
         row.size_mb, row.quantization, row.onnx = m.size_mb, m.quantization, str(m.onnx)
+        row.predictions = str(m.predictions)
         if budget_ms is not None:
             row.meets_budget = row.latency_ms <= budget_ms
         if r in to_tune:
-            cfg = train_config(data_path, arch=model_cfg.arch, width=model_cfg.width, resolution=r, epochs=epochs,
+            cfg = train_config(train_path, arch=model_cfg.arch, width=model_cfg.width, resolution=r, epochs=epochs,
                                batch_size=batch_size, init=ckpt.path, qat=qat,
                                **{"lr": 0.005, "warmup_steps": 20, **(train_overrides or {})})
             trained = cache.train(f"finetune-r{r}", cfg)
             best = cache.file(trained, "best")
             ft = measure_int8(cache, f"finetune-r{r}", best, data_path, resolution=None, threads=threads, runs=runs,
                               warmup=warmup, max_images=max_images, calibration_images=calibration_images,
-                              int8=int8, repeats=repeats)
-            row.ft_metrics, row.ft_latency_ms = ft.metrics, ft.latency_ms
+                              int8=int8, repeats=repeats, select=select)
+            row.ft_metrics, row.ft_latency_ms, row.ft_select_metrics = ft.metrics, ft.latency_ms, ft.select_metrics
             row.ft_onnx, row.ft_checkpoint, row.ft_steps = str(ft.onnx), str(best), trained["steps"]
+            row.ft_predictions = str(ft.predictions)
         rows.append(row)
 
     sweep = ResolutionSweep(rows=rows, init=str(ckpt.path), data=str(data), threads=threads, runs=runs, epochs=epochs,
@@ -185,6 +194,9 @@ def resolution_table(sweep: ResolutionSweep, *, title: str = "AP and int8 latenc
     if sweep.budget_ms is not None:
         columns.append("meets budget")
     columns += ["AP (no fine-tuning)", "AP (fine-tuned)", "latency fine-tuned ms", "AP_small", "AP_medium", "AP_large"]
+    chosen_on_select = any(r.select_metrics for r in sweep.rows)
+    if chosen_on_select:
+        columns += ["select AP (no fine-tuning)", "select AP (fine-tuned)"]
     rows = []
     for r in sweep.rows:
         pct = (100 * r.latency_ms / ref.latency_ms) if ref and ref.latency_ms and r.latency_ms is not None else None
@@ -195,6 +207,8 @@ def resolution_table(sweep: ResolutionSweep, *, title: str = "AP and int8 latenc
         cells += [ap_or_none(r.metrics.get("AP")), ap_or_none(r.ft_metrics.get("AP")) if r.ft_metrics else None,
                   r.ft_latency_ms]
         cells += [ap_or_none(sizes.get(k)) for k in SIZE_METRICS]
+        if chosen_on_select:
+            cells += [ap_or_none((m or {}).get("AP")) for m in (r.select_metrics, r.ft_select_metrics)]
         rows.append(cells)
     note = (f"int8 latency: median of {sweep.runs} batch-1 runs with {sweep.threads} thread(s) on {sweep.device}"
             f"{f' (lowest of {sweep.repeats} repeats)' if sweep.repeats > 1 else ''}, "
@@ -204,6 +218,9 @@ def resolution_table(sweep: ResolutionSweep, *, title: str = "AP and int8 latenc
             f"there is one. 'multiple of 8': the input and every feature map of 8 or more.")
     if sweep.budget_ms is not None:
         note += f" Budget: {sweep.budget_ms:g} ms."
+    if chosen_on_select:
+        note += (" AP columns: on val (reported only); \"select AP\": on the held-out selection split, where the "
+                 "resolution is chosen.")
     return Table(title, columns, rows, note=note, formats={"int8 latency ms": ".2f", "% of ref latency": ".0f",
                                                            "latency fine-tuned ms": ".2f"})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lpdet.data.selection import SELECT_FRACTION
 from lpdet.data.transforms import AUGMENTATIONS
 from lpdet.errors import LpdetError
 from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
@@ -82,6 +83,8 @@ class DesignSettings:
     filtering: bool = True
     small_max: float = 32.0  # "small" objects: area < small_max² (COCO: 32)
     nms_ious: list[float] = field(default_factory=lambda: [0.6, 0.30, 0.25, 0.20, 0.15, 0.10])  # first: the baseline
+    # share of train held out as the selection split every choice is made on (when the YAML has no select:)
+    select_fraction: float = SELECT_FRACTION
 
     @classmethod
     def full(cls, **overrides) -> "DesignSettings":
@@ -125,6 +128,7 @@ class DesignSettings:
             (bool(self.nms_ious) and all(0 < v <= 1 for v in self.nms_ious), "nms_ious: values in (0, 1]"),
             (self.small_max > 0, "small_max must be > 0"),
             (0 <= self.budget_margin < 1, "budget_margin must be in [0, 1)"),
+            (0 < self.select_fraction < 1, "--select-fraction must be between 0 and 1 (exclusive)"),
         ]
         for ok, message in checks:
             if not ok:

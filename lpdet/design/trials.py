@@ -46,6 +46,7 @@ from lpdet.deploy.latency import benchmark, latency_to_dict
 from lpdet.deploy.model import source_metadata
 from lpdet.deploy.ptq import load_calibration_images
 from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
+from lpdet.design.noise import save_predictions
 from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import evaluate
 from lpdet.models.checkpoint_format import META, WEIGHTS, resolve_checkpoint
@@ -61,6 +62,7 @@ log = logging.getLogger("lpdet.design")
 
 RESULT = "result.json"
 SPEC = "spec.json"
+PREDICTIONS = "predictions.json"  # an eval trial's COCO results and image ids
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # TrainConfig fields that do not change what a run learns: not part of a training trial's key.
 TRAIN_SPEC_IGNORED = ("out", "threads", "workers", "checkpoint_every")
@@ -90,7 +92,6 @@ def file_identity(path: Path | str | None) -> Any:
         return None
     path = Path(path)
     if path.is_dir():
-
         try:
             path = resolve_checkpoint(path)
         except LpdetError:
@@ -118,13 +119,15 @@ def data_identity(data: str | Path) -> Any:
     if path.is_dir():
         path = path / "data.yaml"
     try:
-
         spec = load_dataset_yaml(path)
     except LpdetError:
         return text
-    return {"name": spec.name, "yaml": file_identity(path),
-            "train": file_identity(spec.train.annotations) if spec.train else None,
-            "val": file_identity(spec.val.annotations)}
+    identity = {"name": spec.name, "yaml": file_identity(path),
+                "train": file_identity(spec.train.annotations) if spec.train else None,
+                "val": file_identity(spec.val.annotations)}
+    if spec.select is not None:
+        identity["select"] = file_identity(spec.select.annotations)
+    return identity
 
 
 def dataset_yaml(data: str | Path, *, synth_train: int | None = None, synth_val: int | None = None,
@@ -303,21 +306,24 @@ class TrialCache:
         return self.run(name, spec, fn, kind="export")
 
     def evaluate(self, name: str, model: Path, data: str | Path, *, postprocess=None, max_images: int = 0,
-                 threads: int = 0) -> dict:
-        """COCO AP of `model` (checkpoint or .onnx, as deployed: `load_model(...).predict`) on `data`'s val split."""
+                 threads: int = 0, split: str = "val") -> dict:
+        """COCO AP of `model` (checkpoint or .onnx, as deployed: `load_model(...).predict`) on `data`'s `split`;
+        its predictions kept in ``files["predictions"]`` for paired bootstrap intervals (`lpdet.design.noise`)."""
 
         cfg = postprocess or PostprocessConfig()
 
         def fn(directory: Path) -> dict:
             deployed = load_model(model, threads=threads)
-            dataset = eval_split(data, deployed.resolution, deployed.category_ids, where=str(deployed.path))
+            dataset = eval_split(data, deployed.resolution, deployed.category_ids, split=split, where=str(deployed.path))
             result = evaluate(lambda images: deployed.predict(images, cfg), dataset, batch_size=8,
                               max_images=max_images, progress=False)
-            return {"metrics": result.metrics, "images": result.num_images, "kind": deployed.kind,
-                    "resolution": deployed.resolution, "postprocess": to_dict(cfg)}
+            save_predictions(directory / PREDICTIONS, result.results, result.image_ids)
+            return {"files": {"predictions": PREDICTIONS}, "metrics": result.metrics, "images": result.num_images,
+                    "kind": deployed.kind, "resolution": deployed.resolution, "postprocess": to_dict(cfg), "split": split}
 
+        # "keeps": trials cached before predictions were kept are redone, so every AP has its predictions
         spec = {"model": file_identity(model), "data": data_identity(data), "postprocess": to_dict(cfg),
-                "max_images": max_images}
+                "max_images": max_images, "split": split, "keeps": PREDICTIONS}
         return self.run(name, spec, fn, kind="eval")
 
     def benchmark(self, name: str, model: Path, *, threads: int = 1, runs: int = 50, warmup: int = 5,
@@ -350,6 +356,8 @@ class Int8Measurement:
     size_mb: float
     quantization: str  # "int8-qat", "int8-ptq" (or "fp32" when exported without int8)
     metrics: dict[str, float] | None = None  # COCO AP, AP50, ... on val (None: not evaluated)
+    predictions: Path | None = None  # the evaluation's predictions file (`lpdet.design.noise`)
+    select_metrics: dict[str, float] | None = None  # the same on the selection split (None: not evaluated)
     latency: dict | None = None  # `latency_to_dict` of its benchmark (None: not benchmarked)
 
     @property
@@ -360,20 +368,25 @@ class Int8Measurement:
 
 def measure_int8(cache: TrialCache, prefix: str, checkpoint: Path, data: str | Path, *, resolution: int | None,
                  threads: int, runs: int, warmup: int, max_images: int = 0, calibration_images: int = 100,
-                 evaluate: bool = True, benchmark: bool = True, int8: bool = True, repeats: int = 1) -> Int8Measurement:
+                 evaluate: bool = True, benchmark: bool = True, int8: bool = True, repeats: int = 1,
+                 select: bool = False) -> Int8Measurement:
     """Trials ``<prefix>-export`` (int8 ONNX at `resolution`), ``<prefix>-eval`` (COCO AP of that ONNX on
-    val) and ``<prefix>-bench`` (its latency), as one `Int8Measurement`."""
+    val; with `select` also ``<prefix>-eval-select`` on the selection split) and ``<prefix>-bench`` (its
+    latency), as one `Int8Measurement`."""
     export = cache.export(f"{prefix}-export", checkpoint, resolution=resolution, int8=int8, data=data,
                           calibration_images=calibration_images)
     onnx = cache.file(export, "onnx")
     measured = Int8Measurement(onnx=onnx, size_mb=export["size_mb"], quantization=export["quantization"])
     if evaluate:
-        measured.metrics = cache.evaluate(f"{prefix}-eval", onnx, data, max_images=max_images)["metrics"]
+        evaluated = cache.evaluate(f"{prefix}-eval", onnx, data, max_images=max_images)
+        measured.metrics, measured.predictions = evaluated["metrics"], cache.file(evaluated, "predictions")
+        if select:
+            measured.select_metrics = cache.evaluate(f"{prefix}-eval-select", onnx, data, max_images=max_images,
+                                                     split="select")["metrics"]
     if benchmark:
         measured.latency = cache.benchmark(f"{prefix}-bench", onnx, threads=threads, runs=runs, warmup=warmup,
                                            repeats=repeats)["latency"]
     return measured
-
 
 
 def _has_last(run: Path) -> bool:

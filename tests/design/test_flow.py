@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
+import yaml
 
 import lpdet.design.trials as trials
 from lpdet.design.flow import DesignSettings, design
@@ -34,7 +36,7 @@ def test_presets_round_trip():
 
 
 def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
-    data = tiny_synth(tmp_path / "data", n_train=12, n_val=4)
+    data = tiny_synth(tmp_path / "data", n_train=14, n_val=4)  # 13 to train on after the selection split
     out = tmp_path / "design"
     result = design(data, 10_000.0, out, settings=tiny_settings(), progress=False)
 
@@ -53,6 +55,7 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
                     "Table 11.4", "Final model"):
         assert heading in md, heading
     assert "Why naive 8-bit holds or drops: folded weight range spread" in md
+    _assert_intervals(md, summary)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # Fig 11.2, 11.3, 11.4
     assert json.loads((out / "settings.json").read_text())["settings"]["width"] == 0.25
@@ -74,6 +77,7 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
     again = design(data, 10_000.0, out, settings=tiny_settings(), progress=False)
     assert again.trials_run == [] and len(again.trials_cached) == len(result.trials_run) + len(result.trials_cached)
     assert again.summary["latency_median_ms"] == summary["latency_median_ms"]
+    _assert_intervals((out / "report.md").read_text(), again.summary)  # from the cached predictions files
 
     # an impossible budget: a clear error naming the fastest measured latency (from the cache)
     with pytest.raises(LpdetError, match=r"no resolution fits --budget-ms 0.001 .*: the fastest candidate"):
@@ -85,3 +89,71 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
                   ["latency"]["median_ms"] for r in (128, 96))
     with pytest.raises(LpdetError, match=r"fits at <= "):
         design(data, fastest * 1.2, out, settings=replace(tiny_settings(), budget_margin=0.5), progress=False)
+
+
+def _assert_intervals(md: str, summary: dict) -> None:
+    """Every AP comparison of the report carries a paired bootstrap interval: Table 11.1 (vs float), 11.3
+    (vs the baseline NMS setting), the filtering ablation and each measured row of Table 11.4."""
+    md = md.replace("\\[", "[").replace("\\]", "]")  # Markdown escapes
+    for column in ("Δ AP vs float [95%]", "Δ AP vs baseline [95%]", "Δ AP vs all images [95%]",
+                   "Δ AP [95% interval]"):
+        assert column in md, column
+    verdicts = md.count("within noise") + md.count("beyond noise")
+    measured = [step for step in summary["steps"] if step["latency_ms"] is not None]
+    # 3 rows of Table 11.1, 1 of 11.3, 1 of the ablation, every compared row of 11.4 (the first has no basis)
+    assert verdicts >= 3 + 1 + 1 + len(measured) - 1
+    intervals = [step["delta_AP_interval"] for step in measured[1:]]
+    assert all(text and "[" in text and text.endswith("noise") for text in intervals), intervals
+    for step in measured[1:]:  # the interval is of the difference the table reports, and ordered
+        numbers = re.findall(r"[+\N{MINUS SIGN}]\d+\.\d+", step["delta_AP_interval"])
+        difference, low, high = (float(v.replace("\N{MINUS SIGN}", "-")) for v in numbers)
+        assert difference == pytest.approx(step["delta_AP"], abs=6e-4) and low <= high
+
+
+def test_every_choice_follows_the_selection_split_not_val(tmp_path, monkeypatch):
+    """APs made to disagree: val prefers 128, the unfiltered data and NMS IoU 0.6; the selection split
+    prefers 96, filtering off and IoU 0.3. The design must pick what select prefers and report val."""
+    import lpdet.design.nms as nms
+
+    val_ap = {128: 0.5, 96: 0.2, "no-small": 0.9}
+    select_ap = {128: 0.2, 96: 0.5, "no-small": 0.1}
+    evaluate = trials.TrialCache.evaluate
+
+    def rigged_evaluate(self, name, model, data, **kw):
+        result = evaluate(self, name, model, data, **kw)
+        table = select_ap if kw.get("split") == "select" else val_ap
+        ap = table["no-small" if "no-small" in name else result["resolution"]]
+        return {**result, "metrics": {**result["metrics"], "AP": ap}}
+
+    measure_nms = nms._measure_nms
+
+    def rigged_nms(*args, split="val", **kw):
+        result = measure_nms(*args, split=split, **kw)
+        aps = (0.1, 0.5) if split == "select" else (0.5, 0.1)  # settings: IoU 0.6, then 0.3
+        return {**result, "rows": [{**row, "metrics": {**row["metrics"], "AP": ap}}
+                                   for row, ap in zip(result["rows"], aps)]}
+
+    monkeypatch.setattr(trials.TrialCache, "evaluate", rigged_evaluate)
+    monkeypatch.setattr(nms, "_measure_nms", rigged_nms)
+    data = tiny_synth(tmp_path / "data", n_train=12, n_val=4)
+    out = tmp_path / "design"
+    result = design(data, 10_000.0, out, settings=replace(tiny_settings(), finetune_top=2), progress=False)
+    summary = result.summary
+    assert summary["resolution"] == 96 and summary["nms_iou"] == 0.3
+    steps = {step["step"]: step for step in summary["steps"]}
+    assert steps["resolution"]["resolution"] == 96
+    assert (steps["resolution"]["AP"], steps["resolution"]["select_AP"]) == (0.2, 0.5)  # val reported, select chose
+    assert steps["dataset filtering"]["kept"] is False and steps["dataset filtering"]["AP"] == 0.9
+    # the selection split was carved from train, and training never saw it
+    selection = json.loads((out / "selection" / "selection.json").read_text())
+    assert selection["images"] == {"fit": 11, "select": 1}
+    config = yaml.safe_load((out / "trials" / "float-r128" / "run" / "config.yaml").read_text())
+    assert config["data"].endswith("selection/training.yaml")
+    md = (out / "report.md").read_text()
+    assert "select AP" in md and "Selection split: 1 images carved from train (--select-fraction 0.1" in md
+
+
+def test_select_fraction_is_checked(tmp_path):
+    data = tiny_synth(tmp_path / "data", n_train=4, n_val=2)
+    with pytest.raises(LpdetError, match="--select-fraction"):
+        design(data, 10.0, tmp_path / "d", settings=tiny_settings(), select_fraction=1.5, progress=False)
