@@ -131,7 +131,13 @@ def _add_design(commands, common) -> None:
     des = commands.add_parser("design", parents=[common],
                               help="the whole guided design flow under a latency budget, with a report")
     des.add_argument("--data", default="synth", help="dataset YAML, or 'synth' for the embedded dataset")
-    des.add_argument("--budget-ms", type=float, required=True, help="int8 latency budget (median, batch 1, ms)")
+    des.add_argument("--budget-ms", type=float, help="int8 latency budget (median, batch 1, ms): a real deadline")
+    des.add_argument("--budget-ratio", type=float,
+                     help="budget = R x the int8 latency of the base model at its base resolution, measured on this "
+                          "machine with the candidates (e.g. 0.64); give this or --budget-ms")
+    des.add_argument("--select-fraction", type=float,
+                     help="share of train held out as the selection split every choice is made on, when the dataset "
+                          "YAML has no select: split (default 0.1)")
     des.add_argument("--out", type=Path, required=True, help="output folder (report, final model, cached trials)")
     des.add_argument("--budget-margin", type=float,
                      help="fraction of the budget kept in reserve: a model fits when it measures at most "

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from lpdet.data.selection import check_select_fraction
 from lpdet.design.cli import parse_float_list, parse_int_list
 from lpdet.design.filtering import filter_table, filtering_ablation
 from lpdet.design.flow import DesignSettings, design
+from lpdet.design.flow_latency import check_budget
 from lpdet.design.nms import nms_sweep, nms_table
 from lpdet.design.report import markdown_table
 from lpdet.design.resolution import resolution_sweep, resolution_table
@@ -78,8 +80,9 @@ def cmd_sweep_filter(args) -> None:
 
 
 def cmd_design(args) -> None:
-    if args.budget_ms is None or not args.budget_ms > 0:
-        raise LpdetError(f"--budget-ms {args.budget_ms}: must be a latency in milliseconds > 0")
+    check_budget(args.budget_ms, args.budget_ratio)
+    if args.select_fraction is not None:
+        check_select_fraction(args.select_fraction)
     if args.threads < 0:
         raise LpdetError(f"--threads {args.threads}: must be >= 0")
     if args.width is not None and not args.width > 0:
@@ -96,10 +99,12 @@ def cmd_design(args) -> None:
     if overrides:
         settings = (DesignSettings.quick if args.quick else DesignSettings.full)(**overrides)
     result = design(args.data, args.budget_ms, args.out, quick=args.quick, settings=settings, arch=args.arch,
-                    width=args.width, threads=args.threads, progress=_progress(args))
+                    width=args.width, threads=args.threads, select_fraction=args.select_fraction,
+                    budget_ratio=args.budget_ratio, progress=_progress(args))
     s = result.summary
-    print(f"final model: {result.final_model} ({s['description']}): AP {s['AP']:.4f}, "
-          f"{s['latency_median_ms']:.2f} ms median (budget {s['budget_ms']:g} ms), {s['size_mb']:.2f} MB, "
+    ratio = f" = {s['budget_ratio']:g} x the base model's {s['base_latency_ms']:.2f} ms" if s.get("budget_ratio") else ""
+    print(f"final model: {result.final_model} ({s['description']}): AP {s['AP']:.4f} (val), "
+          f"{s['latency_median_ms']:.2f} ms median (budget {s['budget_ms']:.3g} ms{ratio}), {s['size_mb']:.2f} MB, "
           f"resolution {s['resolution']}, NMS IoU {s['nms_iou']:g}")
     print(f"report: {result.report_md} and {result.report_html} "
           f"({len(result.trials_run)} trials run, {len(result.trials_cached)} cached, {result.seconds:.0f} s)")

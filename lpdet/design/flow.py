@@ -2,6 +2,14 @@
 dataset filtering → NMS tuning → the final int8 model and a report.
 
     design("synth", budget_ms=12.0, out_dir="runs/design", quick=True)
+    design("synth", None, "runs/design", budget_ratio=0.64, quick=True)   # 0.64 x the base model's latency
+
+Three splits (`lpdet.design.splits`): every training run learns from train less a selection split
+(the YAML's ``select:`` or ``select_fraction`` of train); every choice below, and each run's best
+epoch, is made on the selection split; val is only reported. Every AP comparison in the report
+carries a paired bootstrap interval over val images (`lpdet.design.noise`). Every latency is the
+one harness (`lpdet.design.latency_trials`): real val images, the models of a decision interleaved
+in one run, the median over all timed passes with its interval and p90.
 
 Steps (every one a cached trial in ``out_dir/trials``, so a second call redoes nothing and an
 interrupted call continues where it stopped; a changed setting redoes what it affects):
@@ -11,19 +19,21 @@ interrupted call continues where it stopped; a changed setting redoes what it af
 3. **Quantization table** (Table 11.1): `compare_quantization`: float / naive 8-bit / calibrated
    PTQ / QAT, each as ONNX on onnxruntime, AP on val and latency.
 4. **Resolution search**: the QAT model exported int8 at each candidate resolution (300 down,
-   multiples of 8, plus non-multiples such as 250 / 236 for the table) and benchmarked; those
+   multiples of 8, plus non-multiples such as 250 / 236 for the table), all measured in one
+   interleaved run with the base resolution (which also resolves `budget_ratio` into ms); those
    whose median latency is at most `budget_ms`·(1 − `budget_margin`) fit (the margin, 10% by
    default, keeps the pick within the budget when the machine's speed drifts). The largest
    `finetune_top` fitting multiples of 8 (any fitting size if no multiple of 8 fits) are
    fine-tuned with QAT at their resolution, and so is the base resolution as a reference with
    the same extra training (Table 11.2, Fig 11.2).
-   The fine-tuned model (reference included) that fits with the best AP is chosen.
+   The fine-tuned model (reference included) that fits with the best AP on select is chosen.
 5. **Filtering ablation** at the chosen resolution: the same fine-tuning, for about the same
    number of steps, without the training images holding small objects (Figs 11.3 / 11.4); the
-   filtered model is kept only if its deployed AP is higher.
-6. **NMS sweep** on the chosen model (Table 11.3); the setting with the best AP is kept (ties:
-   the faster).
-7. **Final**: the chosen int8 ONNX re-benchmarked with the chosen NMS setting; if it still fits
+   filtered model is kept only if its deployed AP on select is higher.
+6. **NMS sweep** on the chosen model (Table 11.3), per-class and class-agnostic NMS; the setting
+   with the best AP on select is kept (ties: the faster).
+7. **Final**: the chosen int8 ONNX re-measured with the chosen NMS setting, interleaved with the
+   base model; if it still fits
    (budget less margin) it is copied to ``out_dir/final/model.onnx`` with ``final/summary.json``
    (else the next best fitting model is tried). Table 11.4 lists each step's measured change in AP and
    latency (losses included).
@@ -39,7 +49,8 @@ Presets (`DesignSettings`, written to ``out_dir/settings.json``):
   fine-tuning epochs per resolution (lr 0.005); 17 candidates (300, 296, ..., 192 and 250, 236);
   the 2 largest fitting multiples of 8 fine-tuned; 50 benchmark runs, 100 calibration images;
   NMS IoU 0.6 (baseline), 0.30, 0.25, 0.20, 0.15, 0.10; every val image for deployed APs.
-  Every latency (both presets): 3 benchmarks of 50 batch-1 runs, the lowest median kept.
+  Every latency (both presets): at least 50 interleaved rounds on 16 val images, then until every
+  median is known to ±3% (95%) or 60 s.
 * `quick()` shrinks every step so ``--data synth`` finishes in about 15 minutes on 2 idle CPU
   cores: width 0.5, 1200 train / 200 val synthetic images, batch 16, light augmentation,
   5 float epochs (lr 0.03) and 1 epoch for every other training, 12 candidates (300, 288, 272,
@@ -61,22 +72,27 @@ from lpdet.deploy.runtime import model_size_bytes
 from lpdet.design.flow_choices import filtering_step, nms_step
 from lpdet.design.flow_context import (SAME_GRAPH, Candidate, FlowContext, NoFit, bench_kw, choice_ap, compare_row,
                                        record_step)
-from lpdet.design.flow_report import limit_text, quant_section, resolution_section, setup_section, write_design_report
+from lpdet.design.flow_latency import budget_text, check_budget, limit_text, search_latencies
+from lpdet.design.flow_report import quant_section, resolution_section, setup_section, write_design_report
+from lpdet.design.latency_trials import interval_text, measure_interleaved, straddles
 from lpdet.design.noise import NoiseJudge
 from lpdet.design.quant_compare import compare_quantization, compare_to_dict
-from lpdet.design.report import Section, Table
+from lpdet.design.report import Section
 from lpdet.design.resolution import resolution_sweep
 from lpdet.design.settings import DesignSettings, finetune_overrides, training_config
 from lpdet.design.splits import design_data
 from lpdet.design.tables import save_json_atomic
-from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity, measure_int8
+from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity
 from lpdet.errors import LpdetError
+from lpdet.progress import progress_bar
 from lpdet.models.postprocess import PostprocessConfig
 from lpdet.serialize import to_dict
 
 __all__ = ["DesignSettings", "DesignResult", "design"]
 
 log = logging.getLogger("lpdet.design")
+DESIGN_STEPS = ("float training", "QAT", "quantization table", "resolution search", "dataset filtering",
+                "NMS sweep", "final model")
 
 
 @dataclass
@@ -91,11 +107,13 @@ class DesignResult:
     seconds: float = 0.0
 
 
-def design(data: str | Path, budget_ms: float, out_dir: Path | str, *, quick: bool = False,
+def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, quick: bool = False,
            settings: DesignSettings | None = None, arch: str | None = None, width: float | None = None,
-           threads: int | None = None, select_fraction: float | None = None, progress: bool = True,
-           echo=None) -> DesignResult:
-    """Run the whole guided design flow (see the module docstring); returns where everything is."""
+           threads: int | None = None, select_fraction: float | None = None, budget_ratio: float | None = None,
+           progress: bool = True, echo=None) -> DesignResult:
+    """Run the whole guided design flow (see the module docstring); returns where everything is. The
+    budget: `budget_ms`, or `budget_ratio` x the base model's int8 latency measured on this machine
+    (exactly one of them)."""
     started = time.perf_counter()
     custom_settings = settings is not None
     settings = settings or (DesignSettings.quick() if quick else DesignSettings.full())
@@ -104,13 +122,12 @@ def design(data: str | Path, budget_ms: float, out_dir: Path | str, *, quick: bo
     if threads is not None:
         settings = replace(settings, bench=replace(settings.bench, threads=threads))
     settings.validate()
-    if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not budget_ms > 0:
-        raise LpdetError(f"--budget-ms {budget_ms}: must be a latency in milliseconds > 0")
-    budget_ms = float(budget_ms)
+    budget_ms, budget_ratio = check_budget(budget_ms, budget_ratio)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic({"preset": ("custom" if custom_settings else "quick" if quick else "full"), "data": str(data),
-                      "budget_ms": budget_ms, "settings": to_dict(settings)}, out_dir / "settings.json")
+                      "budget_ms": budget_ms, "budget_ratio": budget_ratio, "settings": to_dict(settings)},
+                     out_dir / "settings.json")
     cache = TrialCache(out_dir / "trials", progress=progress, echo=echo)
     s = settings
     splits = design_data(dataset_yaml(data, synth_train=s.synth_train, synth_val=s.synth_val), out_dir / "selection",
@@ -118,7 +135,7 @@ def design(data: str | Path, budget_ms: float, out_dir: Path | str, *, quick: bo
     preset = "custom settings" if custom_settings else "quick preset" if quick else "full preset"
     ctx = FlowContext(data=str(data), data_path=splits.evaluation, budget_ms=budget_ms, settings=s, out_dir=out_dir,
                       quick=quick, preset=preset, train_path=splits.training, select_source=splits.select_source,
-                      noise=NoiseJudge(splits.evaluation))
+                      budget_ratio=budget_ratio, noise=NoiseJudge(splits.evaluation))
     ctx.setup = setup_section(ctx)
 
     try:
@@ -133,17 +150,32 @@ def design(data: str | Path, budget_ms: float, out_dir: Path | str, *, quick: bo
 
 
 def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
-    """The steps of the module docstring, one function each; returns the final model's path."""
+    """The steps of the module docstring, one function each, under one progress bar (step k of n, time
+    left: tqdm's estimate from the steps done so far); returns the final model's path."""
     cache.plan(2 + 1 + 1 + 2 * len(ctx.settings.candidates()))
-    base_ckpt, qat_ckpt = _train_float_and_qat(ctx, cache)  # 1-2
-    float_row, float_bench, float_predictions = _quantization_table(ctx, cache, base_ckpt, qat_ckpt)  # 3
-    search = _search_resolutions(ctx, cache, qat_ckpt)  # 4
-    _record_search_steps(ctx, search, float_row, float_bench, float_predictions)
-    current = search.chosen
-    if ctx.settings.filtering:  # 5
-        current = filtering_step(ctx, cache, qat_ckpt, current, search.latency[current.resolution]) or current
-    best, post = nms_step(ctx, cache, current)  # 6
-    return _final_model(ctx, cache, current, best, post, search)  # 7
+    with progress_bar(total=len(DESIGN_STEPS), enabled=cache.progress, desc="design", unit="step") as bar:
+        def next_step(done: int = 1) -> None:
+            bar.update(done)
+            if bar.n < len(DESIGN_STEPS):
+                bar.set_postfix_str(f"next: {DESIGN_STEPS[bar.n]}")
+
+        bar.set_postfix_str(f"next: {DESIGN_STEPS[0]}")
+        base_ckpt, qat_ckpt = _train_float_and_qat(ctx, cache)  # 1-2
+        next_step(2)
+        float_row, float_bench, float_predictions = _quantization_table(ctx, cache, base_ckpt, qat_ckpt)  # 3
+        next_step()
+        search = _search_resolutions(ctx, cache, qat_ckpt)  # 4
+        _record_search_steps(ctx, search, float_row, float_bench, float_predictions)
+        next_step()
+        current = search.chosen
+        if ctx.settings.filtering:  # 5
+            current = filtering_step(ctx, cache, qat_ckpt, current, search.latency[current.resolution]) or current
+        next_step()
+        best, post = nms_step(ctx, cache, current)  # 6
+        next_step()
+        final = _final_model(ctx, cache, current, best, post, search)  # 7
+        next_step()
+    return final
 
 
 def _train_float_and_qat(ctx: FlowContext, cache: TrialCache) -> tuple[Path, Path]:
@@ -171,7 +203,7 @@ def _quantization_table(ctx: FlowContext, cache: TrialCache, base_ckpt: Path,
                                        "threads": s.bench.threads, "runs": s.compare_runs, "max_images": s.eval_max_images,
                                        "keeps": "predictions"},
                      compare, kind="compare")
-    float_bench = cache.benchmark(f"float-r{s.base_resolution}-bench", cache.file(comp, "fp32"),
+    float_bench = cache.benchmark(f"float-r{s.base_resolution}-bench", cache.file(comp, "fp32"), data=ctx.data_path,
                                   **bench_kw(s))["latency"]
     kept = {r["name"]: cache.path("quant-compare") / r["predictions"]
             for r in comp["compare"]["rows"] if r["status"] == "ok"}
@@ -192,43 +224,26 @@ class _Search:
     chosen: Candidate
 
 
-def _candidate_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> tuple[dict[int, float], Table]:
-    """Step 4, first half: the QAT model exported int8 at every candidate and benchmarked."""
-    s, budget = ctx.settings, ctx.budget_ms
-    limit = s.latency_limit(budget)
-    candidates = s.candidates()
-    latency = {}
-    for r in candidates:
-        m = measure_int8(cache, f"noft-r{r}", qat_ckpt, ctx.data_path, resolution=r, evaluate=False,
-                         calibration_images=s.calibration_images, **bench_kw(s))
-        latency[r] = m.latency_ms
-    table = Table("Resolution search: int8 latency of the QAT model at each candidate (no training)",
-                  ["resolution", "input multiple of 8", "int8 latency ms", f"fits (<= {limit:.3g} ms)"],
-                  [[r, r % 8 == 0, latency[r], latency[r] <= limit] for r in candidates],
-                  note=f"Budget {budget:g} ms; {limit_text(s, budget)}. Latency: median of {s.bench.runs} "
-                       f"batch-1 runs (end-to-end: forward + NMS), {s.bench.threads} thread(s), the lowest of "
-                       f"{s.bench.repeats} repeats.",
-                  formats={"int8 latency ms": ".2f"})
-    return latency, table
-
-
 def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> _Search:
     """Step 4 (Table 11.2 / Fig 11.2): latency at every candidate, fine-tuning of the largest that fit
     (and of the base resolution as the reference), the best fitting fine-tuned model chosen."""
-    s, budget, base_r = ctx.settings, ctx.budget_ms, ctx.settings.base_resolution
+    s, base_r = ctx.settings, ctx.settings.base_resolution
+    measured = search_latencies(ctx, cache, qat_ckpt)  # resolves a --budget-ratio into ctx.budget_ms
+    ctx.setup = setup_section(ctx)
+    budget, search_table = ctx.budget_ms, measured.table
     limit = s.latency_limit(budget)  # what a model may measure to fit (the margin kept for re-benchmarks)
     candidates = s.candidates()
-    latency, search_table = _candidate_latencies(ctx, cache, qat_ckpt)
+    latency = {r: measured.median(r) for r in candidates}
     fitting = [r for r in candidates if latency[r] <= limit]
     if not fitting:
         fastest = min(candidates, key=lambda r: latency[r])
         ctx.sections.append(Section("Resolution search", "No candidate resolution meets the budget.", [search_table]))
-        raise NoFit(f"no resolution fits --budget-ms {budget:g} ({limit_text(s, budget)}): the fastest candidate, "
+        raise NoFit(f"no resolution fits the budget, {budget_text(ctx)} ({limit_text(s, budget)}): the fastest candidate, "
                     f"{fastest}x{fastest}, measured {latency[fastest]:.2f} ms (int8 median, batch 1, {s.bench.threads} "
                     f"thread(s)); raise the budget, or try smaller resolutions or a smaller width")
     if base_r in fitting:  # legitimate (the budget may be loose), but the user may expect a trade-off
         log.warning("the %d model fits the budget as it is (%.2f ms on this machine): the resolution search has "
-                    "nothing to trade; a --budget-ms below %.2g makes it choose a smaller input", base_r,
+                    "nothing to trade; a budget below %.2g ms (or a --budget-ratio below 1) makes it choose a smaller input", base_r,
                     latency[base_r], latency[base_r])
     aligned = [r for r in fitting if r % 8 == 0]
     to_tune = (aligned or fitting)[: s.finetune_top]
@@ -236,7 +251,7 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> 
                              qat=True, finetune=set(to_tune) | {base_r}, batch_size=s.training.batch_size,
                              max_images=s.eval_max_images, calibration_images=s.calibration_images, budget_ms=budget,
                              train_overrides=finetune_overrides(s), cache=cache, train_data=ctx.train_path,
-                             select=True, **bench_kw(s))
+                             select=True, latency=measured.models, **bench_kw(s))
     tuned = [Candidate(f"QAT fine-tuned @{row.resolution}", f"finetune-r{row.resolution}", row.resolution,
                        Path(row.ft_onnx), Path(row.ft_checkpoint), row.ft_metrics, row.ft_latency_ms,
                        predictions=Path(row.ft_predictions), select_metrics=row.ft_select_metrics)
@@ -291,16 +306,19 @@ def _final_model(ctx: FlowContext, cache: TrialCache, current: Candidate, best, 
                                key=lambda m: (-choice_ap(m), latency[m.resolution]))
     tried = []
     final = None
+    base_onnx = Path(search.sweep.row(s.base_resolution).onnx)
     for model in order:
         chosen_post = post if model is current else PostprocessConfig()
-        fb = cache.benchmark(f"final-{model.tag}-bench", model.onnx, postprocess=chosen_post, **bench_kw(s))["latency"]
+        # the same statistic as the search: interleaved with the base model (both with this NMS setting)
+        fb = measure_interleaved(cache, f"final-{model.tag}-latency", [base_onnx, model.onnx], ctx.data_path,
+                                 s.bench, postprocess=chosen_post)["models"][1]
         tried.append((model, fb))
         if fb["median_ms"] <= limit:
             final = (model, fb, chosen_post)
             break
     if final is None:
         fastest = min(fb["median_ms"] for _, fb in tried)
-        raise NoFit(f"no model fitted --budget-ms {budget:g} ({limit_text(s, budget)}) when re-benchmarked for "
+        raise NoFit(f"no model fitted the budget, {budget_text(ctx)} ({limit_text(s, budget)}) when re-benchmarked for "
                     f"the final pick (fastest: {fastest:.2f} ms); the machine's load may have changed: rerun, or "
                     f"raise the budget")
     model, fb, chosen_post = final
@@ -308,7 +326,11 @@ def _final_model(ctx: FlowContext, cache: TrialCache, current: Candidate, best, 
     record_step(ctx, "final (re-benchmarked)", model.label, model.resolution, metrics, fb["median_ms"],
                 predictions=best.predictions if model is current else model.predictions,
                 select_metrics=best.select_metrics if model is current else model.select_metrics,
-                note="" if model is current else "the chosen model did not fit when re-benchmarked; next best")
+                note="; ".join(x for x in ("" if model is current else "the chosen model did not fit when "
+                                           "re-benchmarked; next best",
+                                           f"median 95% interval {interval_text(fb)} ms" if interval_text(fb) else "",
+                                           "its interval straddles the fit limit" if straddles(fb, limit) else "")
+                               if x))
     return _finalise(ctx, model, fb, chosen_post, metrics)
 
 
@@ -325,8 +347,10 @@ def _finalise(ctx: FlowContext, model: Candidate, bench: dict, post, metrics: di
         "AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "AP75": metrics.get("AP75"),
         "AP_small": metrics.get("AP_small"), "AP_medium": metrics.get("AP_medium"), "AP_large": metrics.get("AP_large"),
         "latency_median_ms": bench["median_ms"], "latency_p90_ms": bench["p90_ms"],
+        "latency_interval_ms": bench.get("median_interval_ms"), "latency_vs_base": bench.get("ratio"),
+        "budget_ratio": ctx.budget_ratio, "base_latency_ms": ctx.base_latency_ms,
         "forward_ms": bench["forward_ms"], "postprocess_ms": bench["postprocess_ms"],
-        "size_mb": model_size_bytes(target) / 1e6, "nms_iou": post.nms_iou, "score_threshold": post.score_threshold,
+        "size_mb": model_size_bytes(target) / 1e6, "nms_iou": post.nms_iou, "class_agnostic": post.class_agnostic, "score_threshold": post.score_threshold,
         "top_k": post.top_k, "budget_ms": ctx.budget_ms, "meets_budget": bench["median_ms"] <= ctx.budget_ms,
         "budget_margin": s.budget_margin, "latency_limit_ms": s.latency_limit(ctx.budget_ms),
         "threads": s.bench.threads, "device": bench.get("device"), "runtime": bench.get("runtime"), "data": ctx.data,

@@ -65,22 +65,30 @@ def filtering_step(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, current:
 
 
 def nms_step(ctx: FlowContext, cache: TrialCache, current: Candidate):
-    """Step 6 (Table 11.3): the NMS sweep on the chosen model; returns its best row and that setting."""
+    """Step 6 (Table 11.3): the NMS sweep on the chosen model, per-class and class-agnostic NMS at every
+    IoU; returns its best row (on the selection split) and that setting."""
     s = ctx.settings
     ious = list(dict.fromkeys(float(v) for v in s.nms_ious))
     nms = nms_sweep(current.onnx, ctx.data_path, ious, max_images=s.eval_max_images, out_dir=ctx.out_dir / "nms",
-                    cache=cache, name=f"nms-{current.tag}", select=True, **bench_kw(s))
+                    cache=cache, name=f"nms-{current.tag}", select=True, class_agnostic=(False, True), **bench_kw(s))
     best = nms.best()
     baseline = nms.find(ious[0]) or nms.rows[0]
+    agnostic = next(r for r in nms.rows if r.class_agnostic and abs(r.nms_iou - baseline.nms_iou) < 1e-9)
     intervals = [None if r is baseline else ctx.interval(baseline.predictions, r.predictions) for r in nms.rows]
+    effect = (f"Class-agnostic NMS at IoU {baseline.nms_iou:g} against per-class: Δ AP "
+              f"{intervals[nms.rows.index(agnostic)] or f'{agnostic.ap - baseline.ap:+.3f}'}, NMS "
+              f"{agnostic.nms_ms - baseline.nms_ms:+.3f} ms per image ({agnostic.nms_ms:.3f} vs {baseline.nms_ms:.3f}).")
     ctx.sections.append(Section(
         "Table 11.3: NMS threshold",
-        f"Post-processing settings of the chosen model ({current.label}). The first IoU ({baseline.nms_iou:g}) is the "
-        f"baseline; the setting with the highest AP on the selection split is kept (ties: the faster): IoU "
-        f"{best.nms_iou:g}, score threshold {best.score_threshold:g}, top-k {best.top_k}. {INTERVAL_NOTE} {SPLIT_NOTE}",
+        f"Post-processing settings of the chosen model ({current.label}). The first IoU ({baseline.nms_iou:g}, per "
+        f"class) is the baseline; the setting with the highest AP on the selection split is kept (ties: the faster): "
+        f"IoU {best.nms_iou:g}{', class-agnostic' if best.class_agnostic else ''}, score threshold "
+        f"{best.score_threshold:g}, top-k {best.top_k}. {effect} {INTERVAL_NOTE} {SPLIT_NOTE}",
         [nms_table(nms, title="Table 11.3: AP and end-to-end latency vs NMS setting", intervals=intervals)]))
-    record_step(ctx, "NMS setting", f"{current.label}, NMS IoU {best.nms_iou:g}", current.resolution, best.metrics,
+    record_step(ctx, "NMS setting", f"{current.label}, NMS IoU {best.nms_iou:g}"
+                f"{' class-agnostic' if best.class_agnostic else ''}", current.resolution, best.metrics,
                 best.latency_ms, predictions=best.predictions, select_metrics=best.select_metrics,
                 previous=(baseline.metrics, baseline.latency_ms, baseline.predictions),
-                basis=f"same model at NMS IoU {baseline.nms_iou:g} (end-to-end, real predictions)")
-    return best, PostprocessConfig(score_threshold=best.score_threshold, nms_iou=best.nms_iou, top_k=best.top_k)
+                basis=f"same model at NMS IoU {baseline.nms_iou:g}, per class (end-to-end, real predictions)")
+    return best, PostprocessConfig(score_threshold=best.score_threshold, nms_iou=best.nms_iou, top_k=best.top_k,
+                                   class_agnostic=best.class_agnostic)

@@ -22,7 +22,7 @@ class NoFit(Exception):
 class FlowContext:
     data: str
     data_path: Path
-    budget_ms: float
+    budget_ms: float | None  # None until the search measured the base model when the budget is a ratio
     settings: DesignSettings
     out_dir: Path
     quick: bool
@@ -33,6 +33,8 @@ class FlowContext:
     summary: dict = field(default_factory=dict)
     train_path: Path | None = None  # the YAML training runs use: train (fit part), val = the selection split
     select_source: str = ""  # where the selection split comes from (the report says)
+    budget_ratio: float | None = None  # --budget-ratio: the budget is this x the base model's int8 latency
+    base_latency_ms: float | None = None  # the base model's int8 median, measured with the candidates
     noise: NoiseJudge | None = None  # paired bootstrap intervals of AP differences on val (None: not computed)
 
     def interval(self, before, after) -> str | None:

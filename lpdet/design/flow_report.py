@@ -15,11 +15,11 @@ from lpdet.data.sizes import BUCKETS, SizeThresholds, dataset_stats
 from lpdet.data.spec import resolve_dataset
 from lpdet.deploy.latency import cpu_name
 from lpdet.design.flow_context import Candidate, FlowContext, ap_of
+from lpdet.design.flow_latency import budget_text, limit_text
 from lpdet.design.noise import INTERVAL_NOTE
 from lpdet.design.quant_compare import compare_table
 from lpdet.design.report import Section, Table, write_report
 from lpdet.design.resolution import resolution_figure, resolution_table
-from lpdet.design.settings import DesignSettings
 from lpdet.design.tables import ap_or_none
 from lpdet.design.trials import TrialCache
 from lpdet.quant.weight_ranges import format_spread
@@ -44,7 +44,7 @@ def setup_section(ctx: FlowContext) -> Section:
     if hasattr(os, "getloadavg"):
         load = f" Load average at the start: {os.getloadavg()[0]:.2f}."
     where = f" ({ctx.data_path})" if str(ctx.data_path) != ctx.data else ""
-    text = (f"Data: {ctx.data}{where}. Budget: {ctx.budget_ms:g} ms int8 latency (median, batch 1, "
+    text = (f"Data: {ctx.data}{where}. Budget: {budget_text(ctx)} int8 latency (median, batch 1, "
             f"{s.bench.threads} thread(s)). Machine: {cpu_name()}, {platform.system()} {platform.machine()}; torch "
             f"{torch.__version__}, onnxruntime {onnxruntime.__version__} (CPUExecutionProvider).{load} "
             f"Settings: {ctx.preset}, all in settings.json ({s.arch}, width {s.width:g}, "
@@ -74,7 +74,7 @@ def resolution_section(ctx: FlowContext, sweep, search_table: Table, to_tune: li
     s = ctx.settings
     base = s.base_resolution
     text = (f"Every candidate was exported int8 from the QAT model and benchmarked without training; "
-            f"{len(fit)} of {len(latency)} fit the {ctx.budget_ms:g} ms budget ({limit_text(s, ctx.budget_ms)}) "
+            f"{len(fit)} of {len(latency)} fit the budget, {budget_text(ctx)} ({limit_text(s, ctx.budget_ms)}) "
             f"({', '.join(str(r) for r in sorted(fit, reverse=True)) or 'none'}). Fine-tuned with QAT for "
             f"{s.finetuning.epochs} epoch(s): {', '.join(str(r) for r in sorted(to_tune, reverse=True))}"
             f"{'' if base in to_tune else f', and {base} as the reference'}. Chosen: {chosen.label} "
@@ -114,8 +114,12 @@ def final_section(ctx: FlowContext) -> Section:
     f = ctx.summary
     rows = [["resolution", f["resolution"]]]
     rows += [[k, ap_or_none(f[k])] for k in ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")]
-    rows += [["latency median ms", f["latency_median_ms"]], ["latency p90 ms", f["latency_p90_ms"]],
-             ["budget ms", f["budget_ms"]], ["fits at most ms (budget less margin)", f["latency_limit_ms"]],
+    interval = f.get("latency_interval_ms")
+    rows += [["latency median ms", f["latency_median_ms"]],
+             ["latency median 95% interval ms", f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else None],
+             ["latency p90 ms", f["latency_p90_ms"]],
+             ["budget ms", f["budget_ms"]], ["budget ratio (x base model)", f.get("budget_ratio")],
+             ["fits at most ms (budget less margin)", f["latency_limit_ms"]],
              ["size MB", f["size_mb"]], ["NMS IoU", f["nms_iou"]],
              ["score threshold", f["score_threshold"]], ["top-k", f["top_k"]], ["threads", f["threads"]]]
     check = (f"To check it: `lpdet bench {f['model']} --threads {f['threads']}` (the model carries its NMS "
@@ -124,14 +128,6 @@ def final_section(ctx: FlowContext) -> Section:
                                   f"re-benchmarked with the NMS setting below on {f['device']}; AP on val with it. "
                                   f"{check}",
                    [Table("Final model", ["quantity", "value"], [[k, _cell(v)] for k, v in rows])])
-
-
-def limit_text(s: DesignSettings, budget_ms: float) -> str:
-    """e.g. 'a model fits at <= 4.5 ms, 10% of the budget kept in reserve for the machine's drift ...'."""
-    if not s.budget_margin:
-        return "a model fits at <= the budget"
-    return (f"a model fits at <= {s.latency_limit(budget_ms):.3g} ms, {s.budget_margin:.0%} of the budget kept "
-            f"in reserve for the machine's drift when it is benchmarked again")
 
 
 def _cell(v):
@@ -152,4 +148,4 @@ def write_design_report(ctx: FlowContext, cache: TrialCache, started: float, fai
     sections[0] = Section(sections[0].title, sections[0].text + f"\n\nThis call took {seconds:.0f} s: "
                           f"{len(cache.ran)} trial(s) run, {len(cache.cached_names)} reused from the cache "
                           f"({cache.root}).", sections[0].items)
-    return write_report(sections, ctx.out_dir, title=f"Guided design: {ctx.settings.arch} under {ctx.budget_ms:g} ms")
+    return write_report(sections, ctx.out_dir, title=f"Guided design: {ctx.settings.arch} under {budget_text(ctx)}")

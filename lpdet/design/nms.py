@@ -40,6 +40,7 @@ class NmsRow:
     nms_ms: float  # median select_detections time per image on the real predictions
     forward_ms: float  # model forward median (benchmark)
     latency_ms: float  # forward_ms + nms_ms
+    class_agnostic: bool = False  # one NMS over each anchor's best class (TF Lite's "fast NMS")
     predictions: str | None = None  # its val predictions file (`lpdet.design.noise`), when kept
     select_metrics: dict[str, float] | None = None  # on the selection split, when measured: the choice uses it
 
@@ -80,7 +81,7 @@ class NmsSweep:
         return asdict(self)
 
 
-def _nms_settings(ious, score_thresholds, top_ks) -> list:
+def _nms_settings(ious, score_thresholds, top_ks, class_agnostic=(False,)) -> list:
     default = PostprocessConfig()
     ious = list(ious)
     scores = list(score_thresholds) if score_thresholds else [default.score_threshold]
@@ -96,8 +97,8 @@ def _nms_settings(ious, score_thresholds, top_ks) -> list:
     for v in tops:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise LpdetError(f"--top-ks: {v!r} is not a whole number >= 1")
-    return [PostprocessConfig(score_threshold=float(s), nms_iou=float(i), top_k=int(k))
-            for i in ious for s in scores for k in tops]
+    return [PostprocessConfig(score_threshold=float(s), nms_iou=float(i), top_k=int(k), class_agnostic=bool(a))
+            for a in class_agnostic for i in ious for s in scores for k in tops]
 
 
 def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads: int, max_images: int,
@@ -133,6 +134,7 @@ def _measure_nms(model_path: Path, data: str | Path, settings: list, *, threads:
         if directory is not None:
             kept = save_predictions(Path(directory) / f"predictions-{j}.json", results[j], image_ids).name
         rows.append({"nms_iou": cfg.nms_iou, "score_threshold": cfg.score_threshold, "top_k": cfg.top_k,
+                     "class_agnostic": cfg.class_agnostic,
                      "metrics": coco_metrics(dataset.coco, results[j], image_ids=image_ids),
                      "detections_per_image": counts[j] / n,
                      "nms_ms": statistics.median(times[j]) * 1e3 if times[j] else 0.0, "predictions": kept})
@@ -143,7 +145,7 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
               score_thresholds: Sequence[float] | None = None, top_ks: Sequence[int] | None = None, threads: int = 1,
               runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0, out_dir: Path | str | None = None,
               cache: TrialCache | None = None, name: str = "nms", progress: bool = True,
-              select: bool = False) -> NmsSweep:
+              select: bool = False, class_agnostic: Sequence[bool] = (False,)) -> NmsSweep:
     """AP and end-to-end latency per post-processing setting (every IoU × score threshold × top-k).
 
     Latency per image = the model's forward median (`benchmark`, batch 1, `threads` threads) +
@@ -153,7 +155,7 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
     `cache`), every setting's AP is also measured on the selection split (``<name>-sweep-select``) and
     `NmsSweep.best` chooses on it."""
 
-    settings = _nms_settings(ious, score_thresholds, top_ks)
+    settings = _nms_settings(ious, score_thresholds, top_ks, class_agnostic)
     model_path = Path(model_path)
     if cache is None and out_dir is not None:
         cache = TrialCache(Path(out_dir) / "trials", progress=progress)
@@ -161,12 +163,13 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
         raise LpdetError(f"{model_path}: no such model; pass a checkpoint, run directory or .onnx file")
     data_path = dataset_yaml(data)
     spec = {"model": file_identity(model_path), "data": data_identity(data_path),
-            "settings": [[c.nms_iou, c.score_threshold, c.top_k] for c in settings], "max_images": max_images,
+            "settings": [[c.nms_iou, c.score_threshold, c.top_k, c.class_agnostic] for c in settings],
+            "max_images": max_images,
             "threads": threads}
     if cache is not None:
         cache.plan(3 if select else 2)
         bench = cache.benchmark(f"{name}-bench", model_path, threads=threads, runs=runs, warmup=warmup,
-                                repeats=repeats)["latency"]
+                                repeats=repeats, data=data_path)["latency"]
         spec["keeps"] = "predictions"  # trials cached before predictions were kept are redone
         measured = chosen_on = None
         for split in ("val", "select") if select else ("val",):
@@ -184,7 +187,7 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
     forward = float(bench["forward_ms"])
     rows = [NmsRow(nms_iou=r["nms_iou"], score_threshold=r["score_threshold"], top_k=r["top_k"], metrics=r["metrics"],
                    detections_per_image=r["detections_per_image"], nms_ms=r["nms_ms"], forward_ms=forward,
-                   latency_ms=forward + r["nms_ms"],
+                   latency_ms=forward + r["nms_ms"], class_agnostic=r.get("class_agnostic", False),
                    predictions=str(kept_in / r["predictions"]) if kept_in and r.get("predictions") else None,
                    select_metrics=c["metrics"] if chosen_on is not measured else None)
             for r, c in zip(measured["rows"], chosen_on["rows"])]
@@ -202,16 +205,18 @@ def nms_table(sweep: NmsSweep, *, title: str = "AP and latency vs NMS setting",
     extra = ["Δ AP vs baseline [95%]"] if intervals is not None else []
     on_select = any(r.select_metrics for r in sweep.rows)
     extra += ["select AP"] if on_select else []
-    columns = ["NMS IoU", "score threshold", "top-k", "AP", "AP50", "AP_small", "AP_medium", "AP_large", *extra,
+    columns = ["NMS IoU", "class-agnostic", "score threshold", "top-k", "AP", "AP50", "AP_small", "AP_medium", "AP_large", *extra,
                "detections / image", "NMS ms", "end-to-end ms"]
-    rows = [[r.nms_iou, r.score_threshold, r.top_k] + [ap_or_none(r.metrics.get(k)) for k in
+    rows = [[r.nms_iou, r.class_agnostic, r.score_threshold, r.top_k] + [ap_or_none(r.metrics.get(k)) for k in
                                                        ("AP", "AP50", *SIZE_METRICS)]
             + ([intervals[i]] if intervals is not None else [])
             + ([ap_or_none((r.select_metrics or {}).get("AP"))] if on_select else [])
             + [r.detections_per_image, r.nms_ms, r.latency_ms] for i, r in enumerate(sweep.rows)]
     note = (f"{Path(sweep.model).name} on {sweep.images} val images. End-to-end = model forward median "
             f"({sweep.rows[0].forward_ms:.2f} ms, {sweep.runs} batch-1 runs, {sweep.threads} thread(s), {sweep.device}) "
-            f"+ median post-processing time (score threshold, per-class NMS, top-k) on the real predictions."
+            f"+ median post-processing time (score threshold, per-class NMS, top-k) on the real predictions. "
+            f"Class-agnostic: one NMS over each anchor's best class (TF Lite's default \"fast NMS\") instead of "
+            f"one per class."
             if sweep.rows else "")
     if on_select:
         note += " AP columns: on val (reported only); \"select AP\": on the held-out selection split, where the setting is chosen."

@@ -80,6 +80,7 @@ class ResolutionSweep:
     budget_ms: float | None = None
     device: str = ""
     repeats: int = 1
+    latency_note: str = ""  # how `latency` given to `resolution_sweep` was measured (else: its own benchmarks)
 
     def row(self, resolution: int) -> ResolutionRow | None:
         return next((r for r in self.rows if r.resolution == resolution), None)
@@ -111,7 +112,8 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
                      threads: int = 1, runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0,
                      calibration_images: int = 100, budget_ms: float | None = None,
                      train_overrides: dict | None = None, cache: TrialCache | None = None, progress: bool = True,
-                     write: bool = True, train_data: str | Path | None = None, select: bool = False) -> ResolutionSweep:
+                     write: bool = True, train_data: str | Path | None = None, select: bool = False,
+                     latency: dict[int, dict] | None = None) -> ResolutionSweep:
     """AP and int8 latency per resolution, without and with fine-tuning (see the module docstring).
 
     For each R: the checkpoint loaded at R (anchors recomputed; weights as they are) is exported
@@ -119,7 +121,9 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
     benchmarked; with `finetune` (True: every R; or the resolutions to fine-tune) a model is
     trained from `init_ckpt` at R for `epochs` (QAT if `qat`; `train_overrides`: other TrainConfig
     fields; on `train_data`, default `data`) and measured the same way; with `select`, every model is also
-    evaluated on `data`'s selection split. `budget_ms` marks rows whose int8 latency fits. Writes
+    evaluated on `data`'s selection split. `latency` (resolution -> `latency_to_dict` of the graph, measured
+    elsewhere, e.g. interleaved with the others) replaces the benchmarks (a fine-tuned model has the same
+    graph). `budget_ms` marks rows whose int8 latency fits. Writes
     ``out_dir/resolution_sweep.{md,json,png}`` (with `write`). Trials live in ``out_dir/trials``
     (or `cache`)."""
 
@@ -144,8 +148,9 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
                                                                len(ckpt.class_names), r))
         m = measure_int8(cache, f"noft-r{r}", ckpt.path, data_path, resolution=r, threads=threads, runs=runs,
                          warmup=warmup, max_images=max_images, calibration_images=calibration_images, int8=int8,
-                         repeats=repeats, select=select)
-        row.metrics, row.latency_ms, row.latency_p90_ms = m.metrics, m.latency_ms, m.latency["p90_ms"]
+                         repeats=repeats, select=select, benchmark=latency is None)
+        graph = latency[r] if latency is not None else m.latency
+        row.metrics, row.latency_ms, row.latency_p90_ms = m.metrics, graph["median_ms"], graph["p90_ms"]
         row.select_metrics = m.select_metrics
         row.size_mb, row.quantization, row.onnx = m.size_mb, m.quantization, str(m.onnx)
         row.predictions = str(m.predictions)
@@ -159,14 +164,16 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
             best = cache.file(trained, "best")
             ft = measure_int8(cache, f"finetune-r{r}", best, data_path, resolution=None, threads=threads, runs=runs,
                               warmup=warmup, max_images=max_images, calibration_images=calibration_images,
-                              int8=int8, repeats=repeats, select=select)
-            row.ft_metrics, row.ft_latency_ms, row.ft_select_metrics = ft.metrics, ft.latency_ms, ft.select_metrics
+                              int8=int8, repeats=repeats, select=select, benchmark=latency is None)
+            row.ft_metrics, row.ft_select_metrics = ft.metrics, ft.select_metrics
+            row.ft_latency_ms = graph["median_ms"] if latency is not None else ft.latency_ms
             row.ft_onnx, row.ft_checkpoint, row.ft_steps = str(ft.onnx), str(best), trained["steps"]
             row.ft_predictions = str(ft.predictions)
         rows.append(row)
 
     sweep = ResolutionSweep(rows=rows, init=str(ckpt.path), data=str(data), threads=threads, runs=runs, epochs=epochs,
-                            qat=qat, budget_ms=budget_ms, device=cpu_name(), repeats=repeats)
+                            qat=qat, budget_ms=budget_ms, device=cpu_name(), repeats=repeats,
+                            latency_note="int8 latency: the design's interleaved measurement" if latency else "")
     if write:
         write_sweep_files(out_dir, "resolution_sweep", "Resolution sweep", [resolution_table(sweep)],
                           [resolution_figure(sweep)], sweep.to_dict(),
@@ -210,10 +217,11 @@ def resolution_table(sweep: ResolutionSweep, *, title: str = "AP and int8 latenc
         if chosen_on_select:
             cells += [ap_or_none((m or {}).get("AP")) for m in (r.select_metrics, r.ft_select_metrics)]
         rows.append(cells)
-    note = (f"int8 latency: median of {sweep.runs} batch-1 runs with {sweep.threads} thread(s) on {sweep.device}"
-            f"{f' (lowest of {sweep.repeats} repeats)' if sweep.repeats > 1 else ''}, "
-            f"of the checkpoint loaded at each resolution (% of the {ref.resolution if ref else '-'} row) and of the "
-            f"fine-tuned model (same graph, measured again). Fine-tuning: {sweep.epochs} epoch(s) "
+    measured = (f"{sweep.latency_note} (the fine-tuned model has the same graph)" if sweep.latency_note else
+                f"int8 latency: median of {sweep.runs} batch-1 runs with {sweep.threads} thread(s) on {sweep.device}"
+                f"{f' (lowest of {sweep.repeats} repeats)' if sweep.repeats > 1 else ''}, of the checkpoint loaded at "
+                f"each resolution and of the fine-tuned model (same graph, measured again)")
+    note = (f"{measured}; % of the {ref.resolution if ref else '-'} row. Fine-tuning: {sweep.epochs} epoch(s) "
             f"{'QAT ' if sweep.qat else ''}from {sweep.init}. AP_small/medium/large: of the fine-tuned model where "
             f"there is one. 'multiple of 8': the input and every feature map of 8 or more.")
     if sweep.budget_ms is not None:

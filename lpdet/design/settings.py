@@ -43,14 +43,19 @@ class TrainingSettings:
 
 @dataclass
 class BenchSettings:
-    """How every latency of the design is measured: the lowest median of `repeats` benchmarks
-    (shared machines) of `runs` batch-1 runs after `warmup`, with `threads` inference threads
-    (the budget is for this many)."""
+    """How every latency of the design is measured (`lpdet.design.latency_trials`): batch 1 on `images`
+    real val images with `threads` inference threads (the budget is for this many), the models of a
+    decision interleaved, after `warmup`, at least `runs` rounds and then until every median is known
+    to ±`target` (95%) or `time_cap_s`; the median over all timed passes, with its interval and p90.
+    `repeats`: the NMS sweep's forward benchmark (1: the median of all its runs)."""
 
     threads: int = 1
     runs: int = 50
     warmup: int = 5
-    repeats: int = 3
+    repeats: int = 1
+    target: float = 0.03
+    time_cap_s: float = 60.0
+    images: int = 16
 
 
 @dataclass
@@ -123,6 +128,8 @@ class DesignSettings:
             (t.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}"),
             (t.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.bench.threads >= 0, "--threads must be >= 0"),
+            (0 < self.bench.target < 1 and self.bench.time_cap_s > 0 and self.bench.images >= 1,
+             "bench: target in (0, 1), time_cap_s > 0, images >= 1"),
             (min(self.bench.runs, self.bench.repeats, self.compare_runs, self.calibration_images) >= 1,
              "bench runs, bench repeats, compare_runs and calibration_images must be >= 1"),
             (bool(self.nms_ious) and all(0 < v <= 1 for v in self.nms_ious), "nms_ious: values in (0, 1]"),

@@ -43,6 +43,7 @@ from lpdet.data.splits import eval_split
 from lpdet.deploy.export import export_onnx
 from lpdet.deploy.int8 import export_int8
 from lpdet.deploy.latency import benchmark, latency_to_dict
+from lpdet.deploy.latency_inputs import bench_images
 from lpdet.deploy.model import source_metadata
 from lpdet.deploy.ptq import load_calibration_images
 from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
@@ -327,23 +328,21 @@ class TrialCache:
         return self.run(name, spec, fn, kind="eval")
 
     def benchmark(self, name: str, model: Path, *, threads: int = 1, runs: int = 50, warmup: int = 5,
-                  postprocess=None, repeats: int = 1) -> dict:
-        """Batch-1 latency of `model` (`lpdet.deploy.latency.benchmark`); result ``latency`` (its fields).
-
-        With `repeats` > 1 the benchmark runs that many times and the repeat with the lowest median
-        is kept (timeit's rule: on a shared machine the others are inflated by other jobs' load);
-        every repeat's median is recorded in ``medians_ms``."""
-
-        # The key holds the effective settings, so a changed default re-runs the trial.
-        cfg = postprocess or PostprocessConfig()
+                  postprocess=None, repeats: int = 1, data: str | Path | None = None) -> dict:
+        """Batch-1 latency of `model` (`lpdet.deploy.latency.benchmark`) on val images of `data` (none:
+        noise); result ``latency`` (its fields). With `repeats` > 1 the repeat with the lowest median
+        is kept (timeit's rule); every repeat's median is recorded in ``medians_ms``."""
+        cfg = postprocess or PostprocessConfig()  # the key holds the effective settings
 
         def fn(directory: Path) -> dict:
-            best = benchmark(model, threads=threads, runs=runs, warmup=warmup, postprocess=cfg, repeats=repeats)
+            images = bench_images(data=str(data)) if data is not None else None
+            best = benchmark(model, threads=threads, runs=runs, warmup=warmup, postprocess=cfg, repeats=repeats,
+                             images=images)
             return {"latency": latency_to_dict(best),
                     "medians_ms": [round(m, 4) for m in best.repeat_medians_ms or [best.median_ms]]}
 
         spec = {"model": file_identity(model), "threads": threads, "runs": runs, "warmup": warmup,
-                "postprocess": to_dict(cfg), "repeats": repeats}
+                "postprocess": to_dict(cfg), "repeats": repeats, "images": data_identity(data) if data else None}
         return self.run(name, spec, fn, kind="bench")
 
 

@@ -21,6 +21,8 @@ def test_commands_are_registered():
     args = parser.parse_args(["design", "--data", "synth", "--budget-ms", "12", "--out", "o", "--quick",
                               "--threads", "2"])
     assert args.quick and args.budget_ms == 12 and args.threads == 2 and callable(args.func)
+    args = parser.parse_args(["design", "--budget-ratio", "0.64", "--select-fraction", "0.2", "--out", "o"])
+    assert args.budget_ratio == 0.64 and args.budget_ms is None and args.select_fraction == 0.2
 
 
 def test_list_parsing():
@@ -46,6 +48,10 @@ def test_list_parsing():
     (["design", "--budget-ms", "10", "--out", "o", "--threads", "-1"], "--threads -1"),
     (["design", "--budget-ms", "10", "--out", "o", "--resolutions", "300,abc"], "--resolutions 300,abc"),
     (["design", "--budget-ms", "10", "--out", "o", "--budget-margin", "1"], "--budget-margin 1"),
+    (["design", "--out", "o"], "give exactly one of --budget-ms MS"),
+    (["design", "--budget-ms", "10", "--budget-ratio", "0.6", "--out", "o"], "give exactly one of --budget-ms MS"),
+    (["design", "--budget-ratio", "0", "--out", "o"], "--budget-ratio 0.0: must be a factor"),
+    (["design", "--budget-ratio", "0.6", "--out", "o", "--select-fraction", "1"], "--select-fraction"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -24,7 +24,7 @@ def tiny_settings() -> DesignSettings:
                           finetuning=Schedule(epochs=1, lr=0.005, warmup_steps=1),
                           training=TrainingSettings(batch_size=4, workers=0, threads=1, max_val_images=0,
                                                     checkpoint_every=0, precision="fp32"),
-                          bench=BenchSettings(runs=3, warmup=1, repeats=1),
+                          bench=BenchSettings(runs=3, warmup=1, repeats=1, images=2, time_cap_s=0.5),
                           compare_runs=2, calibration_images=2, small_max=18.0, nms_ious=[0.6, 0.3])
 
 
@@ -35,7 +35,7 @@ def test_presets_round_trip():
     assert full.candidates()[0] == 300 and 236 in full.candidates() and 296 in full.candidates()
 
 
-def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
+def test_design_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
     data = tiny_synth(tmp_path / "data", n_train=14, n_val=4)  # 13 to train on after the selection split
     out = tmp_path / "design"
     result = design(data, 10_000.0, out, settings=tiny_settings(), progress=False)
@@ -56,11 +56,16 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
         assert heading in md, heading
     assert "Why naive 8-bit holds or drops: folded weight range spread" in md
     _assert_intervals(md, summary)
+    # the NMS sweep tries class-agnostic NMS at every IoU and says what it changes
+    nms_rows = json.loads((out / "nms" / "nms_sweep.json").read_text())["rows"]
+    assert sorted((r["nms_iou"], r["class_agnostic"]) for r in nms_rows) == [(0.3, False), (0.3, True),
+                                                                             (0.6, False), (0.6, True)]
+    assert "Class-agnostic NMS at IoU 0.6 against per-class: Δ AP" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # Fig 11.2, 11.3, 11.4
     assert json.loads((out / "settings.json").read_text())["settings"]["width"] == 0.25
-    for name in ("float-r128", "qat-r128", "quant-compare", "noft-r96-bench", "finetune-r128",
-                 "finetune-r128-no-small", "final-finetune-r128-bench"):
+    for name in ("float-r128", "qat-r128", "quant-compare", "noft-r96-export", "finetune-r128",
+                 "finetune-r128-no-small", "search-latency", "final-finetune-r128-latency"):
         assert (out / "trials" / name / "result.json").is_file(), name
     assert result.trials_run and (out / "resolution" / "resolution_sweep.json").is_file()
     runs = json.loads((out / "filtering" / "filter_ablation.json").read_text())["runs"]
@@ -79,14 +84,27 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch):
     assert again.summary["latency_median_ms"] == summary["latency_median_ms"]
     _assert_intervals((out / "report.md").read_text(), again.summary)  # from the cached predictions files
 
+    # a relative budget: R x the base model's latency from the same interleaved run as the candidates
+    capsys.readouterr()
+    relative = design(data, None, out, settings=tiny_settings(), budget_ratio=3.0, progress=True)
+    bar = capsys.readouterr().err
+    assert "design: 100%" in bar and "7/7" in bar  # one bar over the design's steps: step k of n
+    search = json.loads((out / "trials" / "search-latency" / "result.json").read_text())["comparison"]
+    base = search["models"][search["baseline"]]
+    assert relative.trials_run == [] and relative.summary["base_latency_ms"] == base["median_ms"]
+    assert relative.summary["budget_ms"] == pytest.approx(3.0 * base["median_ms"])
+    assert "--budget-ratio 3 x the 128 base model's int8 latency" in (out / "report.md").read_text()
+    with pytest.raises(LpdetError, match="give exactly one of --budget-ms"):
+        design(data, 5.0, out, settings=tiny_settings(), budget_ratio=3.0, progress=False)
+
     # an impossible budget: a clear error naming the fastest measured latency (from the cache)
-    with pytest.raises(LpdetError, match=r"no resolution fits --budget-ms 0.001 .*: the fastest candidate"):
+    with pytest.raises(LpdetError, match=r"no resolution fits the budget, 0.001 ms .*: the fastest candidate"):
         design(data, 0.001, out, settings=tiny_settings(), progress=False)
     assert "no model meets the budget" in (out / "report.md").read_text()
 
     # the margin: a budget the fastest candidate meets, but not with half of it kept in reserve
-    fastest = min(json.loads((out / "trials" / f"noft-r{r}-bench" / "result.json").read_text())
-                  ["latency"]["median_ms"] for r in (128, 96))
+    fastest = min(m["median_ms"] for m in json.loads((out / "trials" / "search-latency" / "result.json").read_text())
+                  ["comparison"]["models"])
     with pytest.raises(LpdetError, match=r"fits at <= "):
         design(data, fastest * 1.2, out, settings=replace(tiny_settings(), budget_margin=0.5), progress=False)
 
@@ -129,7 +147,9 @@ def test_every_choice_follows_the_selection_split_not_val(tmp_path, monkeypatch)
 
     def rigged_nms(*args, split="val", **kw):
         result = measure_nms(*args, split=split, **kw)
-        aps = (0.1, 0.5) if split == "select" else (0.5, 0.1)  # settings: IoU 0.6, then 0.3
+        # settings: IoU 0.6, 0.3 per class, then 0.6, 0.3 class-agnostic
+        aps = (0.1, 0.5, 0.0, 0.0) if split == "select" else (0.5, 0.1, 0.0, 0.0)
+        assert len(result["rows"]) == len(aps)
         return {**result, "rows": [{**row, "metrics": {**row["metrics"], "AP": ap}}
                                    for row, ap in zip(result["rows"], aps)]}
 
@@ -139,7 +159,7 @@ def test_every_choice_follows_the_selection_split_not_val(tmp_path, monkeypatch)
     out = tmp_path / "design"
     result = design(data, 10_000.0, out, settings=replace(tiny_settings(), finetune_top=2), progress=False)
     summary = result.summary
-    assert summary["resolution"] == 96 and summary["nms_iou"] == 0.3
+    assert summary["resolution"] == 96 and summary["nms_iou"] == 0.3 and summary["class_agnostic"] is False
     steps = {step["step"]: step for step in summary["steps"]}
     assert steps["resolution"]["resolution"] == 96
     assert (steps["resolution"]["AP"], steps["resolution"]["select_AP"]) == (0.2, 0.5)  # val reported, select chose
