@@ -58,7 +58,7 @@ def setup_section(ctx: FlowContext) -> Section:
 def quant_section(compare: dict, intervals: dict[str, str | None] | None = None) -> Section:
     table = compare_table(compare, "Table 11.1: float vs 8-bit", intervals=intervals)
     table.note = (f"{compare['arch']} @{compare['resolution']} on {compare['images']} val images; onnxruntime CPU, "
-                  f"{compare['threads']} thread(s), batch 1, median of {compare['runs']} runs interleaved across the "
+                  f"{compare['threads']} thread(s), batch 1, median of {compare['runs']} runs on real val images, interleaved across the "
                   f"rows; {compare['device']}. Naive 8-bit: per-tensor weights, ranges from 2 images; calibrated "
                   f"PTQ: per-channel weights, {compare['calibration_images']} calibration images."
                   + (f" Δ AP vs float {INTERVAL_NOTE}" if intervals is not None else ""))

@@ -2,7 +2,7 @@
 PTQ int8 and QAT int8, all as ONNX run by onnxruntime on this CPU (the seed of Table 11.1).
 
 Every row is evaluated the same way: `load_model(onnx).predict` on the dataset's val split
-(`lpdet.eval.coco_eval.evaluate`) and timed with `benchmark_paired` (batch 1, `threads`
+(`lpdet.eval.coco_eval.evaluate`) and timed with `benchmark_paired` on real val images (batch 1, `threads`
 threads, all rows interleaved image by image so that a shared machine's load affects them
 alike; the int8/fp32 ratio is the median of per-iteration ratios).
 """
@@ -17,6 +17,7 @@ from lpdet.data.spec import resolve_dataset
 from lpdet.data.splits import eval_split
 from lpdet.deploy.export import export_onnx
 from lpdet.deploy.latency import benchmark_paired, cpu_name
+from lpdet.deploy.latency_inputs import bench_images
 from lpdet.deploy.model import source_metadata
 from lpdet.deploy.ptq import load_calibration_images, quantize_calibrated, quantize_naive
 from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
@@ -97,7 +98,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
         paths["QAT"].unlink(missing_ok=True)
         rows[3].status = QAT_HINT
     images = _evaluate_rows(rows, paths, val, threads=threads, max_images=max_images, progress=progress)
-    _time_rows(rows, paths, threads=threads, runs=runs)
+    _time_rows(rows, paths, threads=threads, runs=runs, images=bench_images(data=str(data)))
     notes = ([] if resolve_dataset(str(data)).train else
              ["calibration images come from the val split (the dataset has no train split)"])
     result = CompareResult(
@@ -155,10 +156,11 @@ def _evaluate_rows(rows: list[CompareRow], paths: dict[str, Path], val, *, threa
     return images
 
 
-def _time_rows(rows: list[CompareRow], paths: dict[str, Path], *, threads: int, runs: int) -> None:
-    """Latency of every row that ran, interleaved image by image (`benchmark_paired`)."""
+def _time_rows(rows: list[CompareRow], paths: dict[str, Path], *, threads: int, runs: int, images: list) -> None:
+    """Latency of every row that ran on real val `images`, interleaved image by image (`benchmark_paired`)."""
     timed = [row for row in rows if row.ran]
-    for row, latency in zip(timed, benchmark_paired([paths[r.name] for r in timed], threads=threads, runs=runs)):
+    for row, latency in zip(timed, benchmark_paired([paths[r.name] for r in timed], threads=threads, runs=runs,
+                                                    images=images)):
         row.latency_ms, row.latency_ratio = latency.median_ms, latency.ratio
         row.graph_ms, row.graph_ratio = latency.forward_ms, latency.forward_ratio
 
