@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from lpdet.errors import LpdetError
+from lpdet.models.arch_detail import ArchDetail
 
 # The smallest input the six SSD maps (strides 16..512, each at least 1x1) make sense for.
 MIN_RESOLUTION = 32
@@ -24,6 +25,9 @@ class ModelConfig:
     min_scale: float = 0.2  # anchor scales (TF Object Detection API style)
     max_scale: float = 0.95
     quantization: Quantization = "fp32"  # "qat": built by `lpdet.quant.qat.build_model` / `prepare_qat`
+    # Per-stage widths, expansions, kernels, depths (an architecture-search candidate); None: the
+    # standard network. Checkpoints store it, so a candidate rebuilds from its checkpoint.
+    detail: ArchDetail | None = None
 
 
 def is_qat(config: ModelConfig) -> bool:
