@@ -14,6 +14,8 @@ MIN_RESOLUTION = 32
 # How a model's weights compute: "fp32" (float) or "qat" (fake-quantized, BN folded: 8-bit-ready).
 Quantization = Literal["fp32", "qat"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+# The architecture commands build when none is named.
+DEFAULT_ARCH = "mobilenet_v2_ssdlite"
 
 
 @dataclass
