@@ -14,16 +14,7 @@ from lpdet.data.spec import resolve_dataset
 from lpdet.data.splits import split_of
 from lpdet.data.synth import generate_synthetic_coco
 from lpdet.errors import LpdetError
-from lpdet.models.arch_space import (
-    SearchSpace,
-    check_geometry,
-    largest_candidate,
-    load_candidate,
-    sample_candidate,
-    smallest_candidate,
-    space_size,
-    to_model_config,
-)
+from lpdet.models import arch_space
 from lpdet.models.config import DEFAULT_ARCH, ModelConfig
 from lpdet.models.profile import format_profile, profile_model, profile_to_dict
 from lpdet.quant.qat import QatConfig
@@ -78,7 +69,7 @@ def model_config_from_args(args, num_classes: int) -> ModelConfig:
     if given:
         raise LpdetError(f"--arch-config {args.arch_config} sets the arch, width and resolution: "
                          f"drop --{next(iter(given))} (or edit the file)")
-    return to_model_config(load_candidate(args.arch_config), num_classes)
+    return arch_space.to_model_config(arch_space.load_candidate(args.arch_config), num_classes)
 
 
 def cmd_model_info(args) -> None:
@@ -107,18 +98,18 @@ def cmd_train(args) -> None:
 
 
 def cmd_search_space_sample(args) -> None:
-    space = SearchSpace(arch=args.arch)
+    space = arch_space.SearchSpace(arch=args.arch)
     rng = random.Random(args.seed)
-    named = {"smallest": smallest_candidate(space), "largest": largest_candidate(space)}
-    named.update({f"cand_{i:03d}": sample_candidate(space, rng) for i in range(args.n)})
+    named = {"smallest": arch_space.smallest_candidate(space), "largest": arch_space.largest_candidate(space)}
+    named.update({f"cand_{i:03d}": arch_space.sample_candidate(space, rng) for i in range(args.n)})
     rejected = 0
     for name, candidate in named.items():
         try:
-            check_geometry(to_model_config(candidate, 90), name)
+            arch_space.check_geometry(arch_space.to_model_config(candidate, arch_space.CHECK_NUM_CLASSES), name)
         except LpdetError as e:  # cannot happen with the default choices (all rounded to 8); counted if it does
             rejected += 1
             print(f"skipped {e}")
             continue
         save_yaml(candidate, args.out / f"{name}.yaml")
-    print(f"{args.arch} search space: {space_size(space):,} distinct networks; wrote {len(named) - rejected} "
+    print(f"{args.arch} search space: {arch_space.space_size(space):,} distinct networks; wrote {len(named) - rejected} "
           f"candidates to {args.out} ({rejected} rejected); train one with lpdet train --arch-config FILE")
