@@ -114,9 +114,9 @@ class Launcher:
         self.popen.wait(60)
 
 
-def run_lpdet(args: list[str], workdir: Path) -> Process:
+def run_lpdet(args: list[str], workdir: Path, launcher: Launcher | None = None) -> Process:
     """Run `lpdet ARGS` to the end; fails the test unless it exits 0."""
-    process = Process(args, workdir)
+    process = Process(args, workdir, launcher=launcher)
     assert process.finish() == 0, process.stderr
     return process
 

@@ -1,4 +1,7 @@
-"""SIGTERM / Ctrl-C / a second signal / kill -9 inside a checkpoint save, on real `lpdet train` processes."""
+"""SIGTERM / Ctrl-C / a second signal / kill -9 inside a checkpoint save, on real `lpdet train` processes.
+
+The SIGTERM test starts cold `python -m lpdet` processes, as a user would; the others fork theirs
+from the session's `launcher` (the same code, without paying the imports again)."""
 
 import signal
 
@@ -12,9 +15,9 @@ from tests.faults.processes import (Process, assert_bit_identical, final_weights
 pytestmark = pytest.mark.faults
 
 
-def _interrupt_then_resume(args, run, tmp_path, signum, exit_status):
+def _interrupt_then_resume(args, run, tmp_path, signum, exit_status, launcher=None):
     """Stop `lpdet ARGS` with `signum` just before step 3 (mid-epoch 2); resume with the printed command."""
-    process = Process(args, tmp_path, at="step:3", mode="hold")
+    process = Process(args, tmp_path, at="step:3", mode="hold", launcher=launcher)
     process.wait_paused()
     process.signal(signum)
     assert process.finish() == exit_status, process.stderr
@@ -25,7 +28,7 @@ def _interrupt_then_resume(args, run, tmp_path, signum, exit_status):
     # checkpoint_every 100: only the stop wrote this step-4 checkpoint (1 step into epoch 2)
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (4, 1, 1)
     assert resume_command(process.stderr) == ["train", "--resume", str(run)]
-    run_lpdet(resume_command(process.stderr), tmp_path)
+    run_lpdet(resume_command(process.stderr), tmp_path, launcher)
     return final_weights(run)
 
 
@@ -38,17 +41,17 @@ def test_sigterm_saves_the_current_step_and_the_printed_resume_matches_an_uninte
 
 
 def test_ctrl_c_in_a_qat_run_across_its_freeze_phases_resumes_bit_for_bit(
-        fault_data, float_reference, qat_reference, tmp_path):
+        fault_data, float_reference, qat_reference, launcher, tmp_path):
     run = tmp_path / "run"
     args = train_args(fault_data, run, qat_init=float_reference / "last", checkpoint_every=100)
-    resumed = _interrupt_then_resume(args, run, tmp_path, signal.SIGINT, 130)
+    resumed = _interrupt_then_resume(args, run, tmp_path, signal.SIGINT, 130, launcher)
     assert_bit_identical(resumed, final_weights(qat_reference))
     assert load_checkpoint(run / "last").model_config.quantization == "qat"
 
 
-def test_a_second_signal_exits_at_once_and_keeps_the_previous_checkpoint(fault_data, tmp_path):
+def test_a_second_signal_exits_at_once_and_keeps_the_previous_checkpoint(fault_data, launcher, tmp_path):
     run = tmp_path / "run"
-    process = Process(train_args(fault_data, run), tmp_path, at="step:5", mode="freeze")
+    process = Process(train_args(fault_data, run), tmp_path, at="step:5", mode="freeze", launcher=launcher)
     process.wait_paused()  # frozen inside step 5: the first signal cannot be acted on
     process.signal(signal.SIGTERM)
     process.wait_until(lambda: "SIGTERM received" in process.stderr, "the first signal's message")
@@ -60,9 +63,9 @@ def test_a_second_signal_exits_at_once_and_keeps_the_previous_checkpoint(fault_d
 
 @pytest.mark.parametrize("phase", ["files", "swap"])
 def test_kill_9_inside_a_checkpoint_save_leaves_the_previous_one_loadable(
-        fault_data, float_reference, tmp_path, phase, caplog):
+        fault_data, float_reference, launcher, tmp_path, phase, caplog):
     run = tmp_path / "run"
-    process = Process(train_args(fault_data, run), tmp_path, at=f"save:4:{phase}", mode="freeze")
+    process = Process(train_args(fault_data, run), tmp_path, at=f"save:4:{phase}", mode="freeze", launcher=launcher)
     process.wait_paused()
     process.signal(signal.SIGKILL)
     assert process.finish() == -signal.SIGKILL
