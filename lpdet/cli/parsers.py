@@ -223,6 +223,7 @@ def _add_export(commands, common) -> None:
                         help="tflite formats need the extra: pip install \"lpdet[tflite]\"")
     export.add_argument("--resolution", type=int, help="export at another input resolution")
     export.add_argument("-o", "--output", type=Path, required=True, help="the file to write (.onnx or .tflite)")
+    export.add_argument("--force", action="store_true", help="overwrite the -o file if it exists")
     export.add_argument("--data", default="synth", help="calibration data for a float checkpoint exported as int8")
     export.add_argument("--calibration-images", type=int, default=100,
                         help="images that calibrate post-training int8 (default 100)")
