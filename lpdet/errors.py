@@ -9,3 +9,15 @@ traceback. Everything else is a bug and keeps its traceback.
 
 class LpdetError(Exception):
     """A user-facing error: the message names what is wrong and how to fix it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by SIGINT/SIGTERM after saving what it needs to continue.
+
+    A `KeyboardInterrupt`, so code that cleans up on Ctrl-C does so here too; the CLI exits with
+    `exit_status` (128 + the signal number, as a shell reports a process ended by that signal)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_status = 128 + signum

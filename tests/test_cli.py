@@ -178,3 +178,32 @@ def test_train_flags_fill_the_train_config_with_its_defaults():
         ["train", "--arch", "mobilenet_v1_ssd", "--resolution", "128", "--lr", "0.02", "--qat", "--freeze-bn-after", "3"]))
     assert (cfg.model.arch, cfg.model.resolution, cfg.lr, cfg.qat) == ("mobilenet_v1_ssd", 128, 0.02,
                                                                         QatConfig(freeze_bn_after=3))
+
+
+def test_export_refuses_to_overwrite_without_force_and_writes_atomically(capsys, tmp_path, monkeypatch):
+    import hashlib
+
+    import lpdet.cli.model_commands as model_commands
+    from lpdet.deploy.runtime import load_model
+    from tests.deploy.tiny import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    model = tmp_path / "out" / "model.onnx"
+    assert main(["export", str(ckpt), "--format", "onnx", "-o", str(model)]) == 0
+    first = hashlib.sha256(model.read_bytes()).hexdigest()
+    _fails_cleanly(capsys, ["export", str(ckpt), "--format", "onnx", "-o", str(model)],
+                   f"-o {model}: the file already exists; pass --force to overwrite it")
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == first
+
+    def export_failing_half_way(detector, path, **kwargs):
+        path.write_bytes(b"half an onnx file")
+        raise RuntimeError("the exporter crashed")
+
+    monkeypatch.setattr(model_commands, "export_onnx", export_failing_half_way)
+    with pytest.raises(RuntimeError, match="crashed"):
+        main(["export", str(ckpt), "--format", "onnx", "-o", str(model), "--force"])
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == first  # the old file, whole
+    monkeypatch.undo()
+    assert main(["export", str(ckpt), "--format", "onnx", "--nms-in-graph", "-o", str(model), "--force"]) == 0
+    assert load_model(model).postprocess is not None and hashlib.sha256(model.read_bytes()).hexdigest() != first
+    assert sorted(p.name for p in model.parent.iterdir()) == ["model.onnx"]  # no temporary files left

@@ -12,7 +12,7 @@ import os
 import sys
 
 from lpdet.cli.parsers import build_parser
-from lpdet.errors import LpdetError
+from lpdet.errors import Interrupted, LpdetError
 
 __all__ = ["main", "build_parser"]
 
@@ -40,9 +40,10 @@ def _run(argv: list[str] | None) -> int:
     except LpdetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted" + (f"; {hint}" if (hint := _resume_hint(args)) else ""), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or `Interrupted`: SIGINT/SIGTERM after saving a checkpoint
+        what = f"interrupted: {e}" if isinstance(e, Interrupted) else "interrupted"
+        print(what + (f"; {hint}" if (hint := _resume_hint(args)) else ""), file=sys.stderr)
+        return e.exit_status if isinstance(e, Interrupted) else 130
     return 0
 
 

@@ -1,8 +1,9 @@
-"""What `lpdet data ...`, `lpdet model info` and `lpdet train` do once parsed (parsers: `lpdet.cli.parsers`)."""
+"""What `lpdet data ...`, `lpdet model info`, `lpdet search-space` and `lpdet train` do once parsed (parsers: `lpdet.cli.parsers`)."""
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import fields
 
 from lpdet.data.coco2017 import write_coco2017_yaml
@@ -13,10 +14,11 @@ from lpdet.data.spec import resolve_dataset
 from lpdet.data.splits import split_of
 from lpdet.data.synth import generate_synthetic_coco
 from lpdet.errors import LpdetError
-from lpdet.models.config import ModelConfig
+from lpdet.models import arch_space
+from lpdet.models.config import DEFAULT_ARCH, ModelConfig
 from lpdet.models.profile import format_profile, profile_model, profile_to_dict
 from lpdet.quant.qat import QatConfig
-from lpdet.serialize import to_dict
+from lpdet.serialize import save_yaml, to_dict
 from lpdet.train.config import TrainConfig
 from lpdet.train.loop import train
 
@@ -58,8 +60,20 @@ def cmd_data_coco(args) -> None:
     print(f"COCO 2017 dataset YAML: --data {write_coco2017_yaml(args.root, args.out)}")
 
 
+def model_config_from_args(args, num_classes: int) -> ModelConfig:
+    """The model `--arch/--width/--resolution` name, or the candidate `--arch-config` names (it sets
+    all three, so they may not be given with it)."""
+    given = {name: getattr(args, name) for name in ("arch", "width", "resolution") if getattr(args, name) is not None}
+    if args.arch_config is None:
+        return ModelConfig(**{"arch": DEFAULT_ARCH, **given}, num_classes=num_classes)
+    if given:
+        raise LpdetError(f"--arch-config {args.arch_config} sets the arch, width and resolution: "
+                         f"drop --{next(iter(given))} (or edit the file)")
+    return arch_space.to_model_config(arch_space.load_candidate(args.arch_config), num_classes)
+
+
 def cmd_model_info(args) -> None:
-    config = ModelConfig(arch=args.arch, num_classes=args.num_classes, width=args.width, resolution=args.resolution)
+    config = model_config_from_args(args, args.num_classes)
     profile = profile_model(config)
     print(json.dumps(profile_to_dict(profile), indent=2) if args.json else format_profile(profile))
 
@@ -68,7 +82,7 @@ def train_config_from_args(args) -> TrainConfig:
     """The `TrainConfig` the `lpdet train` flags describe: flags named as its fields fill them; the
     model and QAT flags fill its nested configs."""
     return TrainConfig(
-        model=ModelConfig(args.arch, num_classes=0, width=args.width, resolution=args.resolution),
+        model=model_config_from_args(args, num_classes=0),
         qat=QatConfig(freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after)
         if args.qat else None,
         **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in ("model", "qat")
@@ -81,3 +95,21 @@ def cmd_train(args) -> None:
     else:
         best = train(train_config_from_args(args), progress=not args.quiet)
     print(f"best checkpoint: {best}")
+
+
+def cmd_search_space_sample(args) -> None:
+    space = arch_space.SearchSpace(arch=args.arch)
+    rng = random.Random(args.seed)
+    named = {"smallest": arch_space.smallest_candidate(space), "largest": arch_space.largest_candidate(space)}
+    named.update({f"cand_{i:03d}": arch_space.sample_candidate(space, rng) for i in range(args.n)})
+    rejected = 0
+    for name, candidate in named.items():
+        try:
+            arch_space.check_geometry(arch_space.to_model_config(candidate, arch_space.CHECK_NUM_CLASSES), name)
+        except LpdetError as e:  # cannot happen with the default choices (all rounded to 8); counted if it does
+            rejected += 1
+            print(f"skipped {e}")
+            continue
+        save_yaml(candidate, args.out / f"{name}.yaml")
+    print(f"{args.arch} search space: {arch_space.space_size(space):,} distinct networks; wrote {len(named) - rejected} "
+          f"candidates to {args.out} ({rejected} rejected); train one with lpdet train --arch-config FILE")

@@ -27,7 +27,7 @@ from lpdet.eval.coco_eval import evaluate, format_metrics
 from lpdet.eval.predict import expand_image_paths, predict_images
 from lpdet.models.config import is_qat
 from lpdet.models.postprocess import PostprocessConfig
-from lpdet.serialize import save_json
+from lpdet.serialize import atomic_output, save_json
 
 log = logging.getLogger("lpdet")
 
@@ -85,21 +85,36 @@ def cmd_predict(args) -> None:
         print(f"{item['image']}: {len(item['detections'])} detections -> {item['output']}")
 
 
-def _output_path(path: Path, suffix: str) -> Path:
+def _output_path(path: Path, suffix: str, *, overwrite: bool = True) -> Path:
     if path.suffix.lower() != suffix:
         raise LpdetError(f"-o {path}: the output must end in {suffix}")
     if path.is_dir():
         raise LpdetError(f"-o {path}: is a directory; name a file")
+    if not overwrite and path.exists():
+        raise LpdetError(f"-o {path}: the file already exists; pass --force to overwrite it, or choose another name")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def cmd_export(args) -> None:
-    out = _output_path(args.output, ".tflite" if args.format.startswith("tflite") else ".onnx")
+    out = _output_path(args.output, ".tflite" if args.format.startswith("tflite") else ".onnx", overwrite=args.force)
     if args.nms_in_graph and args.format.startswith("tflite"):
         raise LpdetError("--nms-in-graph: ONNX only; use --format onnx or onnx-int8")
     post = PostprocessConfig(**_postprocess_overrides(args))
     detector, ckpt = load_detector(args.model, resolution=args.resolution)
+    qat = is_qat(detector.config)
+    resolution = detector.config.resolution
+    with atomic_output(out) as tmp:  # `out` is the old file or the finished new one, never half
+        _export_to(tmp, args, detector, ckpt)
+        if args.nms_in_graph:
+            append_nms_to_file(tmp, tmp, post)
+    print(f"wrote {out} ({args.format}{', QAT' if qat and args.format == 'onnx-int8' else ''}"
+          f"{', NMS in the graph' if args.nms_in_graph else ''}, "
+          f"{out.stat().st_size / 1e6:.2f} MB, input 1x3x{resolution}x{resolution})")
+
+
+def _export_to(out: Path, args, detector, ckpt) -> None:
+    """Write `detector` to `out` in the format `--format` names."""
     qat = is_qat(detector.config)
     resolution = detector.config.resolution
     metadata = source_metadata(ckpt)
@@ -120,11 +135,6 @@ def cmd_export(args) -> None:
                         "(train with --qat for the accuracy of quantization-aware training)", ckpt.path)
         export_int8(detector, out, lambda: load_calibration_images(args.data, resolution, args.calibration_images),
                     metadata=metadata)
-    if args.nms_in_graph:
-        append_nms_to_file(out, out, post)
-    print(f"wrote {out} ({args.format}{', QAT' if qat and args.format == 'onnx-int8' else ''}"
-          f"{', NMS in the graph' if args.nms_in_graph else ''}, "
-          f"{out.stat().st_size / 1e6:.2f} MB, input 1x3x{resolution}x{resolution})")
 
 
 def cmd_quantize(args) -> None:
@@ -134,7 +144,8 @@ def cmd_quantize(args) -> None:
     default = ckpt.path.parent / f"{ckpt.path.name}-{'naive' if args.naive else 'ptq'}-int8.onnx"
     out = _output_path(args.output or default, ".onnx")
     images = load_calibration_images(args.data, detector.config.resolution, args.calibration_images)
-    quantize_float(detector, out, images, metadata=source_metadata(ckpt), naive=args.naive)
+    with atomic_output(out) as tmp:
+        quantize_float(detector, tmp, images, metadata=source_metadata(ckpt), naive=args.naive)
     print(f"wrote {out} ({'naive per-tensor' if args.naive else 'calibrated per-channel'} int8, "
           f"{len(images)} calibration images)")
 

@@ -13,6 +13,7 @@ from lpdet.command_ref import CommandRef
 from lpdet.design.cli import add_design_commands
 
 DATA_HELP = "dataset YAML, or 'synth' for the embedded dataset (default synth)"
+ARCHITECTURE_NAMES = ["mobilenet_v1_ssd", "mobilenet_v1_ssdlite", "mobilenet_v2_ssd", "mobilenet_v2_ssdlite"]
 ARCH_HELP = "mobilenet_v1_ssd, mobilenet_v1_ssdlite, mobilenet_v2_ssd or mobilenet_v2_ssdlite (default mobilenet_v2_ssdlite)"
 
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data_commands(commands, common)
     _add_model_info(commands, common)
+    _add_search_space(commands, common)
     _add_train(commands, common)
     _add_eval(commands, common)
     _add_predict(commands, common)
@@ -125,20 +127,39 @@ def _add_model_info(commands, common) -> None:
     model = commands.add_parser("model", parents=[common], help="model architectures").add_subparsers(
         dest="model_command", required=True, metavar="SUBCOMMAND")
     info = model.add_parser("info", parents=[common], help="parameters, multiply-adds, feature maps, multiple-of-8 geometry")
-    info.add_argument("--arch", default="mobilenet_v2_ssdlite", help=ARCH_HELP)
-    info.add_argument("--width", type=float, default=1.0, help="width (depth) multiplier (default 1.0)")
-    info.add_argument("--resolution", type=int, default=320, help="square input size in pixels (default 320)")
+    _add_architecture_options(info)
     info.add_argument("--num-classes", type=int, default=90, help="object classes (default 90, as COCO)")
     info.add_argument("--json", action="store_true", help="print the profile as JSON")
     info.set_defaults(func=_data("cmd_model_info"))
 
 
+def _add_architecture_options(parser) -> None:
+    # Defaults unset: `--arch-config` excludes the three (ModelConfig's defaults fill them otherwise).
+    parser.add_argument("--arch", help=ARCH_HELP)
+    parser.add_argument("--width", type=float, help="width (depth) multiplier (default 1.0)")
+    parser.add_argument("--resolution", type=int, help="square input size in pixels (default 320)")
+    parser.add_argument("--arch-config", type=Path, metavar="CAND.yaml",
+                        help="an architecture-search candidate (arch, resolution, per-stage detail; "
+                             "see README \"Search space\"), instead of --arch/--width/--resolution")
+
+
+def _add_search_space(commands, common) -> None:
+    space = commands.add_parser("search-space", parents=[common], help="the architecture search space").add_subparsers(
+        dest="space_command", required=True, metavar="SUBCOMMAND")
+    sample = space.add_parser("sample", parents=[common],
+                              help="write random candidates, the smallest and the largest as YAML files")
+    sample.add_argument("--n", type=_positive_int, default=10, help="random candidates (default 10)")
+    sample.add_argument("--seed", type=_positive_int, default=0, help="random seed (default 0)")
+    sample.add_argument("--arch", default="mobilenet_v2_ssdlite", choices=ARCHITECTURE_NAMES,
+                        help="mobilenet_v2_ssdlite (full space) or any other architecture (its widths and resolution)")
+    sample.add_argument("--out", type=Path, required=True, help="folder for cand_NNN.yaml, smallest.yaml, largest.yaml")
+    sample.set_defaults(func=_data("cmd_search_space_sample"))
+
+
 def _add_train(commands, common) -> None:
     train = commands.add_parser("train", parents=[common], help="train a detector")
     train.add_argument("--data", default="synth", help="dataset YAML, or 'synth' for the embedded dataset")
-    train.add_argument("--arch", default="mobilenet_v2_ssdlite", help=ARCH_HELP)
-    train.add_argument("--width", type=float, default=1.0, help="width (depth) multiplier (default 1.0)")
-    train.add_argument("--resolution", type=int, default=320, help="square input size in pixels (default 320)")
+    _add_architecture_options(train)
     train.add_argument("--epochs", type=int, default=10, help="passes over the training split (default 10)")
     train.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
@@ -202,6 +223,7 @@ def _add_export(commands, common) -> None:
                         help="tflite formats need the extra: pip install \"lpdet[tflite]\"")
     export.add_argument("--resolution", type=int, help="export at another input resolution")
     export.add_argument("-o", "--output", type=Path, required=True, help="the file to write (.onnx or .tflite)")
+    export.add_argument("--force", action="store_true", help="overwrite the -o file if it exists")
     export.add_argument("--data", default="synth", help="calibration data for a float checkpoint exported as int8")
     export.add_argument("--calibration-images", type=int, default=100,
                         help="images that calibrate post-training int8 (default 100)")

@@ -12,6 +12,7 @@ global torch RNG.
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Iterator, Sized
 
 import torch
@@ -47,6 +48,9 @@ class EpochSampler(Sampler[int]):
 
 
 def _set_worker_epoch(epoch: int, worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: a worker would end itself on it, and the main
+    # process, which handles it (a checkpoint, then a clean stop), would find its workers gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Workers copy the dataset when an iterator starts; pin the loader's epoch in each copy in
     # case the same dataset object was set to another epoch in between.
     ds = get_worker_info().dataset

@@ -32,7 +32,6 @@ stem convolution (`lpdet.deploy.int8_graph.pad_stem_channels`: identical results
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from lpdet.errors import LpdetError
 from lpdet.models.box_coder import decode
 from lpdet.models.config import is_qat
 from lpdet.quant.qat import freeze_for_export
+from lpdet.serialize import atomic_output
 
 
 class _ExportGraph(nn.Module):
@@ -114,9 +114,8 @@ def update_metadata(source: Path, target: Path, updates: dict) -> Path:
     (written to a temporary file first, then renamed: `target` is never half-written)."""
     proto = onnx.load(str(source))
     set_onnx_metadata(proto, {**read_onnx_metadata(source), **updates})
-    tmp = target.with_name(f".{target.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, target)
+    with atomic_output(target) as tmp:
+        onnx.save(proto, str(tmp))
     return target
 
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from lpdet.data.filtering import filter_dataset
 from lpdet.data.sizes import SizeThresholds, read_coco_json
 from lpdet.data.spec import resolve_dataset

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from lpdet.deploy.latency import cpu_name
 from lpdet.design.report import Figure, Table, line_plot
 from lpdet.design.settings import train_config

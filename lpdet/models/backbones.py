@@ -10,6 +10,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
+from lpdet.models.arch_blocks import mobilenet_v1_block_widths, mobilenet_v2_options, mobilenet_v2_split_block
+from lpdet.models.arch_detail import ArchDetail
 from lpdet.models.layers import conv_bn_relu6, depthwise_conv_bn_relu6, make_divisible
 
 # (output channels, stride) of MobileNetV1's 13 depthwise-separable blocks (conv1..conv13).
@@ -42,18 +44,19 @@ class MobileNetV1Features(nn.Module):
         conv and BN;
       - a classifier, if present (e.g. `classifier.1.*`), is ignored by the detector.
     Channels are `make_divisible(c * width, 8)`. Returns conv11 (512·w ch, stride 16) and
-    conv13 (1024·w ch, stride 32).
+    conv13 (1024·w ch, stride 32). A `detail` scales each stage's blocks by its stage width.
     """
 
     # Indices into `features` whose outputs are the SSD maps: conv11 and conv13.
     output_indices = (11, 13)
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, detail: ArchDetail | None = None):
         super().__init__()
         in_channels = make_divisible(MOBILENET_V1_STEM_CHANNELS * width)
         layers: list[nn.Module] = [conv_bn_relu6(3, in_channels, stride=2)]
-        for channels, stride in MOBILENET_V1_BLOCKS:
-            out_channels = make_divisible(channels * width)
+        block_widths = mobilenet_v1_block_widths(detail, len(MOBILENET_V1_BLOCKS))
+        for (channels, stride), block_width in zip(MOBILENET_V1_BLOCKS, block_widths, strict=True):
+            out_channels = make_divisible(channels * width * block_width)
             layers.append(
                 nn.Sequential(
                     depthwise_conv_bn_relu6(in_channels, stride=stride),
@@ -81,16 +84,18 @@ class MobileNetV2Features(nn.Module):
     Returns the expansion output of the first stride-32 block (`features.14.conv.0`, the
     paper's layer 15: 576·w ch at stride 16; SSDLite attaches there, like torchvision's
     SSDLite-MobileNetV3 split) and the final 1×1 conv (1280 ch at stride 32, not shrunk when
-    width < 1, as in the paper).
+    width < 1, as in the paper). A `detail` sets each stage's width, expansion, depthwise
+    kernel and depth (`lpdet.models.arch_detail`); the split block moves with the depths.
     """
 
-    # features.14 is the first inverted residual of the 160-channel, stride-2 stage.
+    # The first inverted residual of the 160-channel, stride-2 stage (features.14 at full depth).
     split_block = 14
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, detail: ArchDetail | None = None):
         super().__init__()
         # num_classes=1: the classifier is discarded; avoid initialising a 1280×1000 matrix.
-        self.features = MobileNetV2(num_classes=1, width_mult=width).features
+        self.features = MobileNetV2(num_classes=1, width_mult=width, **mobilenet_v2_options(detail)).features
+        self.split_block = mobilenet_v2_split_block(detail)
         block = self.features[self.split_block]
         assert block.stride == 2 and not block.use_res_connect, "split block must be the stride-2 one"
         self.out_channels = (block.conv[0].out_channels, self.features[-1].out_channels)

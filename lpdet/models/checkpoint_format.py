@@ -10,17 +10,20 @@ Layout of a checkpoint directory (e.g. RUN_DIR/last, RUN_DIR/best):
     optimizer.safetensors  optimizer tensors (momentum buffers) and the torch RNG state;
                            only in checkpoints that a run can resume from
 
-A checkpoint is written into a temporary sibling directory and swapped in with renames, so
-a crash at any point leaves either the old or the new checkpoint readable (`load` falls
-back to the `.old` copy that exists only during the swap). Nothing is unpickled: weights
-are safetensors and the rest is JSON.
+A checkpoint is written into a temporary sibling directory (`.NAME.tmp-*`), every file and
+the directory fsynced, and swapped in with renames, so a crash or power loss at any point
+leaves either the old or the new checkpoint readable (`load` falls back to the `.old` copy
+that exists only during the swap). `recover_interrupted_saves` tidies what a killed save left.
+Nothing is unpickled: weights are safetensors and the rest is JSON.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -61,7 +64,11 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: ModelCo
     `model_config` is the model's own config (`detector.config`: QAT once `prepare_qat` ran)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    except OSError as e:
+        raise LpdetError(f"{path}: could not save the checkpoint ({_os_reason(e)}); free disk space or fix "
+                         f"the folder's permissions") from None
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "lpdet", "version": str(FORMAT_VERSION)})
@@ -81,24 +88,78 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: ModelCo
             meta["optimizer_param_groups"] = groups
             meta["rng"] = {"python": _python_rng_to_json(random.getstate()),
                            "numpy": _numpy_rng_to_json(np.random.get_state())}
-        with open(tmp / META, "w") as f:
-            json.dump(meta, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        for name in (WEIGHTS, OPTIMIZER, META):
+            if (tmp / name).exists():
+                _fsync(tmp / name)  # on disk before the rename makes them the checkpoint
+        _fsync(tmp)
         _swap_in(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, SafetensorError)):
+            kept = ("the previous checkpoint there is unchanged" if path.exists() or path.with_name(path.name + ".old").exists()
+                    else "nothing was written")
+            raise LpdetError(f"{path}: could not save the checkpoint ({_os_reason(e)}); {kept}; "
+                             f"free disk space or fix the folder's permissions") from None
         raise
     return path
 
 
+def _os_reason(error: Exception) -> str:
+    """An OSError's reason in words (safetensors reports the OS error code inside its message)."""
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and (found := re.search(r"\(os error (\d+)\)", str(error))):
+        code = int(found.group(1))
+    if code:
+        return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
+    return str(error)
+
+
 def _swap_in(new: Path, path: Path) -> None:
+    """Rename `new` to `path`, keeping a readable checkpoint at `path` or `path.old` at every instant."""
     old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # `path` is complete, so a leftover `.old` is stale
         os.replace(path, old)
+    # else a killed swap left only `.old`: it stays until the new checkpoint is in place
     os.replace(new, path)
+    _fsync(path.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents (a directory: its entries, i.e. renames) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_interrupted_saves(directory: Path) -> list[str]:
+    """Tidy what saves killed in `directory` left behind; returns one line per thing done.
+
+    A temporary checkpoint folder (`.NAME.tmp-*` holding only checkpoint files) is removed; a
+    `NAME.old` without `NAME` (killed mid-swap) is renamed back to `NAME`. A temporary-looking
+    folder holding anything else is left alone and reported."""
+    directory, done = Path(directory), []
+    if not directory.is_dir():
+        return done
+    for tmp in sorted(directory.glob(".*.tmp-*")):
+        if not tmp.is_dir():
+            continue
+        # safetensors itself writes through a `.tmp*` file in the same folder
+        if all(f.name in (WEIGHTS, OPTIMIZER, META) or f.name.startswith(".tmp") for f in tmp.iterdir()):
+            shutil.rmtree(tmp)
+            done.append(f"removed {tmp}, the temporary folder of a checkpoint save that did not finish")
+        else:
+            done.append(f"left {tmp} alone: it looks like a temporary checkpoint folder but holds other files")
+    for old in sorted(directory.glob("*.old")):
+        path = old.with_name(old.name[:-len(".old")])
+        if old.is_dir() and (old / META).is_file() and not path.exists():
+            os.replace(old, path)
+            done.append(f"restored {path} from {old.name}, left by a checkpoint swap that did not finish")
+    return done
 
 
 def resolve_checkpoint(path: Path | str) -> Path:

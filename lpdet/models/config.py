@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from lpdet.errors import LpdetError
+from lpdet.models.arch_detail import ArchDetail
 
 # The smallest input the six SSD maps (strides 16..512, each at least 1x1) make sense for.
 MIN_RESOLUTION = 32
 # How a model's weights compute: "fp32" (float) or "qat" (fake-quantized, BN folded: 8-bit-ready).
 Quantization = Literal["fp32", "qat"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+# The architecture commands build when none is named.
+DEFAULT_ARCH = "mobilenet_v2_ssdlite"
 
 
 @dataclass
@@ -24,6 +27,9 @@ class ModelConfig:
     min_scale: float = 0.2  # anchor scales (TF Object Detection API style)
     max_scale: float = 0.95
     quantization: Quantization = "fp32"  # "qat": built by `lpdet.quant.qat.build_model` / `prepare_qat`
+    # Per-stage widths, expansions, kernels, depths (an architecture-search candidate); None: the
+    # standard network. Checkpoints store it, so a candidate rebuilds from its checkpoint.
+    detail: ArchDetail | None = None
 
 
 def is_qat(config: ModelConfig) -> bool:

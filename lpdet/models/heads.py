@@ -44,16 +44,17 @@ def ssdlite_extra_block(in_channels: int, mid_channels: int, out_channels: int) 
 class ExtraLayers(nn.Module):
     """Four stride-2 blocks on top of the backbone's last map; returns their four outputs."""
 
-    def __init__(self, in_channels: int, width: float, lite: bool):
+    def __init__(self, in_channels: int, width: float, lite: bool, layer_widths: list[float] | None = None):
         super().__init__()
         make_block = ssdlite_extra_block if lite else ssd_extra_block
+        layer_widths = [1.0] * len(EXTRA_CHANNELS) if layer_widths is None else layer_widths
         blocks = []
-        for nominal in EXTRA_CHANNELS:
-            out_channels = extra_depth(nominal, width)
-            blocks.append(make_block(in_channels, extra_depth(nominal // 2, width), out_channels))
+        for nominal, layer_width in zip(EXTRA_CHANNELS, layer_widths, strict=True):
+            out_channels = extra_depth(nominal, width * layer_width)
+            blocks.append(make_block(in_channels, extra_depth(nominal // 2, width * layer_width), out_channels))
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)
-        self.out_channels = tuple(extra_depth(n, width) for n in EXTRA_CHANNELS)
+        self.out_channels = tuple(block[-1].out_channels for block in blocks)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         maps = []

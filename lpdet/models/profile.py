@@ -127,7 +127,8 @@ def format_profile(p: ModelProfile) -> str:
     lines = []
     if p.config is not None:
         c = p.config
-        lines.append(f"{c.arch}  width {c.width}  resolution {c.resolution}  classes {c.num_classes}")
+        detail = "  (search candidate: per-stage detail)" if c.detail is not None else ""
+        lines.append(f"{c.arch}  width {c.width}  resolution {c.resolution}  classes {c.num_classes}{detail}")
     lines.append(f"params  {p.params / 1e6:.2f} M")
     lines.append(f"MAdds   {p.macs / 1e9:.3f} B")
     lines.append("")

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import num_anchors_per_location
+from lpdet.models.arch_detail import check_detail
 from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features
 from lpdet.models.config import QUANTIZATIONS, ModelConfig, check_resolution, is_qat
 from lpdet.models.detector import Detector
@@ -20,7 +21,8 @@ from lpdet.serialize import is_number
 
 
 def _assemble(cfg: ModelConfig, backbone: nn.Module, lite: bool) -> Detector:
-    extras = ExtraLayers(backbone.out_channels[-1], cfg.width, lite)
+    extras = ExtraLayers(backbone.out_channels[-1], cfg.width, lite,
+                         cfg.detail.extra_widths if cfg.detail else None)
     channels = [*backbone.out_channels, *extras.out_channels]
     per_location = num_anchors_per_location()
     cls_head = PredictionHead(channels, per_location, cfg.num_classes + 1, lite)
@@ -29,19 +31,19 @@ def _assemble(cfg: ModelConfig, backbone: nn.Module, lite: bool) -> Detector:
 
 
 def mobilenet_v1_ssd(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV1Features(cfg.width), lite=False)
+    return _assemble(cfg, MobileNetV1Features(cfg.width, cfg.detail), lite=False)
 
 
 def mobilenet_v1_ssdlite(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV1Features(cfg.width), lite=True)
+    return _assemble(cfg, MobileNetV1Features(cfg.width, cfg.detail), lite=True)
 
 
 def mobilenet_v2_ssd(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV2Features(cfg.width), lite=False)
+    return _assemble(cfg, MobileNetV2Features(cfg.width, cfg.detail), lite=False)
 
 
 def mobilenet_v2_ssdlite(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV2Features(cfg.width), lite=True)
+    return _assemble(cfg, MobileNetV2Features(cfg.width, cfg.detail), lite=True)
 
 
 ARCHITECTURES: dict[str, Callable[[ModelConfig], Detector]] = {
@@ -67,6 +69,8 @@ def validate_config(cfg: ModelConfig) -> None:
             f"model.min_scale/max_scale: need 0 < min_scale < max_scale (default 0.2, 0.95), "
             f"got {cfg.min_scale!r}, {cfg.max_scale!r}"
         )
+    if cfg.detail is not None:
+        check_detail(cfg.detail, cfg.arch)
     if cfg.quantization not in QUANTIZATIONS:
         raise LpdetError(f"model.quantization: must be one of {', '.join(QUANTIZATIONS)}, got {cfg.quantization!r}")
 

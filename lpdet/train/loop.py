@@ -6,10 +6,9 @@ Reads top to bottom: set up data and model, then for each epoch, for each batch,
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 import random
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +20,10 @@ from lpdet.data.coco import CocoDetection
 from lpdet.data.loader import make_loader
 from lpdet.data.spec import resolve_dataset
 from lpdet.data.transforms import eval_transforms, train_transforms
-from lpdet.errors import LpdetError
+from lpdet.errors import Interrupted, LpdetError
 from lpdet.eval.coco_eval import detector_predictor, evaluate
-from lpdet.models.checkpoint_format import load_checkpoint, restore_optimizer, save_checkpoint
+from lpdet.models.checkpoint_format import (load_checkpoint, recover_interrupted_saves, restore_optimizer,
+                                            save_checkpoint)
 from lpdet.models.config import is_qat
 from lpdet.models.loss import multibox_loss
 from lpdet.models.registry import build_detector, load_backbone_weights, transfer_weights
@@ -31,6 +31,8 @@ from lpdet.progress import progress_bar
 from lpdet.quant.qat import prepare_qat, set_qat_step
 from lpdet.serialize import save_yaml
 from lpdet.train.config import TrainConfig, load_train_config
+from lpdet.train.csv_log import CsvLog, trim_csv
+from lpdet.train.interrupt import StopFlag, StopRequested, stop_on_signals
 from lpdet.train.schedule import lr_at
 
 log = logging.getLogger("lpdet.train")
@@ -41,13 +43,28 @@ VAL_FIELDS = ["epoch", "step", "AP", "AP50", "AP75", "AP_small", "AP_medium", "A
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train a detector as `cfg` says (or continue the run in `cfg.out`); returns the best checkpoint."""
-    run = _set_up(cfg, resume)
-    for epoch in range(run.state["epoch"], run.cfg.epochs):
-        _train_epoch(run, epoch, progress)
-        _validate(run, epoch, progress)
-    run.tb.close()
+    """Train a detector as `cfg` says (or continue the run in `cfg.out`); returns the best checkpoint.
+
+    SIGINT or SIGTERM stops it at the end of the current step (or validation batch) with a `last`
+    checkpoint of that step, then raises `Interrupted`; a second signal exits at once."""
+    with stop_on_signals("saving a checkpoint at the end of this step, then stopping") as stop:
+        run = _set_up(cfg, resume)
+        try:
+            stop.check()
+            for epoch in range(run.state["epoch"], run.cfg.epochs):
+                _train_epoch(run, epoch, progress, stop)
+                _validate(run, epoch, progress, stop)
+        except StopRequested:
+            run.checkpoint("last", with_optimizer=True)
+            raise Interrupted(f"stopped by {_signal_name(stop)} at step {run.state['global_step']}; saved "
+                              f"{run.out / 'last'}", stop.signum) from None
+        finally:
+            run.tb.close()
     return run.out / "best"
+
+
+def _signal_name(stop: StopFlag) -> str:
+    return signal.Signals(stop.signum).name
 
 
 @dataclass
@@ -67,8 +84,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     state: dict  # epoch, step_in_epoch, global_step, best_ap, best_epoch: what a checkpoint records
     tb: object  # TensorBoard writer (or a stand-in)
-    step_log: _CsvLog
-    val_log: _CsvLog
+    step_log: CsvLog
+    val_log: CsvLog
     bad_steps: int = 0  # consecutive updates skipped for non-finite gradients
 
     def checkpoint(self, name: str, with_optimizer: bool) -> None:
@@ -85,6 +102,8 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
     """Read (or continue) the run's config, seed, load the data, build the model and optimizer, open the logs."""
     out = Path(cfg.out)
     resume_ckpt = None
+    for line in recover_interrupted_saves(out):
+        log.warning("%s", line)
     if resume:
         cfg = load_train_config(out / "config.yaml")
         cfg.out = out
@@ -123,12 +142,12 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
         restore_optimizer(optimizer, resume_ckpt)
         state.update({k: resume_ckpt.train_state[k] for k in state})
         log.info("resuming %s at epoch %d, step %d", out, state["epoch"], state["global_step"])
-    _trim_csv(out / "metrics.csv", "step", last_kept=state["global_step"] - 1)
-    _trim_csv(out / "val.csv", "epoch", last_kept=state["epoch"])
+    trim_csv(out / "metrics.csv", "step", last_kept=state["global_step"] - 1)
+    trim_csv(out / "val.csv", "epoch", last_kept=state["epoch"])
     return _Run(cfg=cfg, out=out, device=device, autocast_bf16=autocast_bf16, train_set=train_set, val_set=val_set,
                 steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup_steps, model=model,
                 optimizer=optimizer, state=state, tb=_tensorboard(out / "tb", purge_step=state["global_step"]),
-                step_log=_CsvLog(out / "metrics.csv", STEP_FIELDS), val_log=_CsvLog(out / "val.csv", VAL_FIELDS))
+                step_log=CsvLog(out / "metrics.csv", STEP_FIELDS), val_log=CsvLog(out / "val.csv", VAL_FIELDS))
 
 
 def _datasets(cfg: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -178,7 +197,7 @@ def _load_init(model, cfg: TrainConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- steps
-def _train_epoch(run: _Run, epoch: int, progress: bool) -> None:
+def _train_epoch(run: _Run, epoch: int, progress: bool, stop: StopFlag) -> None:
     cfg, state = run.cfg, run.state
     run.model.train()
     loader = make_loader(run.train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
@@ -187,23 +206,27 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> None:
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     tick = time.perf_counter()
     for images, targets, dropped in bar:
-        if not targets:
-            continue
-        lr, losses = _step(run, epoch, images, targets)
-        now = time.perf_counter()
-        row = {"step": state["global_step"], "epoch": epoch, "lr": lr, "loss": losses["loss"].item(),
-               "cls_loss": losses["cls_loss"].item(), "box_loss": losses["box_loss"].item(),
-               "images_per_s": len(targets) / max(now - tick, 1e-9), "skipped_images": dropped}
-        tick = now
+        row = {"step": state["global_step"], "epoch": epoch, "skipped_images": dropped}
+        if targets:
+            lr, losses = _step(run, epoch, images, targets)
+            now = time.perf_counter()
+            row.update(lr=lr, loss=losses["loss"].item(), cls_loss=losses["cls_loss"].item(),
+                       box_loss=losses["box_loss"].item(), images_per_s=len(targets) / max(now - tick, 1e-9))
+            tick = now
+            for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
+                run.tb.add_scalar(f"train/{key}", row[key], state["global_step"])
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
+                            refresh=False)
+        else:
+            # Still a step: the loader resumes `step_in_epoch` batches in, so every batch must count.
+            log.warning("step %d: none of the batch's %d images could be read; no update", state["global_step"],
+                        dropped)
         run.step_log.write(row)
-        for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
-            run.tb.add_scalar(f"train/{key}", row[key], state["global_step"])
-        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
-                        refresh=False)
         state["global_step"] += 1
         state["step_in_epoch"] += 1
         if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
             run.checkpoint("last", with_optimizer=True)
+        stop.check()
     bar.close()
 
 
@@ -246,11 +269,17 @@ def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict]:
 
 
 # ----------------------------------------------------------------------------- validation
-def _validate(run: _Run, epoch: int, progress: bool) -> None:
+def _validate(run: _Run, epoch: int, progress: bool, stop: StopFlag) -> None:
     """COCO AP on val after an epoch; logs it, then writes `best` (if it improved) and `last`."""
     cfg, state = run.cfg, run.state
     run.model.eval()
-    result = evaluate(detector_predictor(run.model), run.val_set, batch_size=16, workers=cfg.workers,
+    predictor = detector_predictor(run.model)
+
+    def predict_unless_stopped(images):
+        stop.check()  # a stop during validation resumes before it: the epoch's steps are all saved
+        return predictor(images)
+
+    result = evaluate(predict_unless_stopped, run.val_set, batch_size=16, workers=cfg.workers,
                       max_images=cfg.max_val_images, progress=progress, desc=f"val {epoch + 1}/{cfg.epochs}")
     ap = result.metrics["AP"]
     run.val_log.write({"epoch": epoch + 1, "step": state["global_step"], **result.metrics,
@@ -331,39 +360,3 @@ class _NoTensorBoard:
     def add_scalar(self, *args, **kwargs): ...
     def flush(self): ...
     def close(self): ...
-
-
-class _CsvLog:
-    """Append rows to a CSV, writing the header once; flushed every row so a crash loses nothing."""
-
-    def __init__(self, path: Path, fields: list[str]):
-        self.path, self.fields = path, fields
-        if not path.exists() or path.stat().st_size == 0:
-            with open(path, "w", newline="") as f:
-                csv.DictWriter(f, fieldnames=fields).writeheader()
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def _trim_csv(path: Path, key: str, last_kept: int) -> None:
-    """On resume, drop rows logged after the checkpoint we continue from."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = [r for r in reader if _number(r.get(key)) <= last_kept]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _number(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.inf

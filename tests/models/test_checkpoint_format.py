@@ -1,3 +1,4 @@
+import errno
 import json
 import pickle
 
@@ -8,7 +9,8 @@ import lpdet.models.checkpoint_format as checkpoint
 from lpdet.errors import LpdetError
 from lpdet.models.config import ModelConfig
 from lpdet.models.registry import build_detector
-from lpdet.models.checkpoint_format import load_checkpoint, resolve_checkpoint, save_checkpoint
+from lpdet.models.checkpoint_format import (load_checkpoint, recover_interrupted_saves, resolve_checkpoint,
+                                            save_checkpoint)
 from lpdet.deploy.runtime import load_detector
 
 CONFIG = ModelConfig(arch="mobilenet_v1_ssdlite", num_classes=3, width=0.25, resolution=64)
@@ -61,10 +63,11 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
     _save(tmp_path / "last", model, train_state={"global_step": 1})
 
     def failing_save(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_file", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(LpdetError, match=r"last: could not save the checkpoint \(ENOSPC: No space left on device\); "
+                                         r"the previous checkpoint there is unchanged"):
         _save(tmp_path / "last", model, train_state={"global_step": 2})
     assert load_checkpoint(tmp_path / "last").train_state["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last"]  # no temporary leftovers
@@ -75,6 +78,59 @@ def test_interrupted_swap_falls_back_to_old_copy(tmp_path):
     _save(tmp_path / "last", model, train_state={"global_step": 4})
     (tmp_path / "last").rename(tmp_path / "last.old")  # crashed between the two renames
     assert load_checkpoint(tmp_path / "last").train_state["global_step"] == 4
+
+
+def test_every_file_and_the_folder_are_fsynced_before_the_swap(tmp_path, monkeypatch):
+    model = build_detector(CONFIG)
+    events = []
+    real_fsync, real_swap = checkpoint._fsync, checkpoint._swap_in
+    monkeypatch.setattr(checkpoint, "_fsync", lambda path: (events.append(("fsync", path.name)), real_fsync(path)))
+    monkeypatch.setattr(checkpoint, "_swap_in", lambda new, path: (events.append(("swap", path.name)),
+                                                                     real_swap(new, path)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _save(tmp_path / "last", model, optimizer=optimizer)
+    swap = events.index(("swap", "last"))
+    synced_before = {name for kind, name in events[:swap] if kind == "fsync"}
+    assert {"model.safetensors", "optimizer.safetensors", "checkpoint.json"} <= synced_before
+    assert any(name.startswith(".last.tmp-") for name in synced_before)  # the folder itself
+    assert ("fsync", tmp_path.name) in events[swap:]  # the renames, after the swap
+
+
+def test_a_save_after_a_killed_swap_never_deletes_the_only_copy(tmp_path, monkeypatch):
+    model = build_detector(CONFIG)
+    _save(tmp_path / "last", model, train_state={"global_step": 4})
+    (tmp_path / "last").rename(tmp_path / "last.old")  # killed between the two renames
+    real_replace = checkpoint.os.replace
+    seen = []
+
+    def replace_checking_a_copy_exists(src, dst):
+        seen.append(load_checkpoint(tmp_path / "last").train_state["global_step"])  # readable at every rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace_checking_a_copy_exists)
+    _save(tmp_path / "last", model, train_state={"global_step": 6})
+    assert seen == [4]
+    assert load_checkpoint(tmp_path / "last").train_state["global_step"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_recover_interrupted_saves_tidies_only_what_a_killed_save_left(tmp_path):
+    model = build_detector(CONFIG)
+    _save(tmp_path / "best", model, train_state={"global_step": 3})
+    (tmp_path / "best").rename(tmp_path / "best.old")  # killed mid-swap
+    killed = tmp_path / ".last.tmp-abc123"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half a file")
+    (killed / ".tmpXYZ").write_bytes(b"safetensors' own temporary file")
+    foreign = tmp_path / ".notes.tmp-keep"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("a user's file")
+    lines = recover_interrupted_saves(tmp_path)
+    assert len(lines) == 3 and any("removed" in line and ".last.tmp-abc123" in line for line in lines)
+    assert any(line.startswith("left") and ".notes.tmp-keep" in line for line in lines)
+    assert not killed.exists() and (foreign / "mine.txt").read_text() == "a user's file"
+    assert load_checkpoint(tmp_path / "best").path == tmp_path / "best"
+    assert recover_interrupted_saves(tmp_path / "missing") == []
 
 
 @pytest.mark.parametrize("make_bad", ["missing", "pickle", "random_dir", "bad_json", "bad_weights"])

@@ -156,3 +156,29 @@ def test_bf16_training_runs_and_saves_fp32_weights(data_yaml, tmp_path):
     state = load_checkpoint(tmp_path / "run" / "last").model_state
     assert all(t.dtype != torch.bfloat16 for t in state.values())
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def test_a_batch_whose_images_all_fail_to_load_still_counts_as_a_step(tmp_path, monkeypatch, caplog):
+    from lpdet.data.loader import EpochSampler
+
+    data_yaml = tiny_synth(tmp_path / "data")
+    real_make_loader = loop.make_loader
+    lost = []
+
+    def loader_losing_a_batch(dataset, batch_size, *, epoch, seed, **kwargs):
+        if epoch == 1 and not lost:  # every image of epoch 2's second batch disappears
+            order = EpochSampler(len(dataset), shuffle=True, seed=seed, epoch=epoch).order()
+            for index in order[batch_size:2 * batch_size]:
+                lost.append(dataset.image_path(index))
+                lost[-1].unlink()
+        return real_make_loader(dataset, batch_size, epoch=epoch, seed=seed, **kwargs)
+
+    monkeypatch.setattr(loop, "make_loader", loader_losing_a_batch)
+    train(tiny_train_config(data_yaml, tmp_path / "run"), progress=False)
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(6))
+    assert (rows[4]["skipped_images"], rows[4]["loss"]) == ("4", "")
+    assert all(r["loss"] for i, r in enumerate(rows) if i != 4)
+    assert "step 4: none of the batch's 4 images could be read; no update" in caplog.text
+    assert load_checkpoint(tmp_path / "run" / "last").train_state["global_step"] == 6
+    assert len(lost) == 4 and str(lost[0]) in caplog.text
