@@ -28,6 +28,7 @@ from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import evaluate
 from lpdet.models.config import is_qat
 from lpdet.quant.weight_ranges import format_spread, summarize_spread, weight_spread
+from lpdet.serialize import atomic_write_text
 
 __all__ = ["CompareRow", "CompareResult", "compare_quantization", "compare_table", "format_compare",
            "compare_to_dict"]
@@ -107,8 +108,8 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
         arch=detector.config.arch, resolution=resolution, notes=notes,
         weight_spread=summarize_spread(weight_spread(paths["float"])),
     )
-    (out_dir / "quant_compare.md").write_text(format_compare(result) + "\n")
-    (out_dir / "quant_compare.json").write_text(json.dumps(compare_to_dict(result), indent=2) + "\n")
+    atomic_write_text(out_dir / "quant_compare.md", format_compare(result) + "\n")
+    atomic_write_text(out_dir / "quant_compare.json", json.dumps(compare_to_dict(result), indent=2) + "\n")
     return result
 
 
