@@ -124,7 +124,7 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
     fixed_batch = isinstance(shape[0], int)
     input_type = inputs["images"].type  # "tensor(float)"
 
-    def forward(images: Tensor) -> tuple[Tensor, Tensor]:
+    def raw_forward(images: Tensor) -> tuple[Tensor, Tensor]:
         check_images(images, model_resolution, path)
         array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
         if input_type != "tensor(float)":
@@ -139,8 +139,8 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
             boxes = np.concatenate([p[1] for p in parts])
         return torch.from_numpy(scores), torch.from_numpy(boxes)
 
-    detect = None
-    if has_nms_in_graph(meta):
+    forward, detect = raw_forward, None
+    if has_nms_in_graph(meta):  # NMS inside the graph: no raw outputs, detections come whole
         forward, detect = in_graph_functions(session, path, postprocess_from_metadata(meta),
                                              lambda images: check_images(images, model_resolution, path))
     return DeployedModel(
