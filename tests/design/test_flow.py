@@ -84,6 +84,14 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
     assert again.summary["latency_median_ms"] == summary["latency_median_ms"]
     _assert_intervals((out / "report.md").read_text(), again.summary)  # from the cached predictions files
 
+    # --base: the float model is given, not trained (the flow's own float model here, so that every
+    # later trial, keyed by the checkpoint's content, is cached)
+    float_trial = json.loads((out / "trials" / "float-r128" / "result.json").read_text())
+    float_best = out / "trials" / "float-r128" / float_trial["files"]["best"]
+    given = design(data, 10_000.0, out, settings=tiny_settings(), base=float_best, progress=False)
+    assert given.trials_run == [] and "float-r128" not in given.trials_cached
+    assert f"from --base {float_best}" in (out / "report.md").read_text()
+
     # a relative budget: R x the base model's latency from the same interleaved run as the candidates
     capsys.readouterr()
     relative = design(data, None, out, settings=tiny_settings(), budget_ratio=3.0, progress=True)
