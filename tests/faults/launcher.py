@@ -4,8 +4,9 @@ lpdet` spends 4-12 s importing torch and torchvision on a loaded 2-core machine;
 
 Each request is one JSON line on stdin: `argv` (the lpdet arguments), `stderr` (a file for the
 child's stderr), `status` (a file the launcher writes the child's exit status into once it ends:
--N when a signal N ended it), and optional `at`/`mode`/`ready` (a pause point, as in
-`tests.faults.pausing_lpdet`). The launcher answers each request with the child's pid. The children
+-N when a signal N ended it), optional `at`/`mode`/`ready` (a pause point, as in
+`tests.faults.pausing_lpdet`) and `own_group` (the child leads a process group of its own, so that a
+test can signal it with its DataLoader workers, as `timeout` or a terminal does). The launcher answers each request with the child's pid. The children
 are real processes: signals and `kill -9` reach them as they would reach `lpdet`. Forking is safe
 here because the launcher runs no torch operation, so no thread pool exists yet when it forks.
 """
@@ -27,6 +28,8 @@ from tests.faults import pausing_lpdet
 def _child(request: dict) -> None:
     code = 1
     try:
+        if request.get("own_group"):
+            os.setpgid(0, 0)
         os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
         os.dup2(os.open(os.devnull, os.O_RDWR), 0)
         os.dup2(0, 1)
