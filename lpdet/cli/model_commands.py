@@ -69,7 +69,7 @@ def cmd_eval(args) -> None:
                           "top_k": config.top_k, "results": str(results_path), **result.metrics}, indent=2))
     else:
         print(f"{model.path} ({model.kind}) on {spec.name}/{args.split}: {result.num_images} images"
-              + (f" ({result.skipped_images} unreadable, skipped)" if result.skipped_images else ""))
+              + (f" ({result.skipped_images} unreadable: scored as missed)" if result.skipped_images else ""))
         print(format_metrics(result.metrics))
         print(f"post-processing: score > {config.score_threshold:g}, NMS IoU {config.nms_iou:g}, top-k {config.top_k}")
         print(f"COCO results: {results_path}")
