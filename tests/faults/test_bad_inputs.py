@@ -2,11 +2,15 @@
 keeps the previous checkpoint and says so in one line, a damaged annotation file is named."""
 
 import errno
+import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 
+import PIL.Image
 import pytest
 
 import lpdet.models.checkpoint_format as checkpoint_format
@@ -133,3 +137,42 @@ def test_a_really_full_disk_during_a_checkpoint_save(fault_data, float_reference
     assert not [p for p in kept.iterdir() if ".tmp-" in p.name]
     assert main(["train", "--resume", str(kept), "--quiet"]) == 0  # on a disk with room
     assert_bit_identical(final_weights(kept), final_weights(float_reference))
+
+
+def _decompression_bomb_png(side: int = 20_000) -> bytes:
+    """A 1 kB PNG that declares side x side pixels (4e8: over twice PIL's MAX_IMAGE_PIXELS)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_a_counted_skip_in_training_and_predict(fault_data, tmp_path, caplog, capsys):
+    data_yaml = shutil.copytree(fault_data.parent, tmp_path / "data") / fault_data.name
+    spec = resolve_dataset(str(data_yaml))
+    train_set = CocoDetection(spec.train.annotations, spec.train.images)
+    bomb, good = train_set.image_path(0), train_set.image_path(1)
+    bomb.write_bytes(_decompression_bomb_png())
+    with pytest.raises(PIL.Image.DecompressionBombError):  # what PIL's guard does with it
+        PIL.Image.open(bomb)
+
+    run = tmp_path / "run"
+    assert main(train_args(data_yaml, run, epochs=1)) == 0
+    skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{bomb}: skipped (")]
+    assert skips and all("decompression bomb" in m for m in skips), skips
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert sum(int(row.split(",")[-1]) for row in rows) == 1  # counted once, in the batch that held it
+
+    caplog.clear()
+    capsys.readouterr()
+    assert main(["predict", str(run), str(bomb), str(good), "--out", str(tmp_path / "pred")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if str(bomb) in r.getMessage()]
+    assert len(warnings) == 1 and "decompression bomb" in warnings[0], warnings
+    assert "1 of 2 images could not be read" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{good.name}.pred.png"]
+    # the guard stays on: lpdet never raises or removes the limit
+    assert PIL.Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)
+    setting_the_limit = re.compile(r"MAX_IMAGE_PIXELS\s*=(?!=)")
+    assert not [p for p in (ROOT / "lpdet").rglob("*.py") if setting_the_limit.search(p.read_text())]
