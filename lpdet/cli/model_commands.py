@@ -84,7 +84,8 @@ def cmd_predict(args) -> None:
     for item in summary:
         print(f"{item['image']}: {len(item['detections'])} detections -> {item['output']}")
     if len(summary) < len(paths):
-        print(f"{len(paths) - len(summary)} of {len(paths)} images could not be read (warnings above name them); skipped")
+        print(f"{len(paths) - len(summary)} of {len(paths)} images could not be read (the warnings above name "
+              f"them); skipped")
 
 
 def _output_path(path: Path, suffix: str, *, overwrite: bool = True) -> Path:

@@ -35,18 +35,20 @@ class Process:
     """A started `lpdet` (optionally paused by `tests.faults.pausing_lpdet`), its stderr in a file.
 
     A cold `python -m lpdet` process, or (`launcher=`) one forked by a `Launcher`; with `own_group`,
-    the leader of a process group of its own (its DataLoader workers join it), for `signal_group`."""
+    the leader of a process group of its own (its DataLoader workers join it), for `signal_group`;
+    with `design_settings` (forked ones only), `lpdet design` uses the `DesignSettings` of that JSON file."""
 
     def __init__(self, args: list[str], workdir: Path, *, at: str | None = None, mode: str = "freeze",
-                 launcher: Launcher | None = None, own_group: bool = False):
+                 launcher: Launcher | None = None, own_group: bool = False, design_settings: Path | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         stamp = time.monotonic_ns()
         self.ready, self.stderr_path = workdir / f"ready-{stamp}", workdir / f"stderr-{stamp}.txt"
         self.popen = self.forked = None
         if launcher is not None:
             self.forked = launcher.start(args, self.stderr_path, workdir / f"status-{stamp}", at, mode, self.ready,
-                                         own_group)
+                                         own_group, design_settings)
             return
+        assert design_settings is None, "design_settings needs a launcher"
         if at is None:
             command = [sys.executable, "-m", "lpdet", *args]
         else:
@@ -109,9 +111,11 @@ class Launcher:
         self.popen = subprocess.Popen([sys.executable, "-m", "tests.faults.launcher"], cwd=ROOT, env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def start(self, args, stderr: Path, status: Path, at, mode, ready: Path, own_group: bool) -> tuple[int, Path]:
+    def start(self, args, stderr: Path, status: Path, at, mode, ready: Path, own_group: bool,
+              design_settings: Path | None) -> tuple[int, Path]:
         request = {"argv": list(args), "stderr": str(stderr), "status": str(status), "at": at, "mode": mode,
-                   "ready": str(ready), "own_group": own_group}
+                   "ready": str(ready), "own_group": own_group,
+                   "design_settings": str(design_settings) if design_settings else None}
         self.popen.stdin.write(json.dumps(request) + "\n")
         self.popen.stdin.flush()
         line = self.popen.stdout.readline()
