@@ -26,6 +26,9 @@ from collections.abc import Iterator, Sized
 import torch
 from torch.utils.data import DataLoader, Sampler, get_worker_info
 
+from lpdet.data import worker_watch
+from lpdet.data.worker_watch import ReadingDataset, worker_failure
+
 __all__ = ["collate_detection", "make_loader", "EpochSampler", "epoch_generator_seed"]
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the signals `lpdet.train.interrupt` turns into a clean stop
@@ -100,9 +103,24 @@ class _Loader(DataLoader):
             return super().__iter__()
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            return super().__iter__()  # starts the workers (persistent_workers=False: every epoch)
+            batches = super().__iter__()  # starts the workers (persistent_workers=False: every epoch)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return self._named_failures(batches)
+
+    def _named_failures(self, batches):
+        """The batches; a dead or stuck worker raises `worker_failure`'s error instead of torch's."""
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                failure = worker_failure(e, self.dataset)
+                if failure is None:
+                    raise
+                raise failure from None
+            yield batch
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int,
@@ -118,7 +136,7 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: in
     n = len(dataset) if isinstance(dataset, Sized) else 0
     sampler = EpochSampler(n, shuffle=shuffle, seed=seed, epoch=epoch, start=int(skip_batches) * int(batch_size))
     return _Loader(
-        dataset,
+        ReadingDataset(dataset, workers) if workers > 0 else dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=int(workers),
@@ -129,4 +147,5 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: in
         # A private generator: DataLoader draws its worker base seed from it instead of
         # consuming the global torch RNG (which would shift e.g. dropout after a resume).
         generator=torch.Generator().manual_seed(epoch_generator_seed(seed, epoch)),
+        timeout=worker_watch.WORKER_TIMEOUT_S if workers > 0 else 0,
     )

@@ -18,6 +18,7 @@ import torch
 
 from lpdet.data.coco import CocoDetection
 from lpdet.data.loader import make_loader
+from lpdet.data.worker_watch import worker_failure
 from lpdet.data.spec import resolve_dataset
 from lpdet.data.transforms import eval_transforms, train_transforms
 from lpdet.errors import Interrupted, LpdetError
@@ -205,28 +206,35 @@ def _train_epoch(run: _Run, epoch: int, progress: bool, stop: StopFlag) -> None:
     bar = progress_bar(loader, enabled=progress, total=run.steps_per_epoch, initial=state["step_in_epoch"],
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     tick = time.perf_counter()
-    for images, targets, dropped in bar:
-        row = {"step": state["global_step"], "epoch": epoch, "skipped_images": dropped}
-        if targets:
-            lr, losses = _step(run, epoch, images, targets)
-            now = time.perf_counter()
-            row.update(lr=lr, loss=losses["loss"].item(), cls_loss=losses["cls_loss"].item(),
-                       box_loss=losses["box_loss"].item(), images_per_s=len(targets) / max(now - tick, 1e-9))
-            tick = now
-            for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
-                run.tb.add_scalar(f"train/{key}", row[key], state["global_step"])
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
-                            refresh=False)
-        else:
-            # Still a step: the loader resumes `step_in_epoch` batches in, so every batch must count.
-            log.warning("step %d: none of the batch's %d images could be read; no update", state["global_step"],
-                        dropped)
-        run.step_log.write(row)
-        state["global_step"] += 1
-        state["step_in_epoch"] += 1
-        if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-            run.checkpoint("last", with_optimizer=True)
-        stop.check()
+    try:
+        for images, targets, dropped in bar:
+            row = {"step": state["global_step"], "epoch": epoch, "skipped_images": dropped}
+            if targets:
+                lr, losses = _step(run, epoch, images, targets)
+                now = time.perf_counter()
+                row.update(lr=lr, loss=losses["loss"].item(), cls_loss=losses["cls_loss"].item(),
+                           box_loss=losses["box_loss"].item(),
+                           images_per_s=len(targets) / max(now - tick, 1e-9))
+                tick = now
+                for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
+                    run.tb.add_scalar(f"train/{key}", row[key], state["global_step"])
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
+                                refresh=False)
+            else:
+                # Still a step: the loader resumes `step_in_epoch` batches in, so every batch must count.
+                log.warning("step %d: none of the batch's %d images could be read; no update",
+                            state["global_step"], dropped)
+            run.step_log.write(row)
+            state["global_step"] += 1
+            state["step_in_epoch"] += 1
+            if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                run.checkpoint("last", with_optimizer=True)
+            stop.check()
+    except RuntimeError as e:  # torch reports a dead worker wherever the main process is (its SIGCHLD handler)
+        failure = worker_failure(e, loader.dataset)
+        if failure is None:
+            raise
+        raise failure from None
     bar.close()
 
 
