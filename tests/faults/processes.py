@@ -123,8 +123,14 @@ class Launcher:
         return int(line), status
 
     def close(self) -> None:
+        """End the launcher (it kills the children still running); on a loaded machine a Python that
+        imported torch and onnxruntime can take a minute to exit, so after 60 s it is killed."""
         self.popen.stdin.close()
-        self.popen.wait(60)
+        try:
+            self.popen.wait(60)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(60)
 
 
 def run_lpdet(args: list[str], workdir: Path, launcher: Launcher | None = None) -> Process:
