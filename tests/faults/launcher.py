@@ -23,7 +23,6 @@ import sys
 import traceback
 from pathlib import Path
 
-import lpdet.design.commands  # noqa: F401  (imported once here, not in every forked `lpdet design`)
 from lpdet.cli import main
 from tests.faults import pausing_lpdet
 
@@ -69,6 +68,10 @@ def serve() -> None:
             if not line:
                 break
             request = json.loads(line)
+            if request["argv"][:1] == ["design"]:
+                # imported once here (the first time), not in every forked `lpdet design`; not
+                # before: it takes seconds, which the tests that never run `design` need not wait
+                import lpdet.design.commands  # noqa: F401
             pid = os.fork()
             if pid == 0:
                 _child(request)
