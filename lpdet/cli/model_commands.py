@@ -69,7 +69,7 @@ def cmd_eval(args) -> None:
                           "top_k": config.top_k, "results": str(results_path), **result.metrics}, indent=2))
     else:
         print(f"{model.path} ({model.kind}) on {spec.name}/{args.split}: {result.num_images} images"
-              + (f" ({result.skipped_images} unreadable, skipped)" if result.skipped_images else ""))
+              + (f" ({result.skipped_images} unreadable: scored as missed)" if result.skipped_images else ""))
         print(format_metrics(result.metrics))
         print(f"post-processing: score > {config.score_threshold:g}, NMS IoU {config.nms_iou:g}, top-k {config.top_k}")
         print(f"COCO results: {results_path}")
@@ -83,6 +83,9 @@ def cmd_predict(args) -> None:
                              paths, args.out, score_threshold=args.show_threshold)
     for item in summary:
         print(f"{item['image']}: {len(item['detections'])} detections -> {item['output']}")
+    if len(summary) < len(paths):
+        print(f"{len(paths) - len(summary)} of {len(paths)} images could not be read (the warnings above name "
+              f"them); skipped")
 
 
 def _output_path(path: Path, suffix: str, *, overwrite: bool = True) -> Path:

@@ -62,7 +62,7 @@ class _AnnotationScan:
 
     unusable: list[int] = field(default_factory=list)  # indexes without a usable bbox: left out of evaluation
     filled: int = 0  # usable annotations lacking 'area'/'iscrowd' (evaluation fills in the defaults)
-    duplicate_ids: int = 0
+    duplicates: dict[int, int | str] = field(default_factory=dict)  # index -> an annotation id seen before it
 
 
 def _has_usable_bbox(a: dict) -> bool:
@@ -211,7 +211,7 @@ class CocoDetection(Dataset):
         for i, a in enumerate(anns):
             self._check_annotation(i, a)
             if a["id"] in ann_ids:
-                scan.duplicate_ids += 1
+                scan.duplicates[i] = a["id"]
             ann_ids.add(a["id"])
             ok_box = _has_usable_bbox(a)
             if not ok_box:
@@ -245,12 +245,17 @@ class CocoDetection(Dataset):
 
     def _evaluation_ground_truth(self, data: dict, scan: _AnnotationScan) -> COCO:
         """A pycocotools `COCO` indexed from the dict already parsed (see the class docstring)."""
-        if scan.unusable or scan.filled:
-            drop = set(scan.unusable)
+        if scan.unusable or scan.filled or scan.duplicates:
+            drop, renumber = set(scan.unusable), set(scan.duplicates)
+            # pycocotools indexes annotations by id: a repeated id would hide one object and count
+            # another twice, so the copy evaluated on gives the repeats new, unused ids
+            next_id = 1 + max((a["id"] for a in data["annotations"] if _is_int(a["id"])), default=0)
             gt_anns = []
             for i, a in enumerate(data["annotations"]):
                 if i in drop:
                     continue
+                if i in renumber:
+                    a, next_id = dict(a, id=next_id), next_id + 1
                 if "area" not in a or "iscrowd" not in a:
                     a = dict(a)
                     a.setdefault("iscrowd", 0)
@@ -281,10 +286,12 @@ class CocoDetection(Dataset):
         if scan.unusable:
             log.warning("%s: %d annotation(s) without a usable 'bbox' left out of evaluation too",
                         self.annotations, len(scan.unusable))
-        if scan.duplicate_ids:
-            log.warning("%s: %d duplicate annotation id(s); pycocotools keeps only one annotation per id, so "
-                        "evaluation on this file is unreliable; renumber the annotations", self.annotations,
-                        scan.duplicate_ids)
+        if scan.duplicates:
+            repeated = sorted(set(scan.duplicates.values()), key=str)
+            log.warning("%s: annotation id(s) %s used more than once (%d repeats); evaluating on a copy that gives "
+                        "the repeats new ids (the file is unchanged); renumber its annotations", self.annotations,
+                        ", ".join(map(str, repeated[:10])) + (", ..." if len(repeated) > 10 else ""),
+                        len(scan.duplicates))
         if scan.filled:
             log.info("%s: %d annotation(s) lack 'area'/'iscrowd'; using area=w*h, iscrowd=0", self.annotations,
                      scan.filled)

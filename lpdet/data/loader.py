@@ -7,6 +7,14 @@ an uninterrupted run would have seen, and the skipped items are never loaded. Au
 seeded per (seed, epoch, index) by the dataset (`CocoDetection.set_epoch`), so neither the
 number of workers nor the resume point changes a batch. Creating the loader does not touch the
 global torch RNG.
+
+A stop signal sent to the whole process group (`timeout`, a batch scheduler, Ctrl-C in a terminal)
+reaches the workers too. A worker leaves the first SIGINT/SIGTERM to the main process, which
+handles it (a checkpoint at the end of the step, then a clean exit) and then ends its workers as
+usual; had the worker died of it, torch would raise "DataLoader worker ... is killed by signal" in
+the main process, wherever it happened to be. A second signal ends a worker (torch's own
+`terminate()` of a stuck worker too). Workers start with both signals blocked and install this
+before unblocking them, so a signal sent while a worker starts is not lost on the default action.
 """
 
 from __future__ import annotations
@@ -18,7 +26,12 @@ from collections.abc import Iterator, Sized
 import torch
 from torch.utils.data import DataLoader, Sampler, get_worker_info
 
+from lpdet.data import worker_watch
+from lpdet.data.worker_watch import ReadingDataset, worker_failure
+
 __all__ = ["collate_detection", "make_loader", "EpochSampler", "epoch_generator_seed"]
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the signals `lpdet.train.interrupt` turns into a clean stop
 
 
 def epoch_generator_seed(seed: int, epoch: int) -> int:
@@ -47,10 +60,14 @@ class EpochSampler(Sampler[int]):
         return max(self.n - self.start, 0)
 
 
-def _set_worker_epoch(epoch: int, worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: a worker would end itself on it, and the main
-    # process, which handles it (a checkpoint, then a clean stop), would find its workers gone.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _leave_the_first_stop_to_the_main_process(signum: int, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the worker
+
+
+def _start_worker(epoch: int, worker_id: int) -> None:
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _leave_the_first_stop_to_the_main_process)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by `_Loader.__iter__` in the parent
     # Workers copy the dataset when an iterator starts; pin the loader's epoch in each copy in
     # case the same dataset object was set to another epoch in between.
     ds = get_worker_info().dataset
@@ -76,6 +93,36 @@ def collate_detection(batch) -> tuple[torch.Tensor, list[dict], int]:
     return images, [t for _, t in items], dropped
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose workers start with SIGINT/SIGTERM blocked (a forked worker inherits the
+    mask; `_start_worker` unblocks them once it handles them). The main process gets a signal sent
+    meanwhile as soon as the workers are started."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            batches = super().__iter__()  # starts the workers (persistent_workers=False: every epoch)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return self._named_failures(batches)
+
+    def _named_failures(self, batches):
+        """The batches; a dead or stuck worker raises `worker_failure`'s error instead of torch's."""
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                failure = worker_failure(e, self.dataset)
+                if failure is None:
+                    raise
+                raise failure from None
+            yield batch
+
+
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int,
                 skip_batches: int = 0) -> DataLoader:
     """A DataLoader over `dataset` for one epoch; `skip_batches` resumes mid-epoch exactly.
@@ -88,16 +135,17 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: in
         dataset.set_epoch(epoch)  # workers are forked per iterator and copy this
     n = len(dataset) if isinstance(dataset, Sized) else 0
     sampler = EpochSampler(n, shuffle=shuffle, seed=seed, epoch=epoch, start=int(skip_batches) * int(batch_size))
-    return DataLoader(
-        dataset,
+    return _Loader(
+        ReadingDataset(dataset, workers) if workers > 0 else dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=int(workers),
         collate_fn=collate_detection,
         drop_last=bool(shuffle),
         persistent_workers=False,
-        worker_init_fn=functools.partial(_set_worker_epoch, int(epoch)) if workers > 0 else None,
+        worker_init_fn=functools.partial(_start_worker, int(epoch)) if workers > 0 else None,
         # A private generator: DataLoader draws its worker base seed from it instead of
         # consuming the global torch RNG (which would shift e.g. dropout after a resume).
         generator=torch.Generator().manual_seed(epoch_generator_seed(seed, epoch)),
+        timeout=worker_watch.WORKER_TIMEOUT_S if workers > 0 else 0,
     )

@@ -31,7 +31,7 @@ Predictor = Callable[[torch.Tensor], list[dict]]
 class EvalResult:
     metrics: dict[str, float]
     results: list[dict] = field(repr=False)
-    num_images: int = 0
+    num_images: int = 0  # the images scored, unreadable ones (`skipped_images`, all objects missed) included
     # The images scored (an image without detections still counts): what a paired comparison pairs.
     image_ids: list[int] = field(default_factory=list, repr=False)
     skipped_images: int = 0
@@ -92,9 +92,8 @@ def evaluate_per_image(coco_gt, results: list[dict], image_ids: list[int] | None
 
 
 def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:
-    """AP figures from pycocotools' COCOeval (its own printout silenced)."""
-    if not results:
-        return {name: 0.0 for name in METRIC_NAMES}
+    """AP figures from pycocotools' COCOeval (its own printout silenced); with no results at all,
+    pycocotools' own values too (0, and -1 for a size bucket without ground truth)."""
     evaluator = evaluate_per_image(coco_gt, results, image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.accumulate()
@@ -111,7 +110,6 @@ def evaluate(predict: Predictor, dataset, *, batch_size: int = 16, workers: int 
         subset = torch.utils.data.Subset(dataset, range(max_images))
     loader = make_loader(subset, batch_size, shuffle=False, seed=0, epoch=0, workers=workers)
     results: list[dict] = []
-    evaluated: list[int] = []
     skipped = 0
     for images, targets, dropped in progress_bar(loader, enabled=progress, desc=desc, leave=False, unit="batch"):
         skipped += dropped
@@ -119,10 +117,11 @@ def evaluate(predict: Predictor, dataset, *, batch_size: int = 16, workers: int 
             continue
         detections = predict(images)
         results.extend(detections_to_coco(detections, targets, dataset.category_ids))
-        evaluated.extend(int(t["image_id"]) for t in targets)
-    # Images that failed to load are left out of the score rather than counted as misses.
-    metrics = coco_metrics(dataset.coco, results, image_ids=evaluated)
-    return EvalResult(metrics=metrics, results=results, num_images=len(evaluated), image_ids=evaluated,
+    # An image that failed to load is scored as an image without detections (its objects missed):
+    # leaving it out would raise the AP of a model for images it never saw.
+    scored = [int(i) for i in dataset.image_ids[:len(subset)]]
+    metrics = coco_metrics(dataset.coco, results, image_ids=scored)
+    return EvalResult(metrics=metrics, results=results, num_images=len(scored), image_ids=scored,
                       skipped_images=skipped, seconds=time.perf_counter() - start)
 
 

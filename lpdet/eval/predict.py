@@ -35,12 +35,13 @@ def expand_image_paths(paths: list[Path]) -> list[Path]:
 
 
 def load_rgb(path: Path) -> Image.Image | None:
-    """The image upright and in RGB, or None (logged) if it cannot be read."""
+    """The image upright and in RGB, or None (logged) if it cannot be read (PIL's guard against
+    decompression bombs, images over twice `Image.MAX_IMAGE_PIXELS`, included)."""
     try:
         with Image.open(path) as img:
             img.load()
             return ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         log.warning("skipping %s: cannot read the image (%s)", path, e)
         return None
 

@@ -7,8 +7,9 @@ rebuilds the detector a checkpoint describes.
 Layout of a checkpoint directory (e.g. RUN_DIR/last, RUN_DIR/best):
     model.safetensors      model weights
     checkpoint.json        model config, class names, COCO category ids, training state
-    optimizer.safetensors  optimizer tensors (momentum buffers) and the torch RNG state;
-                           only in checkpoints that a run can resume from
+    optimizer.safetensors  optimizer tensors (momentum buffers) and the torch RNG states (CPU, and
+                           each CUDA device's when the run used CUDA); only in checkpoints that a
+                           run can resume from
 
 A checkpoint is written into a temporary sibling directory (`.NAME.tmp-*`), every file and
 the directory fsynced, and swapped in with renames, so a crash or power loss at any point
@@ -83,7 +84,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, model_config: ModelCo
         }
         if optimizer is not None:
             tensors, groups = _flatten_optimizer(optimizer)
-            tensors["rng.torch"] = torch.get_rng_state()
+            tensors.update(_torch_rng_tensors())
             save_file(tensors, str(tmp / OPTIMIZER))
             meta["optimizer_param_groups"] = groups
             meta["rng"] = {"python": _python_rng_to_json(random.getstate()),
@@ -250,7 +251,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
     for saved, group in zip(groups, current["param_groups"]):
         saved["params"] = group["params"]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    torch.set_rng_state(ckpt.optimizer_tensors["rng.torch"])
+    _restore_torch_rng(ckpt.optimizer_tensors)
     rng = ckpt.train_state.get("rng")
     if rng:
         random.setstate(_python_rng_from_json(rng["python"]))
@@ -274,6 +275,28 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
             tensors[f"state.{index}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
     return tensors, groups
+
+
+def _torch_rng_tensors() -> dict[str, torch.Tensor]:
+    """torch's CPU generator, and every CUDA device's when CUDA was used (dropout, random
+    augmentation on the GPU draw from those). An unused CUDA is left alone: asking for its state
+    would start it on a CPU run."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    return tensors
+
+
+def _restore_torch_rng(tensors: dict[str, torch.Tensor]) -> None:
+    """The inverse of `_torch_rng_tensors`. CUDA states are restored where CUDA is available (a
+    resume on another machine restores as many devices as both have); on a CPU they are not needed."""
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda.0" not in tensors or not torch.cuda.is_available():
+        return
+    for index in range(torch.cuda.device_count()):
+        if f"rng.cuda.{index}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{index}"], index)
 
 
 def _python_rng_to_json(state):

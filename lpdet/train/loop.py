@@ -21,6 +21,7 @@ from lpdet.data.coco import CocoDetection
 from lpdet.data.loader import make_loader
 from lpdet.data.spec import resolve_dataset
 from lpdet.data.transforms import eval_transforms, train_transforms
+from lpdet.data.worker_watch import worker_failure
 from lpdet.errors import Interrupted, LpdetError
 from lpdet.eval.coco_eval import detector_predictor, evaluate
 from lpdet.models.checkpoint_format import (load_checkpoint, recover_interrupted_saves, restore_optimizer,
@@ -59,6 +60,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
             run.checkpoint("last", with_optimizer=True)
             raise Interrupted(f"stopped by {_signal_name(stop)} at step {run.state['global_step']}; saved "
                               f"{run.out / 'last'}", stop.signum) from None
+        except RuntimeError as e:  # torch reports a dead worker wherever we are (from its SIGCHLD handler)
+            failure = worker_failure(e, run.reading)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             run.tb.close()
     return run.out / "best"
@@ -88,6 +94,7 @@ class _Run:
     step_log: CsvLog
     val_log: CsvLog
     bad_steps: int = 0  # consecutive updates skipped for non-finite gradients
+    reading: object = None  # the dataset the current loader's workers read (`lpdet.data.worker_watch`)
 
     def checkpoint(self, name: str, with_optimizer: bool) -> None:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
@@ -205,6 +212,7 @@ def _train_epoch(run: _Run, epoch: int, progress: bool, stop: StopFlag) -> None:
     run.model.train()
     loader = make_loader(run.train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                          workers=cfg.workers, skip_batches=state["step_in_epoch"])
+    run.reading = loader.dataset
     bar = progress_bar(loader, enabled=progress, total=run.steps_per_epoch, initial=state["step_in_epoch"],
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     tick = time.perf_counter()

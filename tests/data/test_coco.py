@@ -187,6 +187,44 @@ def test_wrong_structure(tmp_path, data, match):
         CocoDetection(p, tmp_path)
 
 
+def test_duplicate_image_ids_are_an_error_naming_the_file_and_the_id(tmp_path):
+    p = tmp_path / "dup_images.json"
+    p.write_text(json.dumps({"images": [{"id": 4, "file_name": "a.jpg"}, {"id": 4, "file_name": "b.jpg"}],
+                             "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    with pytest.raises(LpdetError, match=r"dup_images.json: images\[1\]: duplicate image id 4; fix the annotation"):
+        CocoDetection(p, tmp_path)
+
+
+def test_duplicate_annotation_ids_are_renumbered_for_evaluation_with_a_warning(tmp_path, caplog):
+    """pycocotools indexes annotations by id: on the file as it is, a perfect detector scores below
+    1 (one object hidden, another counted twice); on lpdet's renumbered copy it scores 1."""
+    from pycocotools.coco import COCO
+
+    from lpdet.eval.coco_eval import coco_metrics
+
+    boxes = [[0, 0, 20, 20], [30, 0, 20, 20], [0, 30, 20, 20]]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
+            "annotations": [{"id": ann_id, "image_id": 1, "category_id": 1, "bbox": box, "area": 400, "iscrowd": 0}
+                            for ann_id, box in zip([7, 7, 8], boxes)],
+            "categories": [{"id": 1, "name": "a"}]}
+    p = tmp_path / "dup_anns.json"
+    p.write_text(json.dumps(data))
+    before = p.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="lpdet.data"):
+        ds = CocoDetection(p, tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{p}: annotation id(s) 7 used more than once (1 repeats); evaluating on a copy that gives the repeats "
+        f"new ids (the file is unchanged); renumber its annotations"]
+    assert p.read_bytes() == before
+    assert sorted(ds.coco.anns) == [7, 8, 9] and len(ds.annotations_of(0)[0]) == 3
+    perfect = [{"image_id": 1, "category_id": 1, "bbox": box, "score": 1.0} for box in boxes]
+    raw = COCO()
+    raw.dataset = json.loads(before)
+    raw.createIndex()
+    assert coco_metrics(raw, perfect)["AP"] < 0.9  # what pycocotools alone makes of the file
+    assert coco_metrics(ds.coco, perfect)["AP"] == pytest.approx(1.0)
+
+
 def _single_image_dataset(tmp_path, file_bytes: bytes, name: str) -> CocoDetection:
     (tmp_path / "im").mkdir(exist_ok=True)
     (tmp_path / "im" / name).write_bytes(file_bytes)

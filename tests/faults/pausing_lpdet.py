@@ -1,11 +1,13 @@
 """`python -m tests.faults.pausing_lpdet --at WHERE --mode MODE --ready FILE -- ARGS...`: the `lpdet`
 command (`lpdet ARGS...`), paused at one chosen point so a test can signal or kill it exactly there.
 
-WHERE is `step:N` (before training step N), `val:E` (inside the E-th validation, 1-based) or
+WHERE is `step:N` (before training step N), `val:E` (inside the E-th validation, 1-based),
 `save:N:PHASE` (inside the save of `last` at global step N: PHASE `files` after the weights file is
-written, `swap` between the two renames that swap it in). On arriving, the process writes FILE,
-then with MODE `freeze` sleeps until killed, with `hold` waits until a stop signal reached the
-training loop's handler (so that the signal lands at that point), and with `wait` waits until
+written, `swap` between the two renames that swap it in), or a design trial (`lpdet.design.trials`):
+`trial:NAME:start` (its spec written, its work not begun), `trial:NAME:end` (its work done, its result
+not yet recorded) or `trial:NAME:step:N` (a training trial, before its step N). On arriving, the process
+writes FILE, then with MODE `freeze` sleeps until killed, with `hold` waits until a stop signal reached
+the training loop's handler (so that the signal lands at that point), and with `wait` waits until
 FILE.go exists (the test changes something meanwhile); then it goes on.
 
 Only the test suite uses this; it patches lpdet from outside instead of adding test hooks to it.
@@ -14,15 +16,19 @@ Only the test suite uses this; it patches lpdet from outside instead of adding t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import lpdet.design.trials as trials
 import lpdet.models.checkpoint_format as checkpoint_format
 import lpdet.train.loop as loop
 from lpdet.cli import main
+from lpdet.design.settings import DesignSettings
 
 HOLD_LIMIT_S = 120
 
@@ -66,8 +72,48 @@ def _patch(where: str, mode: str, ready: Path) -> None:
         loop.evaluate = paused_evaluate
     elif kind == "save":
         _patch_save(int(rest.split(":")[0]), rest.split(":")[1], mode, ready)
+    elif kind == "trial":
+        name, _, phase = rest.partition(":")
+        _patch_trial(name, phase, mode, ready)
     else:
-        raise SystemExit(f"--at {where}: expected step:N, val:E or save:N:PHASE")
+        raise SystemExit(f"--at {where}: expected step:N, val:E, save:N:PHASE or trial:NAME:PHASE")
+
+
+def _patch_trial(target: str, phase: str, mode: str, ready: Path) -> None:
+    real_run, inside = trials.TrialCache.run, [False]
+
+    def paused_run(cache, name, spec, fn, **kwargs):
+        if name != target:
+            return real_run(cache, name, spec, fn, **kwargs)
+
+        def paused_fn(directory):
+            if phase == "start":
+                _pause(mode, ready)
+            inside[0] = True
+            result = fn(directory)
+            inside[0] = False
+            if phase == "end":
+                _pause(mode, ready)
+            return result
+
+        return real_run(cache, name, spec, paused_fn, **kwargs)
+
+    trials.TrialCache.run = paused_run
+    if phase.startswith("step:"):
+        real_step, step = loop._step, int(phase.split(":")[1])
+
+        def paused_step(run, *args, **kwargs):
+            if inside[0] and run.state["global_step"] == step:
+                _pause(mode, ready)
+            return real_step(run, *args, **kwargs)
+
+        loop._step = paused_step
+
+
+def use_design_settings(path: Path) -> None:
+    """`lpdet design` (without --quick) uses the `DesignSettings` in the JSON file `path`: a test's tiny ones."""
+    settings = DesignSettings.from_dict(json.loads(Path(path).read_text()))
+    DesignSettings.full = classmethod(lambda cls, **overrides: replace(settings, **overrides))
 
 
 def _patch_save(target: int, phase: str, mode: str, ready: Path) -> None:

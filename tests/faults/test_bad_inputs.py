@@ -1,16 +1,26 @@
-"""Bad inputs met mid-run: damaged images are counted skips, a full disk during a checkpoint save
-keeps the previous checkpoint and says so in one line, a damaged annotation file is named."""
+"""Bad inputs met mid-run: damaged images and decompression bombs are counted skips, a full disk during
+a checkpoint save keeps the previous checkpoint and says so in one line, a damaged annotation file is
+named, and a DataLoader worker that hangs or dies is one error line naming the image it was reading."""
 
 import errno
+import os
+import re
 import shlex
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import threading
+import zlib
+from pathlib import Path
 
+import PIL.Image
 import pytest
 
 import lpdet.models.checkpoint_format as checkpoint_format
 from lpdet.cli import main
+from lpdet.data import worker_watch
 from lpdet.data.coco import CocoDetection
 from lpdet.data.loader import EpochSampler
 from lpdet.data.spec import resolve_dataset
@@ -133,3 +143,114 @@ def test_a_really_full_disk_during_a_checkpoint_save(fault_data, float_reference
     assert not [p for p in kept.iterdir() if ".tmp-" in p.name]
     assert main(["train", "--resume", str(kept), "--quiet"]) == 0  # on a disk with room
     assert_bit_identical(final_weights(kept), final_weights(float_reference))
+
+
+def _decompression_bomb_png(side: int = 20_000) -> bytes:
+    """A 1 kB PNG that declares side x side pixels (4e8: over twice PIL's MAX_IMAGE_PIXELS)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+            + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_a_counted_skip_in_training_and_predict(fault_data, tmp_path, caplog, capsys):
+    data_yaml = shutil.copytree(fault_data.parent, tmp_path / "data") / fault_data.name
+    spec = resolve_dataset(str(data_yaml))
+    train_set = CocoDetection(spec.train.annotations, spec.train.images)
+    bomb, good = train_set.image_path(0), train_set.image_path(1)
+    bomb.write_bytes(_decompression_bomb_png())
+    with pytest.raises(PIL.Image.DecompressionBombError):  # what PIL's guard does with it
+        PIL.Image.open(bomb)
+
+    run = tmp_path / "run"
+    assert main(train_args(data_yaml, run, epochs=1)) == 0
+    skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{bomb}: skipped (")]
+    assert skips and all("decompression bomb" in m for m in skips), skips
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert sum(int(row.split(",")[-1]) for row in rows) == 1  # counted once, in the batch that held it
+
+    caplog.clear()
+    capsys.readouterr()
+    assert main(["predict", str(run), str(bomb), str(good), "--out", str(tmp_path / "pred")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if str(bomb) in r.getMessage()]
+    assert len(warnings) == 1 and "decompression bomb" in warnings[0], warnings
+    assert "1 of 2 images could not be read" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{good.name}.pred.png"]
+    # the guard stays on: lpdet never raises or removes the limit
+    assert PIL.Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)
+    setting_the_limit = re.compile(r"MAX_IMAGE_PIXELS\s*=(?!=)")
+    assert not [p for p in (ROOT / "lpdet").rglob("*.py") if setting_the_limit.search(p.read_text())]
+
+
+def _first_image_read_as_a_fifo(fault_data, tmp_path):
+    """A copy of the dataset whose first training image is a FIFO: reading it blocks until someone
+    writes (as a file on a dead network mount would)."""
+    data_yaml = shutil.copytree(fault_data.parent, tmp_path / "data") / fault_data.name
+    spec = resolve_dataset(str(data_yaml))
+    train_set = CocoDetection(spec.train.annotations, spec.train.images)
+    first = train_set.image_path(EpochSampler(len(train_set), shuffle=True, seed=0, epoch=0).order()[0])
+    first.unlink()
+    os.mkfifo(first)
+    return data_yaml, first
+
+
+def _readers_of(path) -> list[int]:
+    """Child processes of this one that hold `path` open."""
+    readers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            if any(os.readlink(fd) == str(path) for fd in (stat.parent / "fd").iterdir()):
+                readers.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return readers
+
+
+def _release(fifo) -> None:
+    """Let a reader blocked on `fifo` go (it then reads an empty file)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader left
+        pass
+
+
+def test_a_stuck_dataloader_worker_is_an_error_naming_the_image(fault_data, tmp_path, monkeypatch, capsys):
+    data_yaml, fifo = _first_image_read_as_a_fifo(fault_data, tmp_path)
+    monkeypatch.setattr(worker_watch, "WORKER_TIMEOUT_S", 10)
+    try:
+        assert main(train_args(data_yaml, tmp_path / "run", epochs=1, workers=1)) == 2
+    finally:
+        _release(fifo)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: data loading failed: DataLoader timed out after 10 seconds; worker 0 was reading "
+                      f"{fifo}; check that file (a dead network mount, a file that is not an image), or run with "
+                      f"--workers 0 to read it in the main process"]
+
+
+def test_a_dataloader_worker_killed_while_reading_is_an_error_naming_the_image(fault_data, tmp_path, capsys):
+    data_yaml, fifo = _first_image_read_as_a_fifo(fault_data, tmp_path)
+    killed = []
+
+    def kill_the_reader():
+        fd = os.open(fifo, os.O_WRONLY)  # returns once the worker opened the FIFO to read it
+        killed.extend(_readers_of(fifo))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        os.close(fd)
+
+    killer = threading.Thread(target=kill_the_reader, daemon=True)
+    killer.start()
+    try:
+        assert main(train_args(data_yaml, tmp_path / "run", epochs=1, workers=1)) == 2
+    finally:
+        _release(fifo)
+        killer.join(30)
+    assert len(killed) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: data loading failed: DataLoader worker \(pid\(?s?\)? {killed[0]}\) (is killed by signal: Killed|"
+        rf"exited unexpectedly); worker 0 was reading {re.escape(str(fifo))}; check that file .*", errors[0]), errors

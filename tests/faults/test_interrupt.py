@@ -15,12 +15,16 @@ from tests.faults.processes import (Process, assert_bit_identical, final_weights
 pytestmark = pytest.mark.faults
 
 
-def _interrupt_then_resume(args, run, tmp_path, signum, exit_status, launcher=None):
-    """Stop `lpdet ARGS` with `signum` just before step 3 (mid-epoch 2); resume with the printed command."""
-    process = Process(args, tmp_path, at="step:3", mode="hold", launcher=launcher)
+def _interrupt_then_resume(args, run, tmp_path, signum, exit_status, launcher=None, whole_group=False):
+    """Stop `lpdet ARGS` with `signum` just before step 3 (mid-epoch 2); resume with the printed command.
+
+    `whole_group`: the signal goes to the process group, DataLoader workers included, as `timeout`,
+    a batch scheduler or a terminal's Ctrl-C sends it."""
+    process = Process(args, tmp_path, at="step:3", mode="hold", launcher=launcher, own_group=whole_group)
     process.wait_paused()
-    process.signal(signum)
+    (process.signal_group if whole_group else process.signal)(signum)
     assert process.finish() == exit_status, process.stderr
+    assert "Traceback" not in process.stderr, process.stderr
     name = signal.Signals(signum).name
     assert f"{name} received: saving a checkpoint at the end of this step" in process.stderr
     assert f"interrupted: stopped by {name} at step 4; saved {run / 'last'}" in process.stderr
@@ -38,6 +42,17 @@ def test_sigterm_saves_the_current_step_and_the_printed_resume_matches_an_uninte
     resumed = _interrupt_then_resume(train_args(fault_data, run, checkpoint_every=100), run, tmp_path,
                                      signal.SIGTERM, 143)
     assert_bit_identical(resumed, final_weights(float_reference))
+
+
+@pytest.mark.parametrize("signum, exit_status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_whole_process_group_with_a_dataloader_worker_still_saves_and_resumes(
+        signum, exit_status, fault_data, float_reference, launcher, tmp_path):
+    """The worker gets the signal too; it leaves the stop to the main process instead of dying under
+    it (which made the main process fail with "DataLoader worker ... is killed by signal")."""
+    run = tmp_path / "run"
+    args = train_args(fault_data, run, checkpoint_every=100, workers=1)
+    resumed = _interrupt_then_resume(args, run, tmp_path, signum, exit_status, launcher, whole_group=True)
+    assert_bit_identical(resumed, final_weights(float_reference))  # the batches do not depend on the workers
 
 
 def test_ctrl_c_in_a_qat_run_across_its_freeze_phases_resumes_bit_for_bit(

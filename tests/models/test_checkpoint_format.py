@@ -155,3 +155,62 @@ def test_checkpoint_json_is_plain_readable_metadata(tmp_path):
     _save(tmp_path / "best", build_detector(CONFIG), train_state={"best_ap": 0.5})
     meta = json.loads((tmp_path / "best" / "checkpoint.json").read_text())
     assert meta["model"]["arch"] == "mobilenet_v1_ssdlite" and meta["class_names"] == ["a", "b", "c"]
+
+
+class _FakeCuda:
+    """torch.cuda on a machine with two devices, their generators as plain byte tensors."""
+
+    def __init__(self, initialized=True):
+        self.states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+        self.initialized, self.set_calls = initialized, []
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: self.initialized)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(self.states))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
+        monkeypatch.setattr(torch.cuda, "set_rng_state",
+                            lambda state, device: self.set_calls.append((device, state.clone())))
+
+
+def test_cuda_rng_states_are_saved_and_restored_when_cuda_was_used(tmp_path, monkeypatch):
+    model = build_detector(CONFIG)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    cuda = _FakeCuda()
+    cuda.install(monkeypatch)
+    _save(tmp_path / "last", model, train_state={"global_step": 1}, optimizer=optimizer)
+    ckpt = load_checkpoint(tmp_path / "last", with_optimizer=True)
+    assert sorted(k for k in ckpt.optimizer_tensors if k.startswith("rng.")) == ["rng.cuda.0", "rng.cuda.1",
+                                                                                 "rng.torch"]
+    saved = [s.clone() for s in cuda.states]
+    cuda.states = [torch.zeros(16, dtype=torch.uint8)] * 2  # the generators move on
+    checkpoint.restore_optimizer(torch.optim.SGD(build_detector(CONFIG).parameters(), lr=0.5), ckpt)
+    assert [d for d, _ in cuda.set_calls] == [0, 1]
+    assert all(torch.equal(state, saved[d]) for d, state in cuda.set_calls)
+
+
+def test_an_unused_cuda_is_not_started_and_a_cpu_resume_ignores_cuda_states(tmp_path, monkeypatch):
+    model = build_detector(CONFIG)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cuda = _FakeCuda(initialized=False)  # a CPU run on a machine that has CUDA
+    cuda.install(monkeypatch)
+    _save(tmp_path / "cpu_run", model, optimizer=optimizer)
+    assert "rng.cuda.0" not in load_checkpoint(tmp_path / "cpu_run", with_optimizer=True).optimizer_tensors
+    cuda.initialized = True
+    _save(tmp_path / "cuda_run", model, optimizer=optimizer)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # resumed on a machine without CUDA
+    checkpoint.restore_optimizer(optimizer, load_checkpoint(tmp_path / "cuda_run", with_optimizer=True))
+    assert cuda.set_calls == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_real_cuda_generator_continues_where_it_was_saved(tmp_path):
+    model = build_detector(CONFIG)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.cuda.manual_seed_all(7)
+    torch.rand(5, device="cuda")  # not at its seed any more
+    _save(tmp_path / "last", model, optimizer=optimizer)
+    expected = torch.rand(5, device="cuda")
+    torch.cuda.manual_seed_all(99)
+    checkpoint.restore_optimizer(optimizer, load_checkpoint(tmp_path / "last", with_optimizer=True))
+    assert torch.equal(torch.rand(5, device="cuda"), expected)
