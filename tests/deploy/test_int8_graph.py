@@ -89,7 +89,7 @@ def test_lpdet_int8_exports_carry_the_padded_stem(tmp_path):
 
 def test_int8_initializers_are_unshared_without_changing_outputs(tmp_path):
     """The exporter shares one int8 zero point among many convolutions; onnxruntime's exact x86
-    kernels (session.x64quantprecision, always set by onnx_session) refuse such a graph."""
+    kernels (session.x64quantprecision, set by onnx_session on CPUs without VNNI) refuse such a graph."""
     from lpdet.deploy.int8_graph import unshare_int8_initializers
     from lpdet.deploy.runtime import onnx_session
     from lpdet.quant.qat import calibrate, prepare_qat
@@ -112,5 +112,6 @@ def test_int8_initializers_are_unshared_without_changing_outputs(tmp_path):
         node.input[:] = [first.get(by_name.get(i), i) if i in int8 else i for i in node.input]
     assert unshare_int8_initializers(shared) > 0  # (onnxruntime 1.32 refused to load it before this)
     x = np.random.default_rng(0).random((1, 3, 96, 96), dtype=np.float32)
-    for got, want in zip(onnx_session(shared).run(None, {"images": x}), onnx_session(model).run(None, {"images": x})):
+    exact = [onnx_session(m, exact_int8_kernels=True) for m in (shared, model)]  # (the option that refused it)
+    for got, want in zip(exact[0].run(None, {"images": x}), exact[1].run(None, {"images": x})):
         np.testing.assert_array_equal(got, want)
