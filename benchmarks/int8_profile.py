@@ -59,15 +59,16 @@ def conv_kind(node, shapes: dict) -> str:
 
 
 def float_tail(graph) -> set[str]:
-    """Names of the nodes from which no convolution can be reached (the softmax / decode tail)."""
+    """Names of the nodes that are no convolution and from which none can be reached (the softmax /
+    decode tail; the heads' last convolutions are not in it)."""
     consumers = defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
     feeds: dict[str, bool] = {}
     for node in reversed(list(graph.node)):  # onnxruntime saves its optimised graph topologically sorted
-        feeds[node.name] = any(c.op_type in CONVS or feeds.get(c.name, False)
-                               for out in node.output for c in consumers[out])
+        feeds[node.name] = node.op_type in CONVS or any(feeds.get(c.name, False)
+                                                        for out in node.output for c in consumers[out])
     return {name for name, reaches in feeds.items() if not reaches}
 
 

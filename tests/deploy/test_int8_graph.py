@@ -57,9 +57,11 @@ def test_padding_the_stem_changes_no_output(unpadded):
     stem = next(n for n in padded.graph.node if n.op_type == "Conv")
     weight = inits[producer[stem.input[1]].input[0]]
     assert weight.shape[1] == 4 and not weight[:, 3].any() and weight.dtype == np.int8
-    quantize = producer[producer[stem.input[0]].input[0]]
-    pad = producer[quantize.input[0]]
+    pad = producer[producer[stem.input[0]].input[0]]
+    quantize = producer[pad.input[0]]
     assert pad.op_type == "Pad" and inits[pad.input[1]].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert quantize.op_type == "QuantizeLinear"  # the uint8 image is padded, not the float one
+    assert inits[pad.input[2]].dtype == np.uint8 and inits[pad.input[2]] == inits[quantize.input[2]]
 
     x = np.random.default_rng(7).random((1, 3, R, R), dtype=np.float32)
     before, after = _run(model, x), _run(padded, x)
@@ -83,8 +85,8 @@ def test_lpdet_int8_exports_carry_the_padded_stem(tmp_path):
     calibrate(detector, [torch.rand(2, 3, R, R)])
     model = onnx.load(str(export_onnx(detector, tmp_path / "qat.onnx")))
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    assert ops["Pad"] == 1 and next(n for n in model.graph.node if n.op_type == "Pad").output[0] in \
-        next(n for n in model.graph.node if n.op_type == "QuantizeLinear").input
+    pad = next(n for n in model.graph.node if n.op_type == "Pad")
+    assert ops["Pad"] == 1 and pad.input[0] == next(n for n in model.graph.node if n.op_type == "QuantizeLinear").output[0]
 
 
 def test_int8_initializers_are_unshared_without_changing_outputs(tmp_path):
