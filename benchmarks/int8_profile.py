@@ -7,6 +7,7 @@ onnxruntime's profiler (`SessionOptions.enable_profiling`), runs them interleave
 inputs, and sums each node's kernel time per run. Nodes are grouped by what they do, read from
 the graph onnxruntime actually runs (its optimised model: fused QLinearConv, NCHWc convs, ...):
 
+  input normalisation                    float ops before the first convolution (mean/std, stem padding)
   conv depthwise / pointwise / regular   a Conv-like node's group == channels, 1x1 group 1, else
   QuantizeLinear, DequantizeLinear       int8 <-> float boundaries
   layout                                 Transpose, Reshape, Concat, Slice, NCHWc reorders, ...
@@ -39,8 +40,8 @@ LAYOUT = {"Transpose", "Reshape", "Concat", "Slice", "Squeeze", "Unsqueeze", "Fl
           "ReorderInput", "ReorderOutput", "Pad", "Identity", "Shape"}
 CONVS = {"Conv", "QLinearConv", "FusedConv", "NhwcFusedConv", "ConvInteger"}
 ADDS = {"Add", "QLinearAdd", "Sum"}
-KINDS = ("conv depthwise", "conv pointwise", "conv regular", "QuantizeLinear", "DequantizeLinear", "layout", "add",
-         "softmax", "box decoding", "other")
+KINDS = ("input normalisation", "conv depthwise", "conv pointwise", "conv regular", "QuantizeLinear",
+         "DequantizeLinear", "layout", "add", "softmax", "box decoding", "other")
 
 
 def _attr(node, name, default=None):
@@ -72,16 +73,30 @@ def float_tail(graph) -> set[str]:
     return {name for name, reaches in feeds.items() if not reaches}
 
 
+def before_convs(graph) -> set[str]:
+    """Names of the float nodes no convolution precedes (the image's mean/std normalisation, the
+    stem's padding), Q/DQ aside."""
+    after: set[str] = set()
+    produced_after: set[str] = set()
+    for node in graph.node:  # topologically sorted
+        if node.op_type in CONVS or any(name in produced_after for name in node.input):
+            after.add(node.name)
+            produced_after.update(node.output)
+    return {n.name for n in graph.node if n.name not in after and n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
+
+
 def node_kinds(optimized: Path) -> dict[str, tuple[str, str]]:
     """node name -> (kind, op type) for the graph onnxruntime runs."""
     model = onnx.load(str(optimized), load_external_data=False)
     graph = model.graph
     shapes = {t.name: list(t.dims) for t in graph.initializer}
-    tail = float_tail(graph)
+    tail, head = float_tail(graph), before_convs(graph)
     kinds = {}
     for node in graph.node:
         op = node.op_type
-        if node.name in tail and op not in ("QuantizeLinear", "DequantizeLinear"):
+        if node.name in head:
+            kind = "input normalisation"
+        elif node.name in tail and op not in ("QuantizeLinear", "DequantizeLinear"):
             kind = "softmax" if op == "Softmax" else "layout" if op in LAYOUT else "box decoding"
         elif op in CONVS:
             kind = conv_kind(node, shapes)
