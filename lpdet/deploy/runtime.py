@@ -90,7 +90,7 @@ def onnx_session(path: Path | str | onnx.ModelProto, *, threads: int = 0, optimi
     # saturate; a fully int8 graph then computes something else than the model (logits up to 50
     # steps off, seen under AVX2 emulation). This makes onnxruntime use its exact kernels there. On
     # VNNI/AMX CPUs it is left off: they do not saturate, and there the option made MobileNetV2-SSDLite's
-    # int8 graph 2.2x slower (1.20x fp32 instead of 0.55x; 2-core AMX Xeon, benchmarks/int8_profile.py).
+    # int8 graph 2.6x slower (1.25x fp32 instead of 0.48x; 2-core AMX Xeon, benchmarks/int8_profile.py).
     if needs_exact_int8_kernels() if exact_int8_kernels is None else exact_int8_kernels:
         options.add_session_config_entry("session.x64quantprecision", "1")
     if threads > 0:
