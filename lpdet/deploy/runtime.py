@@ -21,6 +21,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
+from lpdet.deploy.cpu_int8 import needs_exact_int8_kernels
 from lpdet.deploy.model import (KINDS, METADATA_KEY, DeployedModel, check_images, first_line,
                                 read_onnx_metadata)
 from lpdet.deploy.nms_graph import has_nms_in_graph, in_graph_functions
@@ -74,24 +75,32 @@ def model_size_bytes(path: Path | str) -> int:
     return total
 
 
-def onnx_session(path: Path | str | onnx.ModelProto, *, threads: int = 0, optimized_model: Path | None = None):
+def onnx_session(path: Path | str | onnx.ModelProto, *, threads: int = 0, optimized_model: Path | None = None,
+                 profile: Path | None = None, exact_int8_kernels: bool | None = None):
     """An onnxruntime CPU session of a file or an in-memory model, with all graph optimisations
     (the fast NCHWc / QLinearConv kernels need ORT_ENABLE_ALL); `threads` > 0 fixes the intra-op
-    thread count."""
+    thread count; `profile` turns onnxruntime's profiler on, its trace file named from that prefix
+    (`session.end_profiling()` returns it). `exact_int8_kernels`: onnxruntime's exact u8 x s8
+    kernels on or off (None: on where the CPU needs them, `lpdet.deploy.cpu_int8`)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
     # x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) sum pairs of u8 x s8 products in int16 and
     # saturate; a fully int8 graph then computes something else than the model (logits up to 50
-    # steps off, seen under AVX2 emulation). This makes onnxruntime use its exact u8 x u8 kernels
-    # there; it changes nothing on VNNI/AMX CPUs or on phones, whose int8 dot products do not saturate.
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    # steps off, seen under AVX2 emulation). This makes onnxruntime use its exact kernels there. On
+    # VNNI/AMX CPUs it is left off: they do not saturate, and there the option made MobileNetV2-SSDLite's
+    # int8 graph 2.6x slower (1.25x fp32 instead of 0.48x; 2-core AMX Xeon, benchmarks/int8_profile.py).
+    if needs_exact_int8_kernels() if exact_int8_kernels is None else exact_int8_kernels:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     if threads > 0:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     if optimized_model is not None:
         options.optimized_model_filepath = str(optimized_model)
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile)
     source = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

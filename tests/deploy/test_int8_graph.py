@@ -57,9 +57,11 @@ def test_padding_the_stem_changes_no_output(unpadded):
     stem = next(n for n in padded.graph.node if n.op_type == "Conv")
     weight = inits[producer[stem.input[1]].input[0]]
     assert weight.shape[1] == 4 and not weight[:, 3].any() and weight.dtype == np.int8
-    quantize = producer[producer[stem.input[0]].input[0]]
-    pad = producer[quantize.input[0]]
+    pad = producer[producer[stem.input[0]].input[0]]
+    quantize = producer[pad.input[0]]
     assert pad.op_type == "Pad" and inits[pad.input[1]].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert quantize.op_type == "QuantizeLinear"  # the uint8 image is padded, not the float one
+    assert inits[pad.input[2]].dtype == np.uint8 and inits[pad.input[2]] == inits[quantize.input[2]]
 
     x = np.random.default_rng(7).random((1, 3, R, R), dtype=np.float32)
     before, after = _run(model, x), _run(padded, x)
@@ -83,13 +85,13 @@ def test_lpdet_int8_exports_carry_the_padded_stem(tmp_path):
     calibrate(detector, [torch.rand(2, 3, R, R)])
     model = onnx.load(str(export_onnx(detector, tmp_path / "qat.onnx")))
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    assert ops["Pad"] == 1 and next(n for n in model.graph.node if n.op_type == "Pad").output[0] in \
-        next(n for n in model.graph.node if n.op_type == "QuantizeLinear").input
+    pad = next(n for n in model.graph.node if n.op_type == "Pad")
+    assert ops["Pad"] == 1 and pad.input[0] == next(n for n in model.graph.node if n.op_type == "QuantizeLinear").output[0]
 
 
 def test_int8_initializers_are_unshared_without_changing_outputs(tmp_path):
     """The exporter shares one int8 zero point among many convolutions; onnxruntime's exact x86
-    kernels (session.x64quantprecision, always set by onnx_session) refuse such a graph."""
+    kernels (session.x64quantprecision, set by onnx_session on CPUs without VNNI) refuse such a graph."""
     from lpdet.deploy.int8_graph import unshare_int8_initializers
     from lpdet.deploy.runtime import onnx_session
     from lpdet.quant.qat import calibrate, prepare_qat
@@ -112,5 +114,6 @@ def test_int8_initializers_are_unshared_without_changing_outputs(tmp_path):
         node.input[:] = [first.get(by_name.get(i), i) if i in int8 else i for i in node.input]
     assert unshare_int8_initializers(shared) > 0  # (onnxruntime 1.32 refused to load it before this)
     x = np.random.default_rng(0).random((1, 3, 96, 96), dtype=np.float32)
-    for got, want in zip(onnx_session(shared).run(None, {"images": x}), onnx_session(model).run(None, {"images": x})):
+    exact = [onnx_session(m, exact_int8_kernels=True) for m in (shared, model)]  # (the option that refused it)
+    for got, want in zip(exact[0].run(None, {"images": x}), exact[1].run(None, {"images": x})):
         np.testing.assert_array_equal(got, want)
