@@ -141,6 +141,9 @@ def _add_architecture_options(parser) -> None:
     parser.add_argument("--arch-config", type=Path, metavar="CAND.yaml",
                         help="an architecture-search candidate (arch, resolution, per-stage detail; "
                              "see README \"Search space\"), instead of --arch/--width/--resolution")
+    parser.add_argument("--quant-friendly", action="store_true",
+                        help="quantization-friendly separable convs in the MobileNet backbone (Sheng et al. 2018): "
+                             "no BN/ReLU6 after depthwise convs, ReLU instead of ReLU6")
 
 
 def _add_search_space(commands, common) -> None:
@@ -166,6 +169,8 @@ def _add_train(commands, common) -> None:
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument("--weight-decay", type=float, default=4e-5,
                        help="L2 weight decay, not on BatchNorm parameters and biases (default 4e-5)")
+    train.add_argument("--depthwise-weight-decay", type=float,
+                       help="L2 weight decay of the depthwise conv weights (default: --weight-decay)")
     train.add_argument("--warmup-steps", type=int, default=200,
                        help="linear learning-rate warm-up steps, at most a fifth of the run (default 200)")
     train.add_argument("--restart-epochs", type=int, default=0, help="cosine warm restarts every N epochs")

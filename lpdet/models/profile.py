@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lpdet.models.detector import Detector
-from lpdet.models.config import ModelConfig
+from lpdet.models.config import ModelConfig, variant_name
 from lpdet.models.registry import build_detector
 from lpdet.serialize import to_dict
 
@@ -128,7 +128,8 @@ def format_profile(p: ModelProfile) -> str:
     if p.config is not None:
         c = p.config
         detail = "  (search candidate: per-stage detail)" if c.detail is not None else ""
-        lines.append(f"{c.arch}  width {c.width}  resolution {c.resolution}  classes {c.num_classes}{detail}")
+        lines.append(f"{c.arch} ({variant_name(c)})  width {c.width}  resolution {c.resolution}  "
+                     f"classes {c.num_classes}{detail}")
     lines.append(f"params  {p.params / 1e6:.2f} M")
     lines.append(f"MAdds   {p.macs / 1e9:.3f} B")
     lines.append("")

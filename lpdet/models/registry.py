@@ -17,6 +17,7 @@ from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features
 from lpdet.models.config import QUANTIZATIONS, ModelConfig, check_resolution, is_qat
 from lpdet.models.detector import Detector
 from lpdet.models.heads import ExtraLayers, PredictionHead
+from lpdet.models.layers import make_quant_friendly
 from lpdet.serialize import is_number
 
 
@@ -30,20 +31,34 @@ def _assemble(cfg: ModelConfig, backbone: nn.Module, lite: bool) -> Detector:
     return Detector(cfg, backbone, extras, cls_head, box_head)
 
 
+def build_backbone(cfg: ModelConfig, family: str) -> nn.Module:
+    """The `family` ("mobilenet_v1" or "mobilenet_v2") body `cfg` describes: width, per-stage detail,
+    and the quantization-friendly separable convolution when ``cfg.quant_friendly``. Shared by the
+    detectors and the classifiers, so a classifier's trained body initialises a detector's."""
+    backbone = BACKBONES[family](cfg.width, cfg.detail)
+    return make_quant_friendly(backbone) if cfg.quant_friendly else backbone
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "mobilenet_v1": MobileNetV1Features,
+    "mobilenet_v2": MobileNetV2Features,
+}
+
+
 def mobilenet_v1_ssd(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV1Features(cfg.width, cfg.detail), lite=False)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v1"), lite=False)
 
 
 def mobilenet_v1_ssdlite(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV1Features(cfg.width, cfg.detail), lite=True)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v1"), lite=True)
 
 
 def mobilenet_v2_ssd(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV2Features(cfg.width, cfg.detail), lite=False)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v2"), lite=False)
 
 
 def mobilenet_v2_ssdlite(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV2Features(cfg.width, cfg.detail), lite=True)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v2"), lite=True)
 
 
 ARCHITECTURES: dict[str, Callable[[ModelConfig], Detector]] = {
@@ -71,6 +86,8 @@ def validate_config(cfg: ModelConfig) -> None:
         )
     if cfg.detail is not None:
         check_detail(cfg.detail, cfg.arch)
+    if not isinstance(cfg.quant_friendly, bool):
+        raise LpdetError(f"model.quant_friendly: must be true or false, got {cfg.quant_friendly!r}")
     if cfg.quantization not in QUANTIZATIONS:
         raise LpdetError(f"model.quantization: must be one of {', '.join(QUANTIZATIONS)}, got {cfg.quantization!r}")
 

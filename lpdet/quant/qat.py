@@ -74,7 +74,7 @@ def prepare_qat(detector: Detector, config: QatConfig | None = None) -> Detector
                  if type(m) in (nn.Conv2d, nn.BatchNorm2d, nn.ReLU6, nn.ReLU)]
     if leftovers:
         raise LpdetError(f"QAT: cannot fold {leftovers[0]} (unsupported layer pattern); only Conv2d [+ BatchNorm2d] "
-                         f"[+ ReLU6] sequences and torchvision inverted residuals are supported")
+                         f"[+ ReLU6 | ReLU] sequences and torchvision inverted residuals are supported")
     for name in ("cls_head", "box_head"):
         head = getattr(detector, name, None)
         if isinstance(head, PredictionHead):
@@ -173,7 +173,7 @@ def _set_flags(detector: nn.Module, *, bn_frozen: bool, observers_frozen: bool) 
 
 
 def _convert(parent: nn.Module, ema_decay: float) -> None:
-    """Recursively replace Conv2d [BatchNorm2d] [ReLU6] runs (siblings in an nn.Sequential, or a
+    """Recursively replace Conv2d [BatchNorm2d] [ReLU6 | ReLU] runs (siblings in an nn.Sequential, or a
     lone Conv2d) by QConv2d + FoldedBatchNorm2d + Identity, and residual blocks by QResidual."""
     children = list(parent.named_children())
     sequential = isinstance(parent, nn.Sequential)
@@ -182,16 +182,16 @@ def _convert(parent: nn.Module, ema_decay: float) -> None:
         name, child = children[i]
         i += 1
         if type(child) is nn.Conv2d:
-            bn, relu6 = None, False
+            bn, relu6, relu = None, False, False
             if sequential and i < len(children) and type(children[i][1]) is nn.BatchNorm2d:
                 bn = FoldedBatchNorm2d.from_bn(children[i][1])
                 setattr(parent, children[i][0], bn)
                 i += 1
-            if sequential and i < len(children) and type(children[i][1]) is nn.ReLU6:
+            if sequential and i < len(children) and type(children[i][1]) in (nn.ReLU6, nn.ReLU):
+                relu6, relu = type(children[i][1]) is nn.ReLU6, type(children[i][1]) is nn.ReLU
                 setattr(parent, children[i][0], nn.Identity())
-                relu6 = True
                 i += 1
-            setattr(parent, name, QConv2d.from_float(child, bn, relu6, ema_decay))
+            setattr(parent, name, QConv2d.from_float(child, bn, relu6, ema_decay, relu))
             continue
         _convert(child, ema_decay)
         if getattr(child, "use_res_connect", False) and isinstance(getattr(child, "conv", None), nn.Module):

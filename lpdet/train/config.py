@@ -28,6 +28,9 @@ class TrainConfig:
     lr: float = 0.05                    # peak learning rate after warm-up
     momentum: float = 0.9
     weight_decay: float = 4e-5
+    # L2 weight of the depthwise conv weights (the quantization-friendly MobileNet's third change keeps
+    # them small); None: `weight_decay`, as every other conv weight
+    depthwise_weight_decay: float | None = None
     warmup_steps: int = 200
     restart_epochs: int = 0             # cosine warm restarts every N epochs (0: one cosine to the end)
     min_lr_ratio: float = 0.01          # cosine floor as a fraction of lr
@@ -54,6 +57,8 @@ class TrainConfig:
             (self.lr > 0, "--lr must be > 0"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.depthwise_weight_decay is None or self.depthwise_weight_decay >= 0,
+             "--depthwise-weight-decay must be >= 0"),
             (self.warmup_steps >= 0, "--warmup-steps must be >= 0"),
             (self.restart_epochs >= 0, "--restart-epochs must be >= 0"),
             (0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),

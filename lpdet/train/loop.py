@@ -25,6 +25,7 @@ from lpdet.eval.coco_eval import detector_predictor, evaluate
 from lpdet.models.checkpoint_format import (load_checkpoint, recover_interrupted_saves, restore_optimizer,
                                             save_checkpoint)
 from lpdet.models.config import is_qat
+from lpdet.models.layers import is_depthwise
 from lpdet.models.loss import multibox_loss
 from lpdet.models.registry import build_detector, load_backbone_weights, transfer_weights
 from lpdet.progress import progress_bar
@@ -135,7 +136,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
 
     model = _build_model(cfg, train_set.num_classes, resume)
     model = model.to(device=device, memory_format=torch.channels_last)  # measurably faster for these convs on CPU
-    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.depthwise_weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1}
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt.model_state)
@@ -332,13 +333,18 @@ def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
     return supported
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets)."""
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float, depthwise_weight_decay: float | None) -> list[dict]:
+    """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets); the
+    depthwise conv weights in their own group, decayed by `depthwise_weight_decay` (None: `weight_decay`)."""
+    depthwise_ids = {id(m.weight) for m in model.modules() if is_depthwise(m)}
+    decay, depthwise, no_decay = [], [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay if param.ndim <= 1 else depthwise if id(param) in depthwise_ids else decay).append(param)
+    if depthwise_weight_decay is None:  # two groups, as runs saved before the depthwise group (resume)
+        return [{"params": decay + depthwise, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": depthwise, "weight_decay": depthwise_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _seed_everything(seed: int) -> None:
