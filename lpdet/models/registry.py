@@ -14,6 +14,8 @@ from lpdet.errors import LpdetError
 from lpdet.models.anchors import num_anchors_per_location
 from lpdet.models.arch_detail import check_detail
 from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features
+from lpdet.models.checkpoint_format import load_checkpoint
+from lpdet.models.classifier import Classifier, PlainConvFeatures
 from lpdet.models.config import QUANTIZATIONS, ModelConfig, check_resolution, is_qat
 from lpdet.models.detector import Detector
 from lpdet.models.heads import ExtraLayers, PredictionHead
@@ -42,6 +44,7 @@ def build_backbone(cfg: ModelConfig, family: str) -> nn.Module:
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": MobileNetV1Features,
     "mobilenet_v2": MobileNetV2Features,
+    "plain_conv": PlainConvFeatures,
 }
 
 
@@ -61,12 +64,32 @@ def mobilenet_v2_ssdlite(cfg: ModelConfig) -> Detector:
     return _assemble(cfg, build_backbone(cfg, "mobilenet_v2"), lite=True)
 
 
-ARCHITECTURES: dict[str, Callable[[ModelConfig], Detector]] = {
+def _classifier(family: str) -> Callable[[ModelConfig], Classifier]:
+    return lambda cfg: Classifier(cfg, build_backbone(cfg, family))
+
+
+ARCHITECTURES: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "mobilenet_v1_ssd": mobilenet_v1_ssd,
     "mobilenet_v1_ssdlite": mobilenet_v1_ssdlite,
     "mobilenet_v2_ssd": mobilenet_v2_ssd,
     "mobilenet_v2_ssdlite": mobilenet_v2_ssdlite,
+    # classifiers: the same bodies with a pooled 1x1-conv classification layer (`lpdet classify`)
+    "mobilenet_v1_classifier": _classifier("mobilenet_v1"),
+    "mobilenet_v2_classifier": _classifier("mobilenet_v2"),
+    "plain_conv_classifier": _classifier("plain_conv"),
 }
+CLASSIFIERS = ("mobilenet_v1_classifier", "mobilenet_v2_classifier", "plain_conv_classifier")
+DETECTORS = tuple(a for a in ARCHITECTURES if a not in CLASSIFIERS)
+
+
+def is_classifier(cfg: ModelConfig) -> bool:
+    """Whether `cfg` describes a classifier (`lpdet classify`) rather than a detector."""
+    return cfg.arch in CLASSIFIERS
+
+
+def backbone_family(arch: str) -> str:
+    """"mobilenet_v1", "mobilenet_v2" or "plain_conv": which body `arch` is built on."""
+    return next(family for family in BACKBONES if arch.startswith(family))
 
 
 def validate_config(cfg: ModelConfig) -> None:
@@ -88,13 +111,19 @@ def validate_config(cfg: ModelConfig) -> None:
         check_detail(cfg.detail, cfg.arch)
     if not isinstance(cfg.quant_friendly, bool):
         raise LpdetError(f"model.quant_friendly: must be true or false, got {cfg.quant_friendly!r}")
+    if cfg.quant_friendly and backbone_family(cfg.arch) == "plain_conv":
+        raise LpdetError(f"model.quant_friendly: {cfg.arch} has no separable convolutions; drop --quant-friendly "
+                         f"or use a MobileNet")
+    if is_classifier(cfg) and cfg.num_classes < 2:
+        raise LpdetError(f"model.num_classes: a classifier needs at least 2 classes, got {cfg.num_classes}")
     if cfg.quantization not in QUANTIZATIONS:
         raise LpdetError(f"model.quantization: must be one of {', '.join(QUANTIZATIONS)}, got {cfg.quantization!r}")
 
 
-def build_detector(cfg: ModelConfig) -> Detector:
-    """A freshly initialised float detector for `cfg` (validated first). A QAT config is built
-    float here; `lpdet.quant.qat.build_model` builds it quantization-aware."""
+def build_detector(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised float model for `cfg` (validated first): a `Detector`, or a `Classifier`
+    for the classifier architectures. A QAT config is built float here; `lpdet.quant.qat.build_model`
+    builds it quantization-aware."""
     validate_config(cfg)
     if is_qat(cfg):
         cfg = replace(cfg, quantization="fp32")
@@ -123,11 +152,25 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
     return state
 
 
-def load_backbone_weights(detector: Detector, path: Path) -> tuple[int, int]:
-    """Load ImageNet backbone weights in torchvision's layout (`features.*`; MobileNetV1 layout
-    in `MobileNetV1Features`) from .safetensors or .pth. Tensors whose name and shape match the
-    backbone are loaded; the rest (e.g. the classifier) are skipped. Returns (loaded, skipped)."""
-    state = _read_state_dict(path)
+def _backbone_state(path: Path) -> Mapping[str, Tensor]:
+    """The backbone tensors in `path`: an lpdet checkpoint (a classifier's, e.g. `lpdet classify
+    train`, or a detector's: its ``backbone.*`` tensors), else a state dict file."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = load_checkpoint(path)
+        if is_qat(ckpt.model_config):
+            raise LpdetError(f"{path}: a quantization-aware (QAT) checkpoint; initialise from a float checkpoint")
+        prefix = "backbone."
+        return {k.removeprefix(prefix): v for k, v in ckpt.model_state.items() if k.startswith(prefix)}
+    return _read_state_dict(path)
+
+
+def load_backbone_weights(detector: nn.Module, path: Path) -> tuple[int, int]:
+    """Load backbone weights: ImageNet weights in torchvision's layout (`features.*`; MobileNetV1
+    layout in `MobileNetV1Features`) from .safetensors or .pth, or the backbone of an lpdet
+    checkpoint (a trained classifier of the same family and width). Tensors whose name and shape
+    match the backbone are loaded; the rest (e.g. the classifier) are skipped. Returns (loaded, skipped)."""
+    state = _backbone_state(path)
     own = detector.backbone.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     # BN step counters are scalars that fit any backbone: take one only with its BN's statistics.

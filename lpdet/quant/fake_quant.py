@@ -295,6 +295,19 @@ class QResidual(nn.Module):
         return self.add_quant(x + self.conv(x))
 
 
+class QGlobalAvgPool(nn.Module):
+    """Global average pooling with its own uint8 output quantizer (`output_quant`): the pooled
+    features feed a quantized conv (a classifier's last layer), so they must be on a uint8 grid;
+    runs as onnxruntime's QLinearGlobalAveragePool."""
+
+    def __init__(self, ema_decay: float):
+        super().__init__()
+        self.output_quant = ActQuant(ema_decay=ema_decay)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_quant(F.adaptive_avg_pool2d(x, 1))
+
+
 class QPredictionHead(PredictionHead):
     """PredictionHead whose output convs share one output quantizer (`output_quant`), so the
     per-map outputs are on one uint8 grid: onnxruntime keeps them uint8 through the

@@ -37,7 +37,8 @@ from lpdet.models.config import ModelConfig, is_qat
 from lpdet.models.detector import Detector
 from lpdet.models.heads import PredictionHead
 from lpdet.models.registry import build_detector
-from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QPredictionHead, QResidual
+from lpdet.models.classifier import GlobalAvgPool
+from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QGlobalAvgPool, QPredictionHead, QResidual
 
 
 @dataclass
@@ -143,7 +144,7 @@ def freeze_for_export(detector: nn.Module) -> None:
             m.freeze_for_export()
         elif isinstance(m, QResidual):
             m.add_quant.freeze_for_export()
-        elif isinstance(m, QPredictionHead):
+        elif isinstance(m, (QPredictionHead, QGlobalAvgPool)):
             m.output_quant.freeze_for_export()
 
 
@@ -192,6 +193,9 @@ def _convert(parent: nn.Module, ema_decay: float) -> None:
                 setattr(parent, children[i][0], nn.Identity())
                 i += 1
             setattr(parent, name, QConv2d.from_float(child, bn, relu6, ema_decay, relu))
+            continue
+        if type(child) is GlobalAvgPool:  # a classifier's pooling: its output feeds a quantized conv
+            setattr(parent, name, QGlobalAvgPool(ema_decay))
             continue
         _convert(child, ema_decay)
         if getattr(child, "use_res_connect", False) and isinstance(getattr(child, "conv", None), nn.Module):

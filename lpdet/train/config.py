@@ -38,7 +38,7 @@ class TrainConfig:
     workers: int = 1
     out: Path = Path("runs/train")
     init: Path | None = None            # checkpoint to transfer weights from (any resolution/width)
-    backbone_weights: Path | None = None  # ImageNet backbone state dict, torchvision layout
+    backbone_weights: Path | None = None  # ImageNet backbone state dict (torchvision layout) or an lpdet classifier checkpoint
     checkpoint_every: int = 200         # steps between mid-epoch `last` checkpoints (0: only per epoch)
     augment: str = "ssd"                # "ssd" (zoom-out, IoU crop, flip, photometric) or "light" (flip, photometric)
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
