@@ -79,8 +79,9 @@ def export_metadata(config, resolution: int, quantization: str, extra: dict | No
     facts (which win), so a runtime can rebuild labels and the input contract from the file."""
     info = dict(extra or {})
     info.update(arch=config.arch, width=config.width, resolution=resolution, num_classes=config.num_classes,
-                quantization=quantization, input=INPUT_NAME, outputs=list(OUTPUT_NAMES),
-                quant_friendly=bool(getattr(config, "quant_friendly", False)))
+                quantization=quantization, input=INPUT_NAME, outputs=list(OUTPUT_NAMES))
+    if getattr(config, "quant_friendly", False):  # the variant (`ModelConfig.quant_friendly`), only when set
+        info["quant_friendly"] = True
     info.update(more)
     return info
 
