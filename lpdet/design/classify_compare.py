@@ -17,11 +17,9 @@ from lpdet.data.classification import ImageFolderDataset, resolve_classification
 from lpdet.data.transforms import eval_transforms
 from lpdet.deploy.latency import cpu_name
 from lpdet.deploy.latency_inputs import bench_images
-from lpdet.deploy.model import source_metadata
 from lpdet.deploy.ptq import load_calibration_images
 from lpdet.deploy.runtime import load_detector, load_model, model_size_bytes
-from lpdet.design.quant_compare import (QAT_HINT, ROW_FILES, ROW_NAMES, CompareRow, export_float_rows,
-                                        export_qat_row, time_rows)
+from lpdet.design.quant_compare import QAT_HINT, CompareRow, export_rows, time_rows
 from lpdet.design.report import Table, markdown_table
 from lpdet.errors import LpdetError
 from lpdet.eval.accuracy import evaluate_accuracy
@@ -87,15 +85,9 @@ def _compare_one(ckpt: Path, qat_ckpt: Path | None, val_folder: Path, data: str,
     if not is_classifier(config) or is_qat(config):
         raise LpdetError(f"{float_ckpt.path}: not a float classifier checkpoint; pass the float one (QAT with --qat)")
     resolution = int(config.resolution)
-    paths = {name: out_dir / f"model_{stem}.onnx" for name, stem in zip(ROW_NAMES, ROW_FILES)}
     calibration = load_calibration_images(data, resolution, calibration_images)
-    export_float_rows(classifier, paths, calibration, source_metadata(float_ckpt))
-    rows = [CompareRow(name) for name in ROW_NAMES]
-    if qat_ckpt is not None:
-        export_qat_row(qat_ckpt, ckpt, float_ckpt, resolution, paths["QAT"])
-    else:
-        paths["QAT"].unlink(missing_ok=True)
-        rows[3].status = QAT_HINT.replace("lpdet train", "lpdet classify train")
+    rows, paths = export_rows(classifier, ckpt, float_ckpt, qat_ckpt, calibration, out_dir,
+                              qat_hint=QAT_HINT.replace("lpdet train", "lpdet classify train"))
     val = ImageFolderDataset(val_folder, eval_transforms(resolution), class_names=float_ckpt.class_names)
     images = 0
     for row in (r for r in rows if r.ran):

@@ -90,14 +90,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     resolution = int(detector.config.resolution)
     val = eval_split(data, resolution, float_ckpt.category_ids, where=str(float_ckpt.path))
     calibration = load_calibration_images(data, resolution, calibration_images)
-    paths = {name: out_dir / f"model_{stem}.onnx" for name, stem in zip(ROW_NAMES, ROW_FILES)}
-    export_float_rows(detector, paths, calibration, source_metadata(float_ckpt))
-    rows = [CompareRow(name) for name in ROW_NAMES]
-    if qat_ckpt is not None:
-        export_qat_row(qat_ckpt, ckpt, float_ckpt, resolution, paths["QAT"])
-    else:
-        paths["QAT"].unlink(missing_ok=True)
-        rows[3].status = QAT_HINT
+    rows, paths = export_rows(detector, ckpt, float_ckpt, qat_ckpt, calibration, out_dir)
     images = _evaluate_rows(rows, paths, val, threads=threads, max_images=max_images, progress=progress)
     time_rows(rows, paths, threads=threads, runs=runs, images=bench_images(data=str(data)))
     notes = ([] if resolve_dataset(str(data)).train else
@@ -119,6 +112,21 @@ def _load_float(ckpt: Path):
         raise LpdetError(f"{float_ckpt.path}: is a QAT checkpoint; pass the float checkpoint it was trained from "
                          f"and the QAT one with --qat")
     return detector, float_ckpt
+
+
+def export_rows(model, ckpt: Path, float_ckpt, qat_ckpt: Path | None, calibration, out_dir: Path,
+                qat_hint: str = QAT_HINT) -> tuple[list[CompareRow], dict[str, Path]]:
+    """The four rows' ONNX files in `out_dir` (float, naive, PTQ from `model`; QAT from `qat_ckpt`,
+    else that row says `qat_hint`): (rows, row name -> file)."""
+    paths = {name: out_dir / f"model_{stem}.onnx" for name, stem in zip(ROW_NAMES, ROW_FILES)}
+    export_float_rows(model, paths, calibration, source_metadata(float_ckpt))
+    rows = [CompareRow(name) for name in ROW_NAMES]
+    if qat_ckpt is not None:
+        export_qat_row(qat_ckpt, ckpt, float_ckpt, int(model.config.resolution), paths["QAT"])
+    else:
+        paths["QAT"].unlink(missing_ok=True)
+        rows[3].status = qat_hint
+    return rows, paths
 
 
 def export_float_rows(detector, paths: dict[str, Path], calibration, metadata: dict) -> None:

@@ -14,13 +14,7 @@ from torch import Tensor, nn
 
 from lpdet.models.config import ModelConfig
 from lpdet.models.detector import IMAGENET_MEAN, IMAGENET_STD, check_input
-from lpdet.models.layers import conv_bn_relu6, make_divisible
-
-# (output channels, stride) of the plain-conv body: VGG-like 3x3 convs, no depthwise layer; the
-# standard-convolution row of Table 11.1 (the seed's InceptionV3 plays that role).
-PLAIN_CONV_LAYERS: tuple[tuple[int, int], ...] = (
-    (32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2), (512, 1),
-)
+from lpdet.models.layers import init_conv_bn
 
 
 class GlobalAvgPool(nn.Module):
@@ -29,31 +23,6 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.adaptive_avg_pool2d(x, 1)
-
-
-class PlainConvFeatures(nn.Module):
-    """A plain-convolution body (Conv-BN-ReLU6, standard 3x3 convs) returning ``(stride16, stride32)``
-    maps like the MobileNet bodies, so it takes the same heads."""
-
-    output_indices = (7, 9)
-
-    def __init__(self, width: float = 1.0, detail=None):
-        super().__init__()
-        layers, in_channels = [], 3
-        for channels, stride in PLAIN_CONV_LAYERS:
-            out_channels = make_divisible(channels * width)
-            layers.append(conv_bn_relu6(in_channels, out_channels, stride=stride))
-            in_channels = out_channels
-        self.features = nn.Sequential(*layers)
-        self.out_channels = tuple(self.features[i].out_channels for i in self.output_indices)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        maps = []
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in self.output_indices:
-                maps.append(x)
-        return maps[0], maps[1]
 
 
 class Classifier(nn.Module):
@@ -74,14 +43,7 @@ class Classifier(nn.Module):
         return self.config.num_classes
 
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         nn.init.normal_(self.fc.weight, std=0.01)
 
     def contiguous_state_dict(self) -> dict[str, Tensor]:

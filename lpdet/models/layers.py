@@ -74,3 +74,15 @@ def make_quant_friendly(backbone: nn.Module) -> nn.Module:
             if type(child) is nn.ReLU6:
                 setattr(parent, name, nn.ReLU(inplace=getattr(child, "inplace", False)))
     return backbone
+
+
+def init_conv_bn(model: nn.Module) -> None:
+    """From-scratch initialisation of every Conv2d (Kaiming, fan-out; zero bias) and BatchNorm (1, 0)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -90,7 +90,8 @@ def profile_detector(detector: Detector) -> ModelProfile:
                 )
             )
     hooks.append(detector.backbone.register_forward_hook(lambda _m, _i, out: maps.extend(out)))
-    hooks.append(detector.extras.register_forward_hook(lambda _m, _i, out: maps.extend(out)))
+    if hasattr(detector, "extras"):  # a classifier has none
+        hooks.append(detector.extras.register_forward_hook(lambda _m, _i, out: maps.extend(out)))
     was_training = detector.training
     resolution = detector.config.resolution
     param = next(detector.parameters())

@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import num_anchors_per_location
 from lpdet.models.arch_detail import check_detail
-from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features
+from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features, PlainConvFeatures
 from lpdet.models.checkpoint_format import load_checkpoint
-from lpdet.models.classifier import Classifier, PlainConvFeatures
+from lpdet.models.classifier import Classifier
 from lpdet.models.config import QUANTIZATIONS, ModelConfig, check_resolution, is_qat
 from lpdet.models.detector import Detector
 from lpdet.models.heads import ExtraLayers, PredictionHead
@@ -68,18 +68,20 @@ def _classifier(family: str) -> Callable[[ModelConfig], Classifier]:
     return lambda cfg: Classifier(cfg, build_backbone(cfg, family))
 
 
-ARCHITECTURES: dict[str, Callable[[ModelConfig], nn.Module]] = {
+# The detectors (`lpdet train`, the design flow, the search space).
+ARCHITECTURES: dict[str, Callable[[ModelConfig], Detector]] = {
     "mobilenet_v1_ssd": mobilenet_v1_ssd,
     "mobilenet_v1_ssdlite": mobilenet_v1_ssdlite,
     "mobilenet_v2_ssd": mobilenet_v2_ssd,
     "mobilenet_v2_ssdlite": mobilenet_v2_ssdlite,
-    # classifiers: the same bodies with a pooled 1x1-conv classification layer (`lpdet classify`)
+}
+# The classifiers (`lpdet classify`): the same bodies with a pooled 1x1-conv classification layer.
+CLASSIFIER_ARCHITECTURES: dict[str, Callable[[ModelConfig], Classifier]] = {
     "mobilenet_v1_classifier": _classifier("mobilenet_v1"),
     "mobilenet_v2_classifier": _classifier("mobilenet_v2"),
     "plain_conv_classifier": _classifier("plain_conv"),
 }
-CLASSIFIERS = ("mobilenet_v1_classifier", "mobilenet_v2_classifier", "plain_conv_classifier")
-DETECTORS = tuple(a for a in ARCHITECTURES if a not in CLASSIFIERS)
+CLASSIFIERS = tuple(CLASSIFIER_ARCHITECTURES)
 
 
 def is_classifier(cfg: ModelConfig) -> bool:
@@ -94,8 +96,9 @@ def backbone_family(arch: str) -> str:
 
 def validate_config(cfg: ModelConfig) -> None:
     """Raise `LpdetError` naming the first invalid option and its valid values."""
-    if cfg.arch not in ARCHITECTURES:
-        raise LpdetError(f"model.arch: unknown architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if cfg.arch not in ARCHITECTURES and cfg.arch not in CLASSIFIER_ARCHITECTURES:
+        raise LpdetError(f"model.arch: unknown architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)} "
+                         f"(classifiers: {sorted(CLASSIFIER_ARCHITECTURES)})")
     if not isinstance(cfg.num_classes, int) or isinstance(cfg.num_classes, bool) or cfg.num_classes < 1:
         raise LpdetError(f"model.num_classes: must be an integer >= 1 (background excluded), got {cfg.num_classes!r}")
     if not is_number(cfg.width) or cfg.width <= 0:
@@ -127,7 +130,7 @@ def build_detector(cfg: ModelConfig) -> nn.Module:
     validate_config(cfg)
     if is_qat(cfg):
         cfg = replace(cfg, quantization="fp32")
-    return ARCHITECTURES[cfg.arch](cfg)
+    return {**ARCHITECTURES, **CLASSIFIER_ARCHITECTURES}[cfg.arch](cfg)
 
 
 def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
