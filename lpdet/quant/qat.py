@@ -1,9 +1,10 @@
 """Quantization-aware training (QAT) for fully int8 deployment.
 
-`prepare_qat(detector)` swaps, in place, every Conv2d (+ BatchNorm2d) (+ ReLU6) for a `QConv2d`
+`prepare_qat(detector)` swaps, in place, every Conv2d (+ BatchNorm2d) (+ ReLU6 or ReLU) for a `QConv2d`
 that folds the BN and fake-quantizes its weights (int8, per channel, symmetric) and its output
 (uint8, per tensor), gives the network's first conv an input quantizer, wraps every residual
-block's add in a quantizer and gives each prediction head one shared output quantizer
+block's add in a quantizer, gives a classifier's global pooling its own output quantizer
+(`QGlobalAvgPool`) and each prediction head one shared output quantizer
 (`lpdet.quant.fake_quant` documents the integer scheme and the BN folding). The detector keeps
 its forward signature, outputs, `.config` and `.anchors`; its state dict keeps every float name
 (so float weights still load into it, e.g. `transfer_weights` after `prepare_qat`) and adds the
