@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from lpdet.data.coco2017 import write_coco2017_yaml
 from lpdet.data.convert import convert_dataset
@@ -64,12 +64,14 @@ def model_config_from_args(args, num_classes: int) -> ModelConfig:
     """The model `--arch/--width/--resolution` name, or the candidate `--arch-config` names (it sets
     all three, so they may not be given with it)."""
     given = {name: getattr(args, name) for name in ("arch", "width", "resolution") if getattr(args, name) is not None}
+    quant_friendly = bool(getattr(args, "quant_friendly", False))
     if args.arch_config is None:
-        return ModelConfig(**{"arch": DEFAULT_ARCH, **given}, num_classes=num_classes)
+        return ModelConfig(**{"arch": DEFAULT_ARCH, **given}, num_classes=num_classes, quant_friendly=quant_friendly)
     if given:
         raise LpdetError(f"--arch-config {args.arch_config} sets the arch, width and resolution: "
                          f"drop --{next(iter(given))} (or edit the file)")
-    return arch_space.to_model_config(arch_space.load_candidate(args.arch_config), num_classes)
+    config = arch_space.to_model_config(arch_space.load_candidate(args.arch_config), num_classes)
+    return replace(config, quant_friendly=quant_friendly)
 
 
 def cmd_model_info(args) -> None:

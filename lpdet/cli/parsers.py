@@ -45,8 +45,61 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(commands, common)
     _add_bench(commands, common)
     _add_compare_quant(commands, common)
+    _add_classify(commands, common)
     add_design_commands(commands, common)
     return parser
+
+
+def _classify(name: str) -> CommandRef:
+    return CommandRef("lpdet.cli.classify_commands", name)
+
+
+CLASSIFIER_NAMES = ["mobilenet_v1_classifier", "mobilenet_v2_classifier", "plain_conv_classifier"]
+CLASSIFY_DATA_HELP = "classification dataset YAML (task: classification), or 'synth-cls' (default)"
+
+
+def _add_classify(commands, common) -> None:
+    classify = commands.add_parser("classify", parents=[common], help="image classifiers on the detectors' backbones"
+                                   ).add_subparsers(dest="classify_command", required=True, metavar="SUBCOMMAND")
+    train = classify.add_parser("train", parents=[common], help="train a classifier (same loop, QAT, checkpoints)")
+    add_train_arguments(train)
+    train.set_defaults(arch="mobilenet_v2_classifier", data="synth-cls", resolution=96, augment="light",
+                       func=_classify("cmd_classify_train"))
+    evaluate = classify.add_parser("eval", parents=[common], help="top-1 / top-5 of a classifier")
+    evaluate.add_argument("model", type=Path, help="checkpoint, run directory or exported .onnx")
+    evaluate.add_argument("--data", default="synth-cls", help=CLASSIFY_DATA_HELP)
+    evaluate.add_argument("--split", choices=["val", "train"], default="val", help="which split (default val)")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    evaluate.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0: all)")
+    evaluate.add_argument("--threads", type=int, default=0, help="inference threads (0: default)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(func=_classify("cmd_classify_eval"))
+    export = classify.add_parser("export", parents=[common], help="export a classifier as ONNX (fp32 or int8)")
+    export.add_argument("model", type=Path, help="checkpoint or run directory")
+    export.add_argument("--format", choices=["onnx", "onnx-int8"], default="onnx-int8",
+                        help="onnx-int8: a QAT checkpoint's own int8 graph, else calibrated PTQ")
+    export.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    export.add_argument("--force", action="store_true", help="overwrite the -o file if it exists")
+    export.add_argument("--data", default="synth-cls", help="calibration data for a float checkpoint exported as int8")
+    export.add_argument("--calibration-images", type=int, default=100, help="images that calibrate PTQ (default 100)")
+    export.set_defaults(func=_classify("cmd_classify_export"))
+    bench = classify.add_parser("bench", parents=[common], help="per-image latency of classifiers, interleaved")
+    add_bench_arguments(bench)
+    bench.set_defaults(nms_iou=None, score_threshold=None, top_k=None, class_agnostic_nms=False, latency_cmd=None,
+                       adb=False, latency_cache=None, fresh=False, func=_model("cmd_bench"))
+    compare = classify.add_parser("compare-quant", parents=[common],
+                                  help="Table 11.1: top-1, latency and weight-range spread as float, naive 8-bit, "
+                                       "calibrated PTQ and QAT, for several classifiers side by side")
+    compare.add_argument("models", type=Path, nargs="+", metavar="FLOAT_CKPT", help="float classifier checkpoints")
+    compare.add_argument("--qat", type=Path, nargs="*", default=[], metavar="QAT_CKPT",
+                         help="QAT checkpoints, one per float checkpoint in the same order (omit: QAT row not run)")
+    compare.add_argument("--data", default="synth-cls", help=CLASSIFY_DATA_HELP)
+    compare.add_argument("--calibration-images", type=int, default=100, help="PTQ calibration images (default 100)")
+    compare.add_argument("--max-images", type=int, default=0, help="evaluate on the first N val images (0: all)")
+    compare.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    compare.add_argument("--runs", type=int, default=30, help="paired timing runs (default 30)")
+    compare.add_argument("--out", type=Path, required=True, help="output folder (Markdown, JSON, ONNX files)")
+    compare.set_defaults(func=_classify("cmd_classify_compare_quant"))
 
 
 def _positive_int(text: str) -> int:
@@ -141,6 +194,9 @@ def _add_architecture_options(parser) -> None:
     parser.add_argument("--arch-config", type=Path, metavar="CAND.yaml",
                         help="an architecture-search candidate (arch, resolution, per-stage detail; "
                              "see README \"Search space\"), instead of --arch/--width/--resolution")
+    parser.add_argument("--quant-friendly", action="store_true",
+                        help="quantization-friendly separable convs in the MobileNet backbone (Sheng et al. 2018): "
+                             "no BN/ReLU6 after depthwise convs, ReLU instead of ReLU6")
 
 
 def _add_search_space(commands, common) -> None:
@@ -158,6 +214,12 @@ def _add_search_space(commands, common) -> None:
 
 def _add_train(commands, common) -> None:
     train = commands.add_parser("train", parents=[common], help="train a detector")
+    add_train_arguments(train)
+    train.set_defaults(func=_data("cmd_train"))
+
+
+def add_train_arguments(train) -> None:
+    """The options of `lpdet train` (also `lpdet classify train`, which changes some defaults)."""
     train.add_argument("--data", default="synth", help="dataset YAML, or 'synth' for the embedded dataset")
     _add_architecture_options(train)
     train.add_argument("--epochs", type=int, default=10, help="passes over the training split (default 10)")
@@ -166,6 +228,8 @@ def _add_train(commands, common) -> None:
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument("--weight-decay", type=float, default=4e-5,
                        help="L2 weight decay, not on BatchNorm parameters and biases (default 4e-5)")
+    train.add_argument("--depthwise-weight-decay", type=float,
+                       help="L2 weight decay of the depthwise conv weights (default: --weight-decay)")
     train.add_argument("--warmup-steps", type=int, default=200,
                        help="linear learning-rate warm-up steps, at most a fifth of the run (default 200)")
     train.add_argument("--restart-epochs", type=int, default=0, help="cosine warm restarts every N epochs")
@@ -179,7 +243,8 @@ def _add_train(commands, common) -> None:
     train.add_argument("--out", type=Path, default=Path("runs/train"),
                        help="run directory: config, logs, checkpoints (default runs/train)")
     train.add_argument("--init", type=Path, help="checkpoint to transfer weights from")
-    train.add_argument("--backbone-weights", type=Path, help="ImageNet backbone state dict (torchvision layout)")
+    train.add_argument("--backbone-weights", type=Path,
+                       help="backbone weights: an ImageNet state dict (torchvision layout) or an lpdet classifier checkpoint")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     train.add_argument("--checkpoint-every", type=int, default=200, help="steps between `last` checkpoints")
     train.add_argument("--augment", choices=["ssd", "light"], default="ssd",
@@ -191,7 +256,6 @@ def _add_train(commands, common) -> None:
     train.add_argument("--freeze-bn-after", type=int, default=0, help="QAT: freeze BN statistics after N steps")
     train.add_argument("--freeze-observers-after", type=int, default=0,
                        help="QAT: freeze activation ranges after N steps")
-    train.set_defaults(func=_data("cmd_train"))
 
 
 def _add_eval(commands, common) -> None:
@@ -249,6 +313,14 @@ def _add_quantize(commands, common) -> None:
 def _add_bench(commands, common) -> None:
     bench = commands.add_parser("bench", parents=[common],
                                 help="per-image latency of one model, or of several compared interleaved")
+    add_bench_arguments(bench)
+    _add_postprocess_options(bench)
+    _add_device_options(bench)
+    bench.set_defaults(func=_model("cmd_bench"))
+
+
+def add_bench_arguments(bench) -> None:
+    """The local-timing options of `lpdet bench` (also `lpdet classify bench`)."""
     bench.add_argument("models", type=Path, nargs="+", metavar="MODEL",
                        help="checkpoints, run directories or exported models; ratios are to the first")
     bench.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
@@ -262,9 +334,6 @@ def _add_bench(commands, common) -> None:
     bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     bench.add_argument("--cpus", help="pin the process to these CPUs while timing, e.g. 0,1 (Linux)")
     bench.add_argument("--json", action="store_true", help="print the timings as JSON")
-    _add_postprocess_options(bench)
-    _add_device_options(bench)
-    bench.set_defaults(func=_model("cmd_bench"))
 
 
 def _add_device_options(bench) -> None:

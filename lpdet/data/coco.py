@@ -34,7 +34,7 @@ from lpdet.data.images import load_rgb_image
 from lpdet.errors import LpdetError
 from lpdet.serialize import is_number
 
-__all__ = ["CocoDetection", "item_seed", "clip_to_image", "DEGENERATE", "OUTSIDE", "UNKNOWN_CATEGORY"]
+__all__ = ["CocoDetection", "item_seed", "seeded_call", "clip_to_image", "DEGENERATE", "OUTSIDE", "UNKNOWN_CATEGORY"]
 
 log = logging.getLogger("lpdet.data")
 
@@ -44,6 +44,20 @@ DEGENERATE = "degenerate"
 OUTSIDE = "outside"
 UNKNOWN_CATEGORY = "unknown category"
 UNKNOWN_IMAGE = "unknown image"
+
+
+def seeded_call(seed: int, fn, *args):
+    """``fn(*args)`` with the torch, Python and numpy RNGs seeded by `seed`, restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
+        try:
+            return fn(*args)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -358,17 +372,7 @@ class CocoDetection(Dataset):
         if self.transform is None:
             image = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255.0)
         else:
-            with torch.random.fork_rng(devices=[]):
-                py_state, np_state = random.getstate(), np.random.get_state()
-                s = item_seed(self.seed, self.epoch, i)
-                torch.manual_seed(s)
-                random.seed(s)
-                np.random.seed(s & 0xFFFFFFFF)
-                try:
-                    image, boxes, labels = self.transform(img, boxes, labels)
-                finally:
-                    random.setstate(py_state)
-                    np.random.set_state(np_state)
+            image, boxes, labels = seeded_call(item_seed(self.seed, self.epoch, i), self.transform, img, boxes, labels)
         target = {
             "boxes": boxes.to(torch.float32).reshape(-1, 4),
             "labels": labels.to(torch.int64).reshape(-1),

@@ -35,7 +35,7 @@ from lpdet.serialize import atomic_write_text, load_mapping
 __all__ = [
     "SplitSpec", "DatasetSpec", "SPLIT_KEYS", "load_dataset_yaml", "dataset_yaml_text", "write_dataset_yaml", "resolve_dataset",
     "find_yaml",
-    "default_cache_dir",
+    "default_cache_dir", "cached_dataset_yaml",
     "synth_dir_name", "SYNTH_DEFAULT_TRAIN", "SYNTH_DEFAULT_VAL", "SYNTH_DEFAULT_SEED", "SYNTH_VERSION",
 ]
 
@@ -101,6 +101,9 @@ def load_dataset_yaml(path: Path) -> DatasetSpec:
     """Read and check a dataset YAML; all paths in the result are resolved and exist."""
     path = Path(path).expanduser()
     data = load_mapping(path)  # LpdetError for a missing file / bad YAML / non-mapping
+    if data.get("task") == "classification":
+        raise LpdetError(f"{path}: a classification dataset (task: classification); use it with `lpdet classify` "
+                         f"and a classifier (--arch mobilenet_v2_classifier), or pass a detection dataset")
     unknown = sorted(set(data) - {"name", *SPLIT_KEYS})
     if unknown:
         raise LpdetError(f"{path}: unknown key(s) {unknown}; a dataset YAML has 'train:' and 'val:' "
@@ -203,13 +206,24 @@ def _remove_stale_tmp(cache_dir: Path, name: str) -> None:
 
 
 def _synth(cache_dir: Path | None, n_train: int, n_val: int, seed: int) -> DatasetSpec:
+    def generate(tmp: Path) -> Path:
+        from lpdet.data.synth import generate_synthetic_coco  # lazy: heavy, and optional here
+
+        return generate_synthetic_coco(tmp, n_train=n_train, n_val=n_val, seed=seed, progress=True)
+
+    spec = load_dataset_yaml(cached_dataset_yaml(cache_dir, synth_dir_name(n_train, n_val, seed), generate))
+    spec.name = "synth"
+    return spec
+
+
+def cached_dataset_yaml(cache_dir: Path | None, name: str, generate) -> Path:
+    """The dataset YAML of the generated dataset ``cache_dir / name`` (default cache:
+    `default_cache_dir`), made first by ``generate(tmp_folder) -> yaml path`` in a temporary sibling
+    folder renamed into place when complete (`synth`, `synth-cls`)."""
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    name = synth_dir_name(n_train, n_val, seed)
     final = cache_dir / name
     yaml_path = _find_yaml(final) if final.is_dir() else None
     if yaml_path is None:
-        from lpdet.data.synth import generate_synthetic_coco  # lazy: heavy, and optional here
-
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -218,7 +232,7 @@ def _synth(cache_dir: Path | None, n_train: int, n_val: int, seed: int) -> Datas
         _remove_stale_tmp(cache_dir, name)
         tmp = cache_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            made = Path(generate_synthetic_coco(tmp, n_train=n_train, n_val=n_val, seed=seed, progress=True))
+            made = Path(generate(tmp))
             rel = made.resolve().relative_to(tmp.resolve())
             if final.exists() and _find_yaml(final) is None:
                 shutil.rmtree(final)  # an unusable leftover (not made by this code's rename)
@@ -233,9 +247,7 @@ def _synth(cache_dir: Path | None, n_train: int, n_val: int, seed: int) -> Datas
                 shutil.rmtree(tmp, ignore_errors=True)
         if yaml_path is None:
             raise LpdetError(f"{final}: the generated synthetic dataset has no dataset YAML; delete the folder and retry")
-    spec = load_dataset_yaml(yaml_path)
-    spec.name = "synth"
-    return spec
+    return yaml_path
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lpdet.data.classification import ImageFolderDataset, is_classification_data, resolve_classification_data
 from lpdet.data.coco import CocoDetection
 from lpdet.data.spec import DatasetSpec, SplitSpec, resolve_dataset
 from lpdet.data.transforms import eval_transforms
@@ -35,7 +36,11 @@ def eval_split(data: str | Path, resolution: int, category_ids: list[int] | None
 
 def calibration_split(data: str | Path, resolution: int) -> CocoDetection:
     """The images calibration draws from: the train split (the val split when there is none),
-    with eval transforms at `resolution`."""
+    with eval transforms at `resolution`; for a classification dataset (`synth-cls`, `task:
+    classification`) an `ImageFolderDataset`."""
+    if is_classification_data(str(data)):
+        spec = resolve_classification_data(str(data))
+        return ImageFolderDataset(spec.train or spec.val, eval_transforms(resolution))
     spec = resolve_dataset(str(data))
     split = spec.train or spec.val
     return CocoDetection(split.annotations, split.images, transform=eval_transforms(resolution))

@@ -11,6 +11,8 @@ Graph contract (identical for both kinds; `onnxruntime` runs either as is):
   against the detector's anchors (baked in as constants): normalised ``x1, y1, x2, y2``, not
   clipped (clip to ``[0, 1]`` and multiply by the original image size).
 * The batch dimension is fixed at 1.
+* A classifier (`lpdet.models.classifier`) has one output instead, ``scores`` float32 ``[1, K]``
+  (softmax class probabilities), and ``task: classification`` in its metadata.
 * NMS is NOT in the graph (unless appended afterwards by `lpdet.deploy.nms_graph`, ``--nms-in-graph``). The runtime does the same small post-processing as
   `lpdet.models.postprocess.postprocess`: per class, keep scores above a threshold (top
   ``pre_nms_top_k`` per class), clip boxes to ``[0, 1]``, per-class NMS (IoU 0.6), keep the
@@ -42,10 +44,12 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from lpdet.deploy.int8_graph import finish_int8_graph
-from lpdet.deploy.model import INPUT_NAME, OUTPUT_NAMES, export_metadata, read_onnx_metadata, set_onnx_metadata
+from lpdet.deploy.model import (CLASSIFIER_OUTPUT_NAMES, INPUT_NAME, OUTPUT_NAMES, export_metadata, read_onnx_metadata,
+                                set_onnx_metadata)
 from lpdet.errors import LpdetError
 from lpdet.models.box_coder import decode
 from lpdet.models.config import is_qat
+from lpdet.models.registry import is_classifier
 from lpdet.quant.qat import freeze_for_export
 from lpdet.serialize import atomic_output
 
@@ -66,6 +70,17 @@ class _ExportGraph(nn.Module):
         return scores, boxes
 
 
+class _ClassifierGraph(nn.Module):
+    """Classifier + softmax: output ``scores [1, K]`` (class probabilities)."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: Tensor) -> Tensor:
+        return torch.softmax(self.classifier(images), dim=-1)
+
+
 def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None, opset: int = 17) -> Path:
     """Write `detector` as ONNX to `path` (see the module docstring for the graph contract).
 
@@ -80,7 +95,9 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
     model = copy.deepcopy(detector).cpu().to(memory_format=torch.contiguous_format).eval()
     if quantized:
         freeze_for_export(model)  # raises LpdetError if the observers were never calibrated
-    graph = _ExportGraph(model).eval()
+    classifier = is_classifier(model.config)
+    graph = (_ClassifierGraph(model) if classifier else _ExportGraph(model)).eval()
+    output_names = list(CLASSIFIER_OUTPUT_NAMES if classifier else OUTPUT_NAMES)
     resolution = int(model.config.resolution)
     example = torch.rand(1, 3, resolution, resolution)
 
@@ -95,14 +112,16 @@ def export_onnx(detector: nn.Module, path: Path, *, metadata: dict | None = None
                 dynamo=False,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=output_names,
                 do_constant_folding=True,  # folds BN into the fp32 convs (int8: already folded)
             )
     proto = onnx.load(str(path))
     _tidy_graph(proto)
     if quantized:
         finish_int8_graph(proto)  # same results; faster stem, loads with exact x86 kernels (lpdet.deploy.int8_graph)
-    set_onnx_metadata(proto, export_metadata(model.config, resolution, "int8-qat" if quantized else "fp32", metadata))
+    set_onnx_metadata(proto, export_metadata(model.config, resolution, "int8-qat" if quantized else "fp32", metadata,
+                                             **({"task": "classification", "outputs": output_names} if classifier
+                                                else {})))
     proto.producer_name = "lpdet"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))

@@ -150,6 +150,9 @@ def _timer(model: DeployedModel, inputs: list[torch.Tensor], cfg: PostprocessCon
         if model.detect is not None:  # NMS inside the graph (lpdet.deploy.nms_graph): all of it is graph time
             model.detect(images, cfg)
             return clock() - start, 0.0
+        if model.task == "classification":  # no post-processing
+            model.forward(images)
+            return clock() - start, 0.0
         scores, boxes = model.forward(images)
         middle = clock()
         select_detections(scores, boxes, cfg)

@@ -56,9 +56,14 @@ def bench_images(paths: Sequence[Path] | None = None, data: str | None = None, c
 
 
 def _val_files(data: str, count: int) -> list[Path]:
+    from lpdet.data.classification import is_classification_data, resolve_classification_data, scan_image_folder
     from lpdet.data.coco import CocoDetection
     from lpdet.data.spec import resolve_dataset
 
+    if is_classification_data(data):  # every class: items spread evenly over the class-sorted list
+        spec = resolve_classification_data(data)
+        items = scan_image_folder(spec.val)[1]
+        return [path for path, _ in items[::max(1, len(items) // count)]][:count]
     spec = resolve_dataset(data)
     split = spec.val or spec.train
     if split is None:

@@ -19,6 +19,7 @@ from lpdet.models.postprocess import PostprocessConfig, select_detections
 METADATA_KEY = "lpdet"  # the metadata entry (ONNX metadata_props, TFLite Model.metadata) holding our JSON
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("scores", "boxes")
+CLASSIFIER_OUTPUT_NAMES = ("scores",)  # a classifier's graph: class probabilities [1, K]
 KINDS = ("torch-fp32", "torch-qat", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 
 
@@ -31,7 +32,8 @@ class DeployedModel:
     resolution: int
     class_names: list[str]
     category_ids: list[int]
-    forward: Callable[[Tensor], tuple[Tensor, Tensor]]  # raw (scores, boxes) for a batch, before NMS
+    # raw (scores, boxes) for a batch, before NMS; a classifier's (task "classification"): probabilities [B, K]
+    forward: Callable[[Tensor], tuple[Tensor, Tensor] | Tensor]
     quantization: str = "fp32"  # "fp32", "qat", "int8-qat", "int8-ptq", "int8-naive", ...
     arch: str = ""
     metadata: dict = field(default_factory=dict, repr=False)  # the ONNX "lpdet" entry / checkpoint facts
@@ -41,6 +43,7 @@ class DeployedModel:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     # A graph with NMS inside (lpdet.deploy.nms_graph): (images, cfg) -> detections; `forward` raises.
     detect: Callable[[Tensor, PostprocessConfig | None], list[dict]] | None = None
+    task: str = "detection"  # or "classification" (`lpdet classify`: no post-processing)
 
     @property
     def num_classes(self) -> int:
@@ -76,7 +79,10 @@ def export_metadata(config, resolution: int, quantization: str, extra: dict | No
     facts (which win), so a runtime can rebuild labels and the input contract from the file."""
     info = dict(extra or {})
     info.update(arch=config.arch, width=config.width, resolution=resolution, num_classes=config.num_classes,
-                quantization=quantization, input=INPUT_NAME, outputs=list(OUTPUT_NAMES), **more)
+                quantization=quantization, input=INPUT_NAME, outputs=list(OUTPUT_NAMES))
+    if getattr(config, "quant_friendly", False):  # the variant (`ModelConfig.quant_friendly`), only when set
+        info["quant_friendly"] = True
+    info.update(more)
     return info
 
 

@@ -30,6 +30,7 @@ from lpdet.errors import LpdetError
 from lpdet.models.checkpoint_format import WEIGHTS, load_checkpoint, resolve_checkpoint
 from lpdet.models.config import is_qat
 from lpdet.models.postprocess import decode, postprocess_from_metadata
+from lpdet.models.registry import is_classifier
 from lpdet.quant.qat import build_model
 from lpdet.threads import torch_threads
 
@@ -113,6 +114,8 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
         raise LpdetError(f"{path}: not a loadable ONNX model ({first_line(e)}); "
                          f"export one with lpdet export --format onnx") from None
     meta = read_onnx_metadata(path, session.get_modelmeta().custom_metadata_map)
+    if meta.get("task") == "classification":
+        return _onnx_classifier(path, session, meta, threads)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     if "images" not in inputs or not ({"scores", "boxes"} <= outputs or has_nms_in_graph(meta)):
@@ -160,8 +163,32 @@ def _load_onnx(path: Path, threads: int, resolution: int | None) -> DeployedMode
     )
 
 
+def _onnx_classifier(path: Path, session, meta: dict, threads: int) -> DeployedModel:
+    """A classifier's graph (`lpdet classify export`): images [1, 3, R, R] -> scores [1, K]."""
+    inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    if inputs != ["images"] or outputs != ["scores"]:
+        raise LpdetError(f"{path}: has inputs {inputs} and outputs {outputs}, not the lpdet classifier contract "
+                         f"(images -> scores); re-export it with lpdet classify export")
+    resolution = int(meta.get("resolution") or 0)
+    quantization = str(meta.get("quantization", "fp32"))
+
+    def forward(images: Tensor) -> Tensor:
+        check_images(images, resolution, path)
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        scores = [session.run(["scores"], {"images": array[i:i + 1]})[0] for i in range(len(array))]
+        return torch.from_numpy(np.concatenate(scores)) if scores else torch.zeros(0, int(meta["num_classes"]))
+
+    class_names = [str(c) for c in meta.get("class_names") or range(int(meta.get("num_classes", 0)))]
+    return DeployedModel(kind="onnx-fp32" if quantization == "fp32" else "onnx-int8", path=path,
+                         resolution=resolution, class_names=class_names, category_ids=list(range(len(class_names))),
+                         forward=forward, quantization=quantization, arch=str(meta.get("arch", "")), metadata=meta,
+                         threads=threads, task="classification")
+
+
 def _load_checkpoint(path: Path, resolution: int | None, threads: int = 0) -> DeployedModel:
     detector, ckpt = load_detector(path, resolution=resolution)
+    if is_classifier(detector.config):
+        return _checkpoint_classifier(detector, ckpt, threads)
     qat = is_qat(detector.config)
     anchors = detector.anchors
     config = detector.config
@@ -178,6 +205,22 @@ def _load_checkpoint(path: Path, resolution: int | None, threads: int = 0) -> De
         arch=config.arch, metadata={"arch": config.arch, "width": config.width, "num_classes": config.num_classes},
         threads=threads,
     )
+
+
+def _checkpoint_classifier(classifier, ckpt, threads: int) -> DeployedModel:
+    config = classifier.config
+
+    def forward(images: Tensor) -> Tensor:
+        with torch_threads(threads), torch.inference_mode():
+            return torch.softmax(classifier(images), dim=-1)
+
+    return DeployedModel(
+        kind="torch-qat" if is_qat(config) else "torch-fp32", path=Path(ckpt.path), resolution=int(config.resolution),
+        class_names=list(ckpt.class_names), category_ids=list(ckpt.category_ids), forward=forward,
+        quantization=config.quantization, arch=config.arch,
+        metadata={"arch": config.arch, "width": config.width, "num_classes": config.num_classes,
+                  "quant_friendly": config.quant_friendly, "task": "classification"},
+        threads=threads, task="classification")
 
 
 def load_model(path: Path | str, *, threads: int = 0, resolution: int | None = None) -> DeployedModel:

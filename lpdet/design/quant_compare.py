@@ -90,16 +90,9 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
     resolution = int(detector.config.resolution)
     val = eval_split(data, resolution, float_ckpt.category_ids, where=str(float_ckpt.path))
     calibration = load_calibration_images(data, resolution, calibration_images)
-    paths = {name: out_dir / f"model_{stem}.onnx" for name, stem in zip(ROW_NAMES, ROW_FILES)}
-    _export_float_rows(detector, paths, calibration, source_metadata(float_ckpt))
-    rows = [CompareRow(name) for name in ROW_NAMES]
-    if qat_ckpt is not None:
-        _export_qat_row(qat_ckpt, ckpt, float_ckpt, resolution, paths["QAT"])
-    else:
-        paths["QAT"].unlink(missing_ok=True)
-        rows[3].status = QAT_HINT
+    rows, paths = export_rows(detector, ckpt, float_ckpt, qat_ckpt, calibration, out_dir)
     images = _evaluate_rows(rows, paths, val, threads=threads, max_images=max_images, progress=progress)
-    _time_rows(rows, paths, threads=threads, runs=runs, images=bench_images(data=str(data)))
+    time_rows(rows, paths, threads=threads, runs=runs, images=bench_images(data=str(data)))
     notes = ([] if resolve_dataset(str(data)).train else
              ["calibration images come from the val split (the dataset has no train split)"])
     result = CompareResult(
@@ -121,14 +114,29 @@ def _load_float(ckpt: Path):
     return detector, float_ckpt
 
 
-def _export_float_rows(detector, paths: dict[str, Path], calibration, metadata: dict) -> None:
+def export_rows(model, ckpt: Path, float_ckpt, qat_ckpt: Path | None, calibration, out_dir: Path,
+                qat_hint: str = QAT_HINT) -> tuple[list[CompareRow], dict[str, Path]]:
+    """The four rows' ONNX files in `out_dir` (float, naive, PTQ from `model`; QAT from `qat_ckpt`,
+    else that row says `qat_hint`): (rows, row name -> file)."""
+    paths = {name: out_dir / f"model_{stem}.onnx" for name, stem in zip(ROW_NAMES, ROW_FILES)}
+    export_float_rows(model, paths, calibration, source_metadata(float_ckpt))
+    rows = [CompareRow(name) for name in ROW_NAMES]
+    if qat_ckpt is not None:
+        export_qat_row(qat_ckpt, ckpt, float_ckpt, int(model.config.resolution), paths["QAT"])
+    else:
+        paths["QAT"].unlink(missing_ok=True)
+        rows[3].status = qat_hint
+    return rows, paths
+
+
+def export_float_rows(detector, paths: dict[str, Path], calibration, metadata: dict) -> None:
     """The float row's fp32 export and the two post-training int8 rows quantized from it."""
     export_onnx(detector, paths["float"], metadata=metadata)
     quantize_naive(paths["float"], paths["naive 8-bit"], calibration)
     quantize_calibrated(paths["float"], paths["calibrated PTQ"], calibration)
 
 
-def _export_qat_row(qat_ckpt: Path, ckpt: Path, float_ckpt, resolution: int, out: Path) -> None:
+def export_qat_row(qat_ckpt: Path, ckpt: Path, float_ckpt, resolution: int, out: Path) -> None:
     qat_detector, qat_meta = load_detector(qat_ckpt)
     if not is_qat(qat_detector.config):
         raise LpdetError(f"{qat_meta.path}: is not a QAT checkpoint; train one with lpdet train --qat --init {ckpt}")
@@ -157,7 +165,7 @@ def _evaluate_rows(rows: list[CompareRow], paths: dict[str, Path], val, *, threa
     return images
 
 
-def _time_rows(rows: list[CompareRow], paths: dict[str, Path], *, threads: int, runs: int, images: list) -> None:
+def time_rows(rows: list[CompareRow], paths: dict[str, Path], *, threads: int, runs: int, images: list) -> None:
     """Latency of every row that ran on real val `images`, interleaved image by image (`benchmark_paired`)."""
     timed = [row for row in rows if row.ran]
     for row, latency in zip(timed, benchmark_paired([paths[r.name] for r in timed], threads=threads, runs=runs,

@@ -1,4 +1,5 @@
-"""MobileNet feature extractors returning the two backbone maps SSD predicts from.
+"""MobileNet feature extractors (and the plain-conv body of the standard-convolution classifier)
+returning the two backbone maps SSD predicts from.
 
 Both return `(stride16_map, stride32_map)`. Every downsampling layer is a 3×3 stride-2
 convolution with padding 1, so a map of size n becomes ceil(n / 2) (TF "SAME" padding);
@@ -33,7 +34,23 @@ MOBILENET_V1_BLOCKS: tuple[tuple[int, int], ...] = (
 MOBILENET_V1_STEM_CHANNELS = 32
 
 
-class MobileNetV1Features(nn.Module):
+class TwoMapFeatures(nn.Module):
+    """A body run layer by layer (`features`) returning the outputs of `output_indices` (stride 16, 32)."""
+
+    output_indices: tuple[int, int]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        maps = []
+        # A loop over a fixed module list (not `features[:12]`): slicing builds a new,
+        # unregistered Sequential, which torch.fx (used by QAT) cannot trace.
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.output_indices:
+                maps.append(x)
+        return maps[0], maps[1]
+
+
+class MobileNetV1Features(TwoMapFeatures):
     """MobileNetV1 body (Howard et al. 2017) with a width (depth) multiplier.
 
     ImageNet state-dict layout (ours; MobileNetV1 is not in torchvision), mirroring
@@ -67,15 +84,30 @@ class MobileNetV1Features(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out_channels = tuple(self.features[i][1].out_channels for i in self.output_indices)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        maps = []
-        # A loop over a fixed module list (not `features[:12]`): slicing builds a new,
-        # unregistered Sequential, which torch.fx (used by QAT) cannot trace.
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in self.output_indices:
-                maps.append(x)
-        return maps[0], maps[1]
+
+# (output channels, stride) of the plain-conv body: VGG-like 3x3 convs, no depthwise layer; the
+# standard-convolution row of Table 11.1 (the seed's InceptionV3 plays that role).
+PLAIN_CONV_LAYERS: tuple[tuple[int, int], ...] = (
+    (32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2), (512, 1),
+)
+
+
+
+class PlainConvFeatures(TwoMapFeatures):
+    """A plain-convolution body (Conv-BN-ReLU6, standard 3x3 convs) returning ``(stride16, stride32)``
+    maps like the MobileNet bodies, so it takes the same heads."""
+
+    output_indices = (7, 9)
+
+    def __init__(self, width: float = 1.0, detail=None):
+        super().__init__()
+        layers, in_channels = [], 3
+        for channels, stride in PLAIN_CONV_LAYERS:
+            out_channels = make_divisible(channels * width)
+            layers.append(conv_bn_relu6(in_channels, out_channels, stride=stride))
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.out_channels = tuple(self.features[i].out_channels for i in self.output_indices)
 
 
 class MobileNetV2Features(nn.Module):

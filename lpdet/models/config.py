@@ -30,6 +30,14 @@ class ModelConfig:
     # Per-stage widths, expansions, kernels, depths (an architecture-search candidate); None: the
     # standard network. Checkpoints store it, so a candidate rebuilds from its checkpoint.
     detail: ArchDetail | None = None
+    # The quantization-friendly separable convolution in the backbone (`lpdet.models.layers.make_quant_friendly`):
+    # no BN / ReLU6 after each depthwise conv, ReLU instead of ReLU6.
+    quant_friendly: bool = False
+
+
+def variant_name(config: ModelConfig) -> str:
+    """How the backbone's separable convolutions are built: "standard" or "quant-friendly"."""
+    return "quant-friendly" if config.quant_friendly else "standard"
 
 
 def is_qat(config: ModelConfig) -> bool:

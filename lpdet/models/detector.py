@@ -13,6 +13,7 @@ from lpdet.errors import LpdetError
 from lpdet.models.anchors import anchors_for
 from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
 from lpdet.models.heads import ExtraLayers, PredictionHead
+from lpdet.models.layers import init_conv_bn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,14 +101,7 @@ class Detector(nn.Module):
 
     def init_weights(self) -> None:
         """From-scratch initialisation (a loaded backbone overwrites its part)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         # Small output weights so the biases below set the initial predictions.
         for conv in self.cls_head.output_convs() + self.box_head.output_convs():
             nn.init.normal_(conv.weight, std=0.01)

@@ -40,3 +40,49 @@ def conv_bn_relu6(
 def depthwise_conv_bn_relu6(channels: int, stride: int = 1) -> Conv2dNormActivation:
     """3×3 depthwise Conv2d + BN + ReLU6."""
     return conv_bn_relu6(channels, channels, kernel_size=3, stride=stride, groups=channels)
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    """Whether `conv` is a depthwise convolution (one filter per input channel)."""
+    return isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def make_quant_friendly(backbone: nn.Module) -> nn.Module:
+    """Turn a MobileNet body into the quantization-friendly separable convolution of Sheng et al.
+    2018 ("A quantization-friendly separable convolution for MobileNets", the seed's [12]), in place.
+
+    Implemented, of the paper's three changes:
+      1. every depthwise convolution loses its BatchNorm and its ReLU6: it becomes a plain linear
+         3x3 depthwise conv (no bias either: a per-channel constant passes through the following
+         1x1 conv into its BatchNorm's shift). With no BN to fold, no depthwise channel's weights
+         are scaled by ``gamma / sqrt(var)`` — the factor that explodes for channels whose variance
+         is near zero and spreads the per-tensor int8 range;
+      2. every ReLU6 (the pointwise layers, and the stem) becomes a ReLU, so activation ranges are
+         learnt rather than clipped at 6;
+      3. L2 regularisation of the depthwise weights lives in training, not here:
+         `TrainConfig.depthwise_weight_decay` (the optimizer's depthwise parameter group).
+    Not implemented: the paper's choice of per-tensor fixed-point formats (lpdet's int8 scheme is
+    the TFLite one in `lpdet.quant`). State-dict names of the convs are unchanged; the removed
+    depthwise BatchNorms' entries are gone.
+    """
+    for module in backbone.modules():
+        if isinstance(module, nn.Sequential) and len(module) > 0 and is_depthwise(module[0]):
+            while len(module) > 1:  # the BN and activation after the depthwise conv
+                del module[len(module) - 1]
+    for parent in backbone.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.ReLU6:
+                setattr(parent, name, nn.ReLU(inplace=getattr(child, "inplace", False)))
+    return backbone
+
+
+def init_conv_bn(model: nn.Module) -> None:
+    """From-scratch initialisation of every Conv2d (Kaiming, fan-out; zero bias) and BatchNorm (1, 0)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lpdet.models.detector import Detector
-from lpdet.models.config import ModelConfig
+from lpdet.models.config import ModelConfig, variant_name
 from lpdet.models.registry import build_detector
 from lpdet.serialize import to_dict
 
@@ -90,7 +90,8 @@ def profile_detector(detector: Detector) -> ModelProfile:
                 )
             )
     hooks.append(detector.backbone.register_forward_hook(lambda _m, _i, out: maps.extend(out)))
-    hooks.append(detector.extras.register_forward_hook(lambda _m, _i, out: maps.extend(out)))
+    if hasattr(detector, "extras"):  # a classifier has none
+        hooks.append(detector.extras.register_forward_hook(lambda _m, _i, out: maps.extend(out)))
     was_training = detector.training
     resolution = detector.config.resolution
     param = next(detector.parameters())
@@ -128,7 +129,8 @@ def format_profile(p: ModelProfile) -> str:
     if p.config is not None:
         c = p.config
         detail = "  (search candidate: per-stage detail)" if c.detail is not None else ""
-        lines.append(f"{c.arch}  width {c.width}  resolution {c.resolution}  classes {c.num_classes}{detail}")
+        lines.append(f"{c.arch} ({variant_name(c)})  width {c.width}  resolution {c.resolution}  "
+                     f"classes {c.num_classes}{detail}")
     lines.append(f"params  {p.params / 1e6:.2f} M")
     lines.append(f"MAdds   {p.macs / 1e9:.3f} B")
     lines.append("")

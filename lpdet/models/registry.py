@@ -13,10 +13,13 @@ from torch import Tensor, nn
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import num_anchors_per_location
 from lpdet.models.arch_detail import check_detail
-from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features
+from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features, PlainConvFeatures
+from lpdet.models.checkpoint_format import load_checkpoint
+from lpdet.models.classifier import Classifier
 from lpdet.models.config import QUANTIZATIONS, ModelConfig, check_resolution, is_qat
 from lpdet.models.detector import Detector
 from lpdet.models.heads import ExtraLayers, PredictionHead
+from lpdet.models.layers import make_quant_friendly
 from lpdet.serialize import is_number
 
 
@@ -30,34 +33,72 @@ def _assemble(cfg: ModelConfig, backbone: nn.Module, lite: bool) -> Detector:
     return Detector(cfg, backbone, extras, cls_head, box_head)
 
 
+def build_backbone(cfg: ModelConfig, family: str) -> nn.Module:
+    """The `family` ("mobilenet_v1" or "mobilenet_v2") body `cfg` describes: width, per-stage detail,
+    and the quantization-friendly separable convolution when ``cfg.quant_friendly``. Shared by the
+    detectors and the classifiers, so a classifier's trained body initialises a detector's."""
+    backbone = BACKBONES[family](cfg.width, cfg.detail)
+    return make_quant_friendly(backbone) if cfg.quant_friendly else backbone
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "mobilenet_v1": MobileNetV1Features,
+    "mobilenet_v2": MobileNetV2Features,
+    "plain_conv": PlainConvFeatures,
+}
+
+
 def mobilenet_v1_ssd(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV1Features(cfg.width, cfg.detail), lite=False)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v1"), lite=False)
 
 
 def mobilenet_v1_ssdlite(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV1Features(cfg.width, cfg.detail), lite=True)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v1"), lite=True)
 
 
 def mobilenet_v2_ssd(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV2Features(cfg.width, cfg.detail), lite=False)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v2"), lite=False)
 
 
 def mobilenet_v2_ssdlite(cfg: ModelConfig) -> Detector:
-    return _assemble(cfg, MobileNetV2Features(cfg.width, cfg.detail), lite=True)
+    return _assemble(cfg, build_backbone(cfg, "mobilenet_v2"), lite=True)
 
 
+def _classifier(family: str) -> Callable[[ModelConfig], Classifier]:
+    return lambda cfg: Classifier(cfg, build_backbone(cfg, family))
+
+
+# The detectors (`lpdet train`, the design flow, the search space).
 ARCHITECTURES: dict[str, Callable[[ModelConfig], Detector]] = {
     "mobilenet_v1_ssd": mobilenet_v1_ssd,
     "mobilenet_v1_ssdlite": mobilenet_v1_ssdlite,
     "mobilenet_v2_ssd": mobilenet_v2_ssd,
     "mobilenet_v2_ssdlite": mobilenet_v2_ssdlite,
 }
+# The classifiers (`lpdet classify`): the same bodies with a pooled 1x1-conv classification layer.
+CLASSIFIER_ARCHITECTURES: dict[str, Callable[[ModelConfig], Classifier]] = {
+    "mobilenet_v1_classifier": _classifier("mobilenet_v1"),
+    "mobilenet_v2_classifier": _classifier("mobilenet_v2"),
+    "plain_conv_classifier": _classifier("plain_conv"),
+}
+CLASSIFIERS = tuple(CLASSIFIER_ARCHITECTURES)
+
+
+def is_classifier(cfg: ModelConfig) -> bool:
+    """Whether `cfg` describes a classifier (`lpdet classify`) rather than a detector."""
+    return cfg.arch in CLASSIFIERS
+
+
+def backbone_family(arch: str) -> str:
+    """"mobilenet_v1", "mobilenet_v2" or "plain_conv": which body `arch` is built on."""
+    return next(family for family in BACKBONES if arch.startswith(family))
 
 
 def validate_config(cfg: ModelConfig) -> None:
     """Raise `LpdetError` naming the first invalid option and its valid values."""
-    if cfg.arch not in ARCHITECTURES:
-        raise LpdetError(f"model.arch: unknown architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if cfg.arch not in ARCHITECTURES and cfg.arch not in CLASSIFIER_ARCHITECTURES:
+        raise LpdetError(f"model.arch: unknown architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)} "
+                         f"(classifiers: {sorted(CLASSIFIER_ARCHITECTURES)})")
     if not isinstance(cfg.num_classes, int) or isinstance(cfg.num_classes, bool) or cfg.num_classes < 1:
         raise LpdetError(f"model.num_classes: must be an integer >= 1 (background excluded), got {cfg.num_classes!r}")
     if not is_number(cfg.width) or cfg.width <= 0:
@@ -71,17 +112,25 @@ def validate_config(cfg: ModelConfig) -> None:
         )
     if cfg.detail is not None:
         check_detail(cfg.detail, cfg.arch)
+    if not isinstance(cfg.quant_friendly, bool):
+        raise LpdetError(f"model.quant_friendly: must be true or false, got {cfg.quant_friendly!r}")
+    if cfg.quant_friendly and backbone_family(cfg.arch) == "plain_conv":
+        raise LpdetError(f"model.quant_friendly: {cfg.arch} has no separable convolutions; drop --quant-friendly "
+                         f"or use a MobileNet")
+    if is_classifier(cfg) and cfg.num_classes < 2:
+        raise LpdetError(f"model.num_classes: a classifier needs at least 2 classes, got {cfg.num_classes}")
     if cfg.quantization not in QUANTIZATIONS:
         raise LpdetError(f"model.quantization: must be one of {', '.join(QUANTIZATIONS)}, got {cfg.quantization!r}")
 
 
-def build_detector(cfg: ModelConfig) -> Detector:
-    """A freshly initialised float detector for `cfg` (validated first). A QAT config is built
-    float here; `lpdet.quant.qat.build_model` builds it quantization-aware."""
+def build_detector(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised float model for `cfg` (validated first): a `Detector`, or a `Classifier`
+    for the classifier architectures. A QAT config is built float here; `lpdet.quant.qat.build_model`
+    builds it quantization-aware."""
     validate_config(cfg)
     if is_qat(cfg):
         cfg = replace(cfg, quantization="fp32")
-    return ARCHITECTURES[cfg.arch](cfg)
+    return {**ARCHITECTURES, **CLASSIFIER_ARCHITECTURES}[cfg.arch](cfg)
 
 
 def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
@@ -106,11 +155,25 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
     return state
 
 
-def load_backbone_weights(detector: Detector, path: Path) -> tuple[int, int]:
-    """Load ImageNet backbone weights in torchvision's layout (`features.*`; MobileNetV1 layout
-    in `MobileNetV1Features`) from .safetensors or .pth. Tensors whose name and shape match the
-    backbone are loaded; the rest (e.g. the classifier) are skipped. Returns (loaded, skipped)."""
-    state = _read_state_dict(path)
+def _backbone_state(path: Path) -> Mapping[str, Tensor]:
+    """The backbone tensors in `path`: an lpdet checkpoint (a classifier's, e.g. `lpdet classify
+    train`, or a detector's: its ``backbone.*`` tensors), else a state dict file."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = load_checkpoint(path)
+        if is_qat(ckpt.model_config):
+            raise LpdetError(f"{path}: a quantization-aware (QAT) checkpoint; initialise from a float checkpoint")
+        prefix = "backbone."
+        return {k.removeprefix(prefix): v for k, v in ckpt.model_state.items() if k.startswith(prefix)}
+    return _read_state_dict(path)
+
+
+def load_backbone_weights(detector: nn.Module, path: Path) -> tuple[int, int]:
+    """Load backbone weights: ImageNet weights in torchvision's layout (`features.*`; MobileNetV1
+    layout in `MobileNetV1Features`) from .safetensors or .pth, or the backbone of an lpdet
+    checkpoint (a trained classifier of the same family and width). Tensors whose name and shape
+    match the backbone are loaded; the rest (e.g. the classifier) are skipped. Returns (loaded, skipped)."""
+    state = _backbone_state(path)
     own = detector.backbone.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     # BN step counters are scalars that fit any backbone: take one only with its BN's statistics.

@@ -150,7 +150,7 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
 
 
 class QConv2d(nn.Conv2d):
-    """Conv2d (+ folded BatchNorm) (+ ReLU6) + uint8 output fake quantization, as one int8 op.
+    """Conv2d (+ folded BatchNorm) (+ ReLU6 or ReLU) + uint8 output fake quantization, as one int8 op.
 
     Same parameters (and state dict names) as the float conv; the BN stays in its own slot as
     a `FoldedBatchNorm2d` and the ReLU6 slot becomes an Identity, so a float state dict still
@@ -169,9 +169,10 @@ class QConv2d(nn.Conv2d):
     Then ReLU6 (if any) and the output fake quantization.
     """
 
-    def _init_qat(self, bn: FoldedBatchNorm2d | None, relu6: bool, ema_decay: float) -> None:
+    def _init_qat(self, bn: FoldedBatchNorm2d | None, relu6: bool, ema_decay: float, relu: bool = False) -> None:
         self._bn = (bn,)  # a tuple: a reference, not a submodule (the BN keeps its own slot)
         self.relu6 = relu6
+        self.relu = relu  # a plain ReLU (the quantization-friendly MobileNets): range [0, learnt max]
         self.act_quant = ActQuant(relu6=relu6, ema_decay=ema_decay)
         self.input_quant: ActQuant | None = None
         # Set by `lpdet.quant.qat` after a wiring pass: the ActQuant that produced our input.
@@ -180,18 +181,19 @@ class QConv2d(nn.Conv2d):
         self.export_params = False  # True once frozen for export (buffers export_weight, export_bias)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bn: FoldedBatchNorm2d | None, relu6: bool, ema_decay: float) -> QConv2d:
+    def from_float(cls, conv: nn.Conv2d, bn: FoldedBatchNorm2d | None, relu6: bool, ema_decay: float,
+                   relu: bool = False) -> QConv2d:
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                   padding_mode=conv.padding_mode, device="meta")
         new.weight = conv.weight  # the same Parameter objects: an existing optimizer keeps working
         new.bias = conv.bias
         new.train(conv.training)
-        new._init_qat(bn, relu6, ema_decay)
+        new._init_qat(bn, relu6, ema_decay, relu)
         return new.to(conv.weight.device) if conv.weight.device.type != "cpu" else new
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", bn={self.bn is not None}, relu6={self.relu6}"
+        return super().extra_repr() + f", bn={self.bn is not None}, relu6={self.relu6}, relu={self.relu}"
 
     @property
     def bn(self) -> FoldedBatchNorm2d | None:
@@ -259,6 +261,8 @@ class QConv2d(nn.Conv2d):
             y = self._conv_forward(x, weight, bias)
         if self.relu6:
             y = F.relu6(y)
+        elif self.relu:
+            y = F.relu(y)
         return y if self.act_quant is None else self.act_quant(y)
 
     def _simulated_fold_forward(self, x: Tensor) -> Tensor:
@@ -289,6 +293,19 @@ class QResidual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.add_quant(x + self.conv(x))
+
+
+class QGlobalAvgPool(nn.Module):
+    """Global average pooling with its own uint8 output quantizer (`output_quant`): the pooled
+    features feed a quantized conv (a classifier's last layer), so they must be on a uint8 grid;
+    runs as onnxruntime's QLinearGlobalAveragePool."""
+
+    def __init__(self, ema_decay: float):
+        super().__init__()
+        self.output_quant = ActQuant(ema_decay=ema_decay)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_quant(F.adaptive_avg_pool2d(x, 1))
 
 
 class QPredictionHead(PredictionHead):

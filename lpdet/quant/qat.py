@@ -1,9 +1,10 @@
 """Quantization-aware training (QAT) for fully int8 deployment.
 
-`prepare_qat(detector)` swaps, in place, every Conv2d (+ BatchNorm2d) (+ ReLU6) for a `QConv2d`
+`prepare_qat(detector)` swaps, in place, every Conv2d (+ BatchNorm2d) (+ ReLU6 or ReLU) for a `QConv2d`
 that folds the BN and fake-quantizes its weights (int8, per channel, symmetric) and its output
 (uint8, per tensor), gives the network's first conv an input quantizer, wraps every residual
-block's add in a quantizer and gives each prediction head one shared output quantizer
+block's add in a quantizer, gives a classifier's global pooling its own output quantizer
+(`QGlobalAvgPool`) and each prediction head one shared output quantizer
 (`lpdet.quant.fake_quant` documents the integer scheme and the BN folding). The detector keeps
 its forward signature, outputs, `.config` and `.anchors`; its state dict keeps every float name
 (so float weights still load into it, e.g. `transfer_weights` after `prepare_qat`) and adds the
@@ -37,7 +38,8 @@ from lpdet.models.config import ModelConfig, is_qat
 from lpdet.models.detector import Detector
 from lpdet.models.heads import PredictionHead
 from lpdet.models.registry import build_detector
-from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QPredictionHead, QResidual
+from lpdet.models.classifier import GlobalAvgPool
+from lpdet.quant.fake_quant import ActQuant, FoldedBatchNorm2d, QConv2d, QGlobalAvgPool, QPredictionHead, QResidual
 
 
 @dataclass
@@ -74,7 +76,7 @@ def prepare_qat(detector: Detector, config: QatConfig | None = None) -> Detector
                  if type(m) in (nn.Conv2d, nn.BatchNorm2d, nn.ReLU6, nn.ReLU)]
     if leftovers:
         raise LpdetError(f"QAT: cannot fold {leftovers[0]} (unsupported layer pattern); only Conv2d [+ BatchNorm2d] "
-                         f"[+ ReLU6] sequences and torchvision inverted residuals are supported")
+                         f"[+ ReLU6 | ReLU] sequences and torchvision inverted residuals are supported")
     for name in ("cls_head", "box_head"):
         head = getattr(detector, name, None)
         if isinstance(head, PredictionHead):
@@ -143,7 +145,7 @@ def freeze_for_export(detector: nn.Module) -> None:
             m.freeze_for_export()
         elif isinstance(m, QResidual):
             m.add_quant.freeze_for_export()
-        elif isinstance(m, QPredictionHead):
+        elif isinstance(m, (QPredictionHead, QGlobalAvgPool)):
             m.output_quant.freeze_for_export()
 
 
@@ -173,7 +175,7 @@ def _set_flags(detector: nn.Module, *, bn_frozen: bool, observers_frozen: bool) 
 
 
 def _convert(parent: nn.Module, ema_decay: float) -> None:
-    """Recursively replace Conv2d [BatchNorm2d] [ReLU6] runs (siblings in an nn.Sequential, or a
+    """Recursively replace Conv2d [BatchNorm2d] [ReLU6 | ReLU] runs (siblings in an nn.Sequential, or a
     lone Conv2d) by QConv2d + FoldedBatchNorm2d + Identity, and residual blocks by QResidual."""
     children = list(parent.named_children())
     sequential = isinstance(parent, nn.Sequential)
@@ -182,16 +184,19 @@ def _convert(parent: nn.Module, ema_decay: float) -> None:
         name, child = children[i]
         i += 1
         if type(child) is nn.Conv2d:
-            bn, relu6 = None, False
+            bn, relu6, relu = None, False, False
             if sequential and i < len(children) and type(children[i][1]) is nn.BatchNorm2d:
                 bn = FoldedBatchNorm2d.from_bn(children[i][1])
                 setattr(parent, children[i][0], bn)
                 i += 1
-            if sequential and i < len(children) and type(children[i][1]) is nn.ReLU6:
+            if sequential and i < len(children) and type(children[i][1]) in (nn.ReLU6, nn.ReLU):
+                relu6, relu = type(children[i][1]) is nn.ReLU6, type(children[i][1]) is nn.ReLU
                 setattr(parent, children[i][0], nn.Identity())
-                relu6 = True
                 i += 1
-            setattr(parent, name, QConv2d.from_float(child, bn, relu6, ema_decay))
+            setattr(parent, name, QConv2d.from_float(child, bn, relu6, ema_decay, relu))
+            continue
+        if type(child) is GlobalAvgPool:  # a classifier's pooling: its output feeds a quantized conv
+            setattr(parent, name, QGlobalAvgPool(ema_decay))
             continue
         _convert(child, ema_decay)
         if getattr(child, "use_res_connect", False) and isinstance(getattr(child, "conv", None), nn.Module):

@@ -28,6 +28,9 @@ class TrainConfig:
     lr: float = 0.05                    # peak learning rate after warm-up
     momentum: float = 0.9
     weight_decay: float = 4e-5
+    # L2 weight of the depthwise conv weights (the quantization-friendly MobileNet's third change keeps
+    # them small); None: `weight_decay`, as every other conv weight
+    depthwise_weight_decay: float | None = None
     warmup_steps: int = 200
     restart_epochs: int = 0             # cosine warm restarts every N epochs (0: one cosine to the end)
     min_lr_ratio: float = 0.01          # cosine floor as a fraction of lr
@@ -35,7 +38,7 @@ class TrainConfig:
     workers: int = 1
     out: Path = Path("runs/train")
     init: Path | None = None            # checkpoint to transfer weights from (any resolution/width)
-    backbone_weights: Path | None = None  # ImageNet backbone state dict, torchvision layout
+    backbone_weights: Path | None = None  # ImageNet backbone state dict (torchvision layout) or an lpdet classifier checkpoint
     checkpoint_every: int = 200         # steps between mid-epoch `last` checkpoints (0: only per epoch)
     augment: str = "ssd"                # "ssd" (zoom-out, IoU crop, flip, photometric) or "light" (flip, photometric)
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
@@ -55,6 +58,8 @@ class TrainConfig:
             (self.lr > 0, "--lr must be > 0"),
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.depthwise_weight_decay is None or self.depthwise_weight_decay >= 0,
+             "--depthwise-weight-decay must be >= 0"),
             (self.warmup_steps >= 0, "--warmup-steps must be >= 0"),
             (self.restart_epochs >= 0, "--restart-epochs must be >= 0"),
             (0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),

@@ -1,5 +1,6 @@
-"""The training loop: SGD + momentum, warm-up + cosine LR, per-step logs, per-epoch COCO AP,
-atomic `last`/`best` checkpoints, exact resume.
+"""The training loop: SGD + momentum, warm-up + cosine LR, per-step logs, per-epoch validation (COCO
+AP for detectors, top-1/top-5 for classifiers: `lpdet.train.tasks`), atomic `last`/`best`
+checkpoints, exact resume.
 
 Reads top to bottom: set up data and model, then for each epoch, for each batch, one step.
 """
@@ -17,17 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpdet.data.coco import CocoDetection
 from lpdet.data.loader import make_loader
-from lpdet.data.spec import resolve_dataset
-from lpdet.data.transforms import eval_transforms, train_transforms
 from lpdet.data.worker_watch import worker_failure
 from lpdet.errors import Interrupted, LpdetError
-from lpdet.eval.coco_eval import detector_predictor, evaluate
 from lpdet.models.checkpoint_format import (load_checkpoint, recover_interrupted_saves, restore_optimizer,
                                             save_checkpoint)
 from lpdet.models.config import is_qat
-from lpdet.models.loss import multibox_loss
+from lpdet.models.layers import is_depthwise
 from lpdet.models.registry import build_detector, load_backbone_weights, transfer_weights
 from lpdet.progress import progress_bar
 from lpdet.quant.qat import prepare_qat, set_qat_step
@@ -36,16 +33,26 @@ from lpdet.train.config import TrainConfig, load_train_config
 from lpdet.train.csv_log import CsvLog, trim_csv
 from lpdet.train.interrupt import StopFlag, StopRequested, stop_on_signals
 from lpdet.train.schedule import lr_at
+from lpdet.train.tasks import TrainTask, task_for
 
 log = logging.getLogger("lpdet.train")
 
-STEP_FIELDS = ["step", "epoch", "lr", "loss", "cls_loss", "box_loss", "images_per_s", "skipped_images"]
 MAX_SKIPPED_STEPS = 20  # consecutive updates skipped for non-finite gradients before training stops
-VAL_FIELDS = ["epoch", "step", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "seconds"]
+
+
+def step_fields(task: TrainTask) -> list[str]:
+    """The columns of metrics.csv."""
+    return ["step", "epoch", "lr", *task.loss_fields, "images_per_s", "skipped_images"]
+
+
+def val_fields(task: TrainTask) -> list[str]:
+    """The columns of val.csv."""
+    return ["epoch", "step", *task.val_fields, "seconds"]
+
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train a detector as `cfg` says (or continue the run in `cfg.out`); returns the best checkpoint.
+    """Train a detector or classifier as `cfg` says (or continue the run in `cfg.out`); returns the best checkpoint.
 
     SIGINT or SIGTERM stops it at the end of the current step (or validation batch) with a `last`
     checkpoint of that step, then raises `Interrupted`; a second signal exits at once."""
@@ -79,17 +86,20 @@ class _Run:
     """Everything the steps of a run share, made by `_set_up`."""
 
     cfg: TrainConfig
+    task: TrainTask
     out: Path
     device: torch.device
     autocast_bf16: bool
-    train_set: CocoDetection
-    val_set: CocoDetection
+    train_set: object  # the task's datasets (CocoDetection, ImageFolderDataset)
+    val_set: object
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    state: dict  # epoch, step_in_epoch, global_step, best_ap, best_epoch: what a checkpoint records
+    # epoch, step_in_epoch, global_step, best_ap (the best selection metric: AP, or top-1), best_epoch:
+    # what a checkpoint records
+    state: dict
     tb: object  # TensorBoard writer (or a stand-in)
     step_log: CsvLog
     val_log: CsvLog
@@ -128,7 +138,8 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
         log.info("training in bf16 mixed precision (autocast; weights, loss and optimizer in fp32)")
     _seed_everything(cfg.seed)
 
-    train_set, val_set = _datasets(cfg)
+    task = task_for(cfg.model)
+    train_set, val_set = task.datasets(cfg)
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise LpdetError(f"the train split has {len(train_set)} images, fewer than --batch-size "
@@ -145,7 +156,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
 
     model = _build_model(cfg, train_set.num_classes, resume)
     model = model.to(device=device, memory_format=torch.channels_last)  # measurably faster for these convs on CPU
-    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.depthwise_weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1}
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt.model_state)
@@ -154,23 +165,11 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
         log.info("resuming %s at epoch %d, step %d", out, state["epoch"], state["global_step"])
     trim_csv(out / "metrics.csv", "step", last_kept=state["global_step"] - 1)
     trim_csv(out / "val.csv", "epoch", last_kept=state["epoch"])
-    return _Run(cfg=cfg, out=out, device=device, autocast_bf16=autocast_bf16, train_set=train_set, val_set=val_set,
+    return _Run(cfg=cfg, task=task, out=out, device=device, autocast_bf16=autocast_bf16, train_set=train_set, val_set=val_set,
                 steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup_steps, model=model,
                 optimizer=optimizer, state=state, tb=_tensorboard(out / "tb", purge_step=state["global_step"]),
-                step_log=CsvLog(out / "metrics.csv", STEP_FIELDS), val_log=CsvLog(out / "val.csv", VAL_FIELDS))
-
-
-def _datasets(cfg: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
-    spec = resolve_dataset(cfg.data)
-    if spec.train is None:
-        raise LpdetError(f"--data {cfg.data}: the dataset has no train: split; add one to the dataset YAML")
-    train_set = CocoDetection(spec.train.annotations, spec.train.images,
-                              transform=train_transforms(cfg.model.resolution, cfg.augment), seed=cfg.seed)
-    val_set = CocoDetection(spec.val.annotations, spec.val.images, transform=eval_transforms(cfg.model.resolution))
-    if train_set.category_ids != val_set.category_ids:
-        raise LpdetError(f"{spec.val.annotations}: its categories differ from the train split's; "
-                         f"both splits must list the same categories")
-    return train_set, val_set
+                step_log=CsvLog(out / "metrics.csv", step_fields(task)),
+                val_log=CsvLog(out / "val.csv", val_fields(task)))
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, resume: bool):
@@ -222,10 +221,10 @@ def _train_epoch(run: _Run, epoch: int, progress: bool, stop: StopFlag) -> None:
         if targets:
             lr, losses = _step(run, epoch, images, targets)
             now = time.perf_counter()
-            row.update(lr=lr, loss=losses["loss"].item(), cls_loss=losses["cls_loss"].item(),
-                       box_loss=losses["box_loss"].item(), images_per_s=len(targets) / max(now - tick, 1e-9))
+            row.update(lr=lr, images_per_s=len(targets) / max(now - tick, 1e-9),
+                       **{key: losses[key].item() for key in run.task.loss_fields})
             tick = now
-            for key in ("loss", "cls_loss", "box_loss", "lr", "images_per_s"):
+            for key in (*run.task.loss_fields, "lr", "images_per_s"):
                 run.tb.add_scalar(f"train/{key}", row[key], state["global_step"])
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.4f}", img_s=f"{row['images_per_s']:.1f}",
                             refresh=False)
@@ -252,11 +251,9 @@ def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict]:
     if cfg.is_qat:
         set_qat_step(model, step)
     images = images.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    norm_targets = [{"boxes": t["boxes"] / cfg.model.resolution, "labels": t["labels"]} for t in targets]
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.autocast_bf16):
-        cls_logits, box_deltas = model(images)
-    # The loss (softmax, hard-negative mining, smooth L1) stays in fp32.
-    losses = multibox_loss(cls_logits.float(), box_deltas.float(), norm_targets, model.anchors)
+        outputs = model(images)
+    losses = run.task.loss(outputs, targets, model, cfg)  # in fp32
     loss = losses["loss"]
     if not torch.isfinite(loss):
         raise LpdetError(
@@ -282,25 +279,20 @@ def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict]:
 
 # ----------------------------------------------------------------------------- validation
 def _validate(run: _Run, epoch: int, progress: bool, stop: StopFlag) -> None:
-    """COCO AP on val after an epoch; logs it, then writes `best` (if it improved) and `last`."""
+    """The task's metric on val after an epoch (COCO AP, top-1); logs it, then writes `best` (if it
+    improved) and `last`."""
     cfg, state = run.cfg, run.state
     run.model.eval()
-    predictor = detector_predictor(run.model)
-
-    def predict_unless_stopped(images):
-        stop.check()  # a stop during validation resumes before it: the epoch's steps are all saved
-        return predictor(images)
-
-    result = evaluate(predict_unless_stopped, run.val_set, batch_size=16, workers=cfg.workers,
-                      max_images=cfg.max_val_images, progress=progress, desc=f"val {epoch + 1}/{cfg.epochs}")
-    ap = result.metrics["AP"]
-    run.val_log.write({"epoch": epoch + 1, "step": state["global_step"], **result.metrics,
-                       "seconds": round(result.seconds, 1)})
-    for key, value in result.metrics.items():
+    # A stop during validation resumes before it: the epoch's steps are all saved.
+    metrics, seconds = run.task.validate(run.model, run.val_set, cfg, stop.check, progress,
+                                         f"val {epoch + 1}/{cfg.epochs}")
+    ap = metrics[run.task.selection_metric]
+    run.val_log.write({"epoch": epoch + 1, "step": state["global_step"], **metrics, "seconds": round(seconds, 1)})
+    for key, value in metrics.items():
         run.tb.add_scalar(f"val/{key}", value, state["global_step"])
     run.tb.flush()
-    log.info("epoch %d/%d: AP %.4f AP50 %.4f AP_small %.4f AP_large %.4f", epoch + 1, cfg.epochs, ap,
-             result.metrics["AP50"], result.metrics["AP_small"], result.metrics["AP_large"])
+    log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
+             " ".join(f"{key} {metrics[key]:.4f}" for key in run.task.val_fields if key in metrics))
     state["epoch"] = epoch + 1
     state["step_in_epoch"] = 0
     if ap > state["best_ap"]:
@@ -344,13 +336,18 @@ def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
     return supported
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets)."""
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float, depthwise_weight_decay: float | None) -> list[dict]:
+    """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets); the
+    depthwise conv weights in their own group, decayed by `depthwise_weight_decay` (None: `weight_decay`)."""
+    depthwise_ids = {id(m.weight) for m in model.modules() if is_depthwise(m)}
+    decay, depthwise, no_decay = [], [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay if param.ndim <= 1 else depthwise if id(param) in depthwise_ids else decay).append(param)
+    if depthwise_weight_decay is None:  # two groups, as runs saved before the depthwise group (resume)
+        return [{"params": decay + depthwise, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": depthwise, "weight_decay": depthwise_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _seed_everything(seed: int) -> None:

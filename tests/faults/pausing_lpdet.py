@@ -27,6 +27,7 @@ from pathlib import Path
 import lpdet.design.trials as trials
 import lpdet.models.checkpoint_format as checkpoint_format
 import lpdet.train.loop as loop
+import lpdet.train.tasks as tasks
 from lpdet.cli import main
 from lpdet.design.settings import DesignSettings
 
@@ -61,7 +62,7 @@ def _patch(where: str, mode: str, ready: Path) -> None:
 
         loop._step = paused_step
     elif kind == "val":
-        real_evaluate, target, calls = loop.evaluate, int(rest), [0]
+        real_evaluate, target, calls = tasks.evaluate, int(rest), [0]
 
         def paused_evaluate(predict, *args, **kwargs):
             calls[0] += 1
@@ -69,7 +70,7 @@ def _patch(where: str, mode: str, ready: Path) -> None:
                 _pause(mode, ready)
             return real_evaluate(predict, *args, **kwargs)
 
-        loop.evaluate = paused_evaluate
+        tasks.evaluate = paused_evaluate
     elif kind == "save":
         _patch_save(int(rest.split(":")[0]), rest.split(":")[1], mode, ready)
     elif kind == "trial":

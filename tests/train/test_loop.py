@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lpdet.train.loop as loop
+import lpdet.train.tasks as tasks
 from lpdet.deploy.export import export_onnx
 from lpdet.deploy.model import read_onnx_metadata
 from lpdet.deploy.runtime import load_detector
@@ -76,7 +77,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_yaml, tmp_path
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_yaml, tmp_path, monkeypatch):
-    real_loss = loop.multibox_loss
+    real_loss = tasks.multibox_loss
     calls = {"n": 0}
 
     def loss_turning_nan(*args, **kwargs):
@@ -86,7 +87,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_yaml, tmp_path, monk
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(loop, "multibox_loss", loss_turning_nan)
+    monkeypatch.setattr(tasks, "multibox_loss", loss_turning_nan)
     with pytest.raises(LpdetError, match="nan at step 3"):
         train(tiny_train_config(data_yaml, tmp_path / "run"), progress=False)
     last = load_checkpoint(tmp_path / "run" / "last")

@@ -19,11 +19,12 @@ is byte-identical for a seed whatever the number of worker processes or their or
 
 Modules, one job each: `style` (classes, colours, textures), `objects` (class outlines
 rendered as sprites), `background` (clutter with nothing class-shaped in it), `camera`
-(exposure, noise, blur, JPEG), `scene` (one image: background, placed objects, boxes) and
-`writer` (all images, in worker processes, and the COCO files and dataset YAML).
+(exposure, noise, blur, JPEG), `scene` (one image: background, placed objects, boxes), `single`
+(one classification image: one object; `--data synth-cls`) and `writer` (all images, in worker
+processes, and the COCO files / ImageFolder layout and dataset YAML).
 """
 
 from lpdet.data.synth.style import SYNTH_CLASSES
-from lpdet.data.synth.writer import generate_synthetic_coco
+from lpdet.data.synth.writer import generate_synthetic_classification, generate_synthetic_coco
 
-__all__ = ["SYNTH_CLASSES", "generate_synthetic_coco"]
+__all__ = ["SYNTH_CLASSES", "generate_synthetic_classification", "generate_synthetic_coco"]

@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from lpdet.data.synth.scene import SPLITS, make_image
+from lpdet.data.synth.single import make_class_image
 from lpdet.data.synth.style import SYNTH_CLASSES
 from lpdet.errors import LpdetError
 from lpdet.progress import progress_bar
@@ -109,27 +110,54 @@ def generate_synthetic_coco(
         image_dir.mkdir(parents=True, exist_ok=True)
         tasks += [(str(image_dir), split, i, seed) for i in range(1, n + 1)]
 
-    workers = workers or _default_workers(len(tasks))
-    bar = progress_bar(total=len(tasks), enabled=progress, desc="synth", unit="img")
-    results = []
-    try:
-        if workers == 1:
-            for t in tasks:
-                results.append(make_image(t))
-                bar.update()
-        else:
-            with _pool_context().Pool(workers) as pool:
-                for r in pool.imap(make_image, tasks, chunksize=8):  # imap keeps task order
-                    results.append(r)
-                    bar.update()
-    finally:
-        bar.close()
-
+    results = _render(make_image, tasks, workers, progress, "synth")
     for split in SPLITS:
         split_results = [r for t, r in zip(tasks, results) if t[1] == split]
         atomic_write_text(ann_paths[split], _coco_json(split, seed, split_results))
     spec = {"name": "synth"} | {
         s: {"annotations": f"annotations/instances_{s}.json", "images": f"images/{s}"} for s in SPLITS
     }
+    atomic_write_text(yaml_path, yaml.safe_dump(spec, sort_keys=False))
+    return yaml_path
+
+
+def _render(make, tasks: list, workers: int | None, progress: bool, desc: str) -> list:
+    """`make(task)` for every task, in worker processes (`workers`, default one per core), in task order."""
+    workers = workers or _default_workers(len(tasks))
+    bar = progress_bar(total=len(tasks), enabled=progress, desc=desc, unit="img")
+    results = []
+    try:
+        if workers == 1:
+            for t in tasks:
+                results.append(make(t))
+                bar.update()
+        else:
+            with _pool_context().Pool(workers) as pool:
+                for r in pool.imap(make, tasks, chunksize=8):  # imap keeps task order
+                    results.append(r)
+                    bar.update()
+    finally:
+        bar.close()
+    return results
+
+
+def generate_synthetic_classification(
+    out_dir: Path, n_train: int, n_val: int, seed: int = 0, progress: bool = True, *, workers: int | None = None
+) -> Path:
+    """Write an ImageFolder classification dataset (``train/CLASS/*.jpg``, ``val/CLASS/*.jpg``, one
+    object of the synthetic classes per image, classes balanced) and its dataset YAML
+    (``task: classification``); return the YAML's path. Same ownership and write-last rules as
+    `generate_synthetic_coco`; the output does not depend on `workers`."""
+    n_train = _check_count("--train (n_train)", n_train, len(SYNTH_CLASSES))
+    n_val = _check_count("--val (n_val)", n_val, len(SYNTH_CLASSES))
+    seed = _check_count("--seed", seed, 0)
+    out_dir = Path(out_dir)
+    _claim_output_dir(out_dir)
+    yaml_path = out_dir / "data.yaml"
+    yaml_path.unlink(missing_ok=True)
+    tasks = [(str(out_dir / split), split, i, seed) for split, n in (("train", n_train), ("val", n_val))
+             for i in range(1, n + 1)]
+    _render(make_class_image, tasks, workers, progress, "synth-cls")
+    spec = {"name": "synth-cls", "task": "classification", "train": "train", "val": "val"}
     atomic_write_text(yaml_path, yaml.safe_dump(spec, sort_keys=False))
     return yaml_path
