@@ -59,6 +59,16 @@ def _train_images(data: Path) -> int:
     return len(read_coco_json(spec.train.annotations)["images"]) if spec.train else 0
 
 
+def matching_epochs(epochs: int, images: int, kept: int, batch_size: int, limit_train_batches: int = 0) -> int:
+    """Epochs on the `kept` filtered images that make about as many steps as `epochs` on all `images`
+    (an epoch is at most `limit_train_batches` steps when that is set, whatever the set's size)."""
+    def steps_per_epoch(n: int) -> int:
+        full = n // batch_size
+        return min(full, limit_train_batches) if limit_train_batches else full
+
+    return max(epochs, round(epochs * steps_per_epoch(images) / max(1, steps_per_epoch(kept))))
+
+
 def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path | str, *, epochs: int = 1,
                        resolution: int | None = None, arch: str = "mobilenet_v2_ssdlite", width: float | None = None,
                        qat: bool | None = None, batch_size: int = 32, drop_images_with: Sequence[str] = ("small",),
@@ -117,8 +127,8 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
     # The same number of training steps for both runs (as the paper's plots over steps compare
     # them): the smaller filtered set is gone through more times. With equal epochs it would see
     # fewer updates, and the comparison would measure that instead of the filtering.
-    before = filtered["report"]["before"]["images"]
-    filtered_epochs = max(epochs, round(epochs * (before // batch_size) / max(1, kept // batch_size)))
+    filtered_epochs = matching_epochs(epochs, filtered["report"]["before"]["images"], kept, batch_size,
+                                      (train_overrides or {}).get("limit_train_batches", 0))
     runs = {}
     for key, name, path, run_epochs in (("all", names[0], data_path, epochs),
                                         ("filtered", names[1], filtered_yaml, filtered_epochs)):

@@ -66,3 +66,14 @@ def test_nms_sweep_rejects_bad_settings(trained):
         nms_sweep(best, data, (0.3, 1.5), progress=False)
     with pytest.raises(LpdetError, match="--top-ks"):
         nms_sweep(best, data, (0.3,), top_ks=(0,), progress=False)
+
+
+def test_filtered_run_gets_the_epochs_that_match_the_steps():
+    from lpdet.design.filtering import matching_epochs
+
+    assert matching_epochs(1, images=3600, kept=1800, batch_size=16) == 2  # 225 steps vs 112 per epoch
+    assert matching_epochs(2, images=100, kept=100, batch_size=4) == 2
+    # an epoch capped at 40 batches: both sets give 40 steps per epoch, so the same epochs
+    assert matching_epochs(1, images=3600, kept=1800, batch_size=16, limit_train_batches=40) == 1
+    # the filtered set too small for the cap: 30 steps per epoch against 40
+    assert matching_epochs(3, images=3600, kept=480, batch_size=16, limit_train_batches=40) == 4
