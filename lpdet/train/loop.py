@@ -7,13 +7,11 @@ Reads top to bottom: set up data and model, then for each epoch, for each batch,
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lpdet.data.coco import CocoDetection
@@ -33,6 +31,7 @@ from lpdet.serialize import save_yaml
 from lpdet.train.config import TrainConfig, load_train_config
 from lpdet.train.csv_log import CsvLog, trim_csv
 from lpdet.train.interrupt import StopFlag, StopRequested, stop_on_signals
+from lpdet.train.optim import seed_everything, set_lr, sgd
 from lpdet.train.schedule import lr_at
 
 log = logging.getLogger("lpdet.train")
@@ -118,7 +117,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
     autocast_bf16 = _use_bf16(cfg.precision, device, cfg.is_qat)
     if autocast_bf16:
         log.info("training in bf16 mixed precision (autocast; weights, loss and optimizer in fp32)")
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
 
     train_set, val_set = _datasets(cfg)
     steps_per_epoch = len(train_set) // cfg.batch_size
@@ -135,7 +134,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
 
     model = _build_model(cfg, train_set.num_classes, resume)
     model = model.to(device=device, memory_format=torch.channels_last)  # measurably faster for these convs on CPU
-    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = sgd(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1}
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt.model_state)
@@ -235,8 +234,7 @@ def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict]:
     cfg, model, optimizer, step = run.cfg, run.model, run.optimizer, run.state["global_step"]
     lr = lr_at(step, base_lr=cfg.lr, total_steps=run.total_steps, warmup_steps=run.warmup_steps,
                restart_steps=cfg.restart_epochs * run.steps_per_epoch, min_lr_ratio=cfg.min_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(optimizer, lr)
     if cfg.is_qat:
         set_qat_step(model, step)
     images = images.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -330,21 +328,6 @@ def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
         raise LpdetError(f"--precision bf16: this {device.type.upper()} has no native bf16 support; "
                          f"use --precision fp32")
     return supported
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _tensorboard(log_dir: Path, purge_step: int):
