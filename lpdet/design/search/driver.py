@@ -67,6 +67,7 @@ def run_search(settings: SearchSettings, opts: SearchOptions) -> SearchResult:
         raise LpdetError(f"--budget-ms {opts.budget_ms}: must be > 0 (milliseconds of int8 latency)")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(opts.storage or f"sqlite:///{(out / 'study.db').resolve()}", settings.heartbeat_s)
     save_yaml(settings, out / "settings.yaml")
     data_yaml = dataset_yaml(opts.data, synth_train=settings.synth_train, synth_val=settings.synth_val)
     data = design_data(data_yaml, out / "selection", settings.select_fraction).evaluation
@@ -74,8 +75,7 @@ def run_search(settings: SearchSettings, opts: SearchOptions) -> SearchResult:
     limit = settings.latency_limit(opts.budget_ms)
     identity = {"budget_ms": opts.budget_ms, "latency_limit_ms": limit, "supernet": file_identity(supernet),
                 "space": to_dict(settings.space), "width": settings.width, "threads": settings.bench.threads}
-    study = open_study(open_storage(opts.storage or f"sqlite:///{(out / 'study.db').resolve()}",
-                                    settings.heartbeat_s), opts.study, settings, identity)
+    study = open_study(storage, opts.study, settings, identity)
     recovered = recover_dead_workers(study)
     if recovered:
         log.warning("search: trial(s) %s of a worker that died are run again", recovered)
