@@ -132,7 +132,9 @@ def candidate_of(trial: FrozenTrial, settings: SearchSettings) -> ArchCandidate:
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue `trial`'s parameters again (at most MAX_RETRY times per original trial)."""
-    _RetryCallback(max_retry=MAX_RETRY)(study, trial)
+    with warnings.catch_warnings():  # "experimental" in Optuna since 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        _RetryCallback(max_retry=MAX_RETRY)(study, trial)
 
 
 def _alive(pid: int) -> bool:

@@ -10,18 +10,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from lpdet.design.search.candidate import CandidateRejected, SearchContext, score_candidate
 from lpdet.design.search.settings import SearchSettings
-from lpdet.design.search.study import (AP, LATENCY, WORKER, is_feasible, retry, set_latency_constraint,
-                                      suggest_candidate, worker_id)
+from lpdet.design.search.study import (AP, LATENCY, WORKER, is_feasible, recover_dead_workers, retry,
+                                      set_latency_constraint, suggest_candidate, worker_id)
 from lpdet.progress import progress_bar
 
 __all__ = ["Worker", "trial_folder"]
 
 log = logging.getLogger("lpdet.search")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_S = 1.0  # how often a worker waiting for the others' last trials looks at the study
+SURPLUS = "surplus"  # user attribute of a trial started when the study already held enough
+
+
+def _counts(trial: FrozenTrial) -> bool:
+    """Whether `trial` is one of the study's trials: not failed (its retry is) and not surplus."""
+    return trial.state != TrialState.FAIL and not trial.user_attrs.get(SURPLUS, False)
+
+
+def _claimed_before(trials: list[FrozenTrial], number: int) -> int:
+    """Trials numbered below `number` that are or will be run (finished, running, or waiting)."""
+    return sum(_counts(t) for t in trials if t.number < number)
 
 
 def trial_folder(candidates: Path, number: int) -> Path:
@@ -40,6 +52,10 @@ class Worker:
     def objective(self, trial: optuna.Trial) -> float:
         self.current = trial.number
         trial.set_user_attr(WORKER, worker_id())
+        if _claimed_before(self.study.get_trials(deepcopy=False), trial.number) >= self.ctx.settings.trials:
+            # Another worker took the last trial between this one's check and its start.
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned("surplus: the study already holds enough trials")
         candidate = suggest_candidate(trial, self.ctx.settings)
         try:
             score = score_candidate(candidate, self.ctx, trial_folder(self.candidates, trial.number),
@@ -65,16 +81,21 @@ class Worker:
             while True:
                 trials = self.study.get_trials(deepcopy=False)
                 states = [t.state for t in trials]
-                done = sum(s in DONE for s in states)
+                done = sum(_counts(t) and t.state in DONE for t in trials)
                 self._show(bar, trials, done, settings.trials, deadline)
                 running, waiting = states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
-                if done >= settings.trials or (done + running >= settings.trials and not waiting):
+                if done >= settings.trials:
                     break
                 expected = sum(self.durations) / len(self.durations) if self.durations else 0.0
                 if deadline is not None and self.clock() + expected > deadline:
                     log.info("search: the time budget (--time-budget-min %g) is spent; %d trials done",
                              settings.time_budget_min, done)
                     break
+                if done + running >= settings.trials and not waiting:
+                    # Other workers run the last trials: wait for them (or for a dead one's to come back).
+                    time.sleep(POLL_S)
+                    recover_dead_workers(self.study)
+                    continue
                 self._one_trial()
                 ran += 1
         finally:

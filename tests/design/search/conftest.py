@@ -20,7 +20,7 @@ def tiny_settings(lock: Path, **overrides) -> SearchSettings:
                     supernet=SupernetSettings(epochs=1, batch_size=4, lr=0.01, warmup_steps=0, random_subnets=1,
                                               augment="light", workers=0),
                     trials=2, bn_batches=1, calibration_batches=1, select_fraction=0.25,
-                    bench=BenchSettings(runs=3, warmup=0, time_cap_s=1.0, images=2),
+                    bench=BenchSettings(runs=3, warmup=0, time_cap_s=1.0, images=1),
                     latency_lock=str(lock), heartbeat_s=5)
     settings.update(overrides)
     return SearchSettings(**settings)
