@@ -40,7 +40,7 @@ from lpdet.quant.qat import calibrate, prepare_qat
 from lpdet.serialize import save_yaml
 
 __all__ = ["SearchContext", "CandidateScore", "CandidateRejected", "load_context", "deployable", "score_candidate",
-           "latency_lock", "CANDIDATE_YAML", "MODEL_ONNX"]
+           "latency_lock", "export_candidate", "CANDIDATE_YAML", "MODEL_ONNX"]
 
 CANDIDATE_YAML = "candidate.yaml"
 MODEL_ONNX = "model.onnx"
@@ -130,13 +130,18 @@ def measure(onnx: Path, ctx: SearchContext):
     return comparison.results[0]
 
 
-def score_candidate(candidate: ArchCandidate, ctx: SearchContext, directory: Path, *, source: str) -> CandidateScore:
-    """Write ``candidate.yaml`` and the int8 ``model.onnx`` into `directory`; measure both scores."""
+def export_candidate(candidate: ArchCandidate, ctx: SearchContext, directory: Path, *, source: str) -> Path:
+    """``candidate.yaml`` and the int8 ``model.onnx`` in `directory` (deterministic: the same
+    supernet and training images give the same file); returns the ONNX path."""
     directory.mkdir(parents=True, exist_ok=True)
     save_yaml(candidate, directory / CANDIDATE_YAML)
-    detector = deployable(candidate, ctx)
     metadata = {"class_names": ctx.class_names, "category_ids": ctx.category_ids, "source": source}
-    onnx = export_onnx(detector, directory / MODEL_ONNX, metadata=metadata)
+    return export_onnx(deployable(candidate, ctx), directory / MODEL_ONNX, metadata=metadata)
+
+
+def score_candidate(candidate: ArchCandidate, ctx: SearchContext, directory: Path, *, source: str) -> CandidateScore:
+    """Write ``candidate.yaml`` and the int8 ``model.onnx`` into `directory`; measure both scores."""
+    onnx = export_candidate(candidate, ctx, directory, source=source)
     metrics = select_metrics(onnx, ctx)
     latency = measure(onnx, ctx)
     return CandidateScore(select_ap=float(metrics["AP"]), select_ap50=float(metrics["AP50"]),

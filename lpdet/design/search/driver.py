@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lpdet.design.search.candidate import CANDIDATE_YAML, MODEL_ONNX, load_context, score_candidate
+from lpdet.design.search.candidate import CANDIDATE_YAML, MODEL_ONNX, export_candidate, load_context
 from lpdet.design.search.front import CandidateRow, choose, write_front
 from lpdet.design.search.sandwich import train_supernet
 from lpdet.design.search.settings import SearchSettings
@@ -122,13 +122,14 @@ def _rows(study, settings: SearchSettings, out: Path, limit: float) -> list[Cand
 
 
 def _write_chosen(out: Path, chosen: CandidateRow, study, ctx) -> Path:
-    """``OUT/chosen/candidate.yaml`` and its int8 ``model.onnx`` (rebuilt from the supernet when
-    another worker scored it: inheritance and calibration are deterministic)."""
+    """``OUT/chosen/candidate.yaml`` and its int8 ``model.onnx``: copied from the trial's folder, or
+    exported again from the supernet when another worker scored it (inheritance and calibration
+    are deterministic, so it is the same model)."""
     folder = out / "chosen"
     source = trial_folder(out / "candidates", chosen.trial)
     if not (source / MODEL_ONNX).is_file():
-        trial = study.get_trials(deepcopy=False)[chosen.trial]
-        score_candidate(candidate_of(trial, ctx.settings), ctx, source, source=f"lpdet search trial {chosen.trial}")
+        candidate = candidate_of(study.get_trials(deepcopy=False)[chosen.trial], ctx.settings)
+        return export_candidate(candidate, ctx, folder, source=f"lpdet search trial {chosen.trial}")
     folder.mkdir(parents=True, exist_ok=True)
     for name in (CANDIDATE_YAML, MODEL_ONNX):
         tmp = folder / f".{name}.tmp"

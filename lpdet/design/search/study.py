@@ -60,15 +60,23 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
     key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"
     # SQLite: several local workers wait for each other's writes instead of failing at once.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                              grace_period=2 * heartbeat_s, **{key: _RetryCallback(max_retry=MAX_RETRY)})
-    except Exception as e:  # sqlalchemy and drivers raise many types: one line with the fix
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LpdetError(f"--storage {url}: cannot open the study database ({reason[:200]}); give a database URL "
-                         "Optuna accepts, e.g. sqlite:///runs/search/study.db or postgresql://user@host/db") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                                  grace_period=2 * heartbeat_s, **{key: _RetryCallback(max_retry=MAX_RETRY)})
+        except Exception as e:  # sqlalchemy and drivers raise many types: one line with the fix
+            if "already exists" in str(e) and attempt < 2:
+                continue  # two workers created a new database's tables at once: the other one won
+            raise _storage_error(url, e) from None
+    raise AssertionError("unreachable")
+
+
+def _storage_error(url: str, e: Exception) -> LpdetError:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return LpdetError(f"--storage {url}: cannot open the study database ({reason[:200]}); give a database URL "
+                      "Optuna accepts, e.g. sqlite:///runs/search/study.db or postgresql://user@host/db")
 
 
 def open_study(storage: RDBStorage, name: str, settings: SearchSettings, identity: dict) -> optuna.Study:

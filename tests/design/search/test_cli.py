@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lpdet.cli import main
-
-
-def _fails_cleanly(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, err
-    for needle in needles:
-        assert needle in error_lines[0], err
+from tests.test_cli import _fails_cleanly  # the one-error-line check every CLI test uses
 
 
 @pytest.mark.parametrize("extra, needle", [
