@@ -27,6 +27,9 @@ def add_search_command(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget-min", type=float, help="this worker starts no trial after M minutes (default: none)")
     p.add_argument("--supernet", type=Path, help="a trained super-network checkpoint (default: train one in --out); "
                                                  "every worker of a shared study passes the same")
+    p.add_argument("--arch", choices=["mobilenet_v2_ssdlite", "mobilenet_v1_ssd"],
+                   help="the space searched (default mobilenet_v2_ssdlite; mobilenet_v1_ssd: stage widths, extra "
+                        "widths and resolution)")
     p.add_argument("--threads", type=int, help="inference threads the budget is for (default 1)")
     p.add_argument("--budget-margin", type=float,
                    help="fraction of the budget kept in reserve: a candidate fits at budget x (1 - margin) (default 0.1)")

@@ -24,6 +24,8 @@ def settings_from_args(args) -> SearchSettings:
     overrides = {"trials": args.trials, "time_budget_min": args.time_budget_min,
                  "budget_margin": args.budget_margin, "select_fraction": args.select_fraction}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if args.arch is not None:
+        settings.space = replace(settings.space, arch=args.arch)
     if args.threads is not None:
         settings.bench = replace(settings.bench, threads=args.threads)
     settings.validate()

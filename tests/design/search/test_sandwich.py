@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
 import torch
 
 from lpdet.design.search.sandwich import live_supernet, sandwich_losses, shared_forward, supernet_candidate
@@ -14,6 +15,15 @@ from lpdet.models.checkpoint_format import load_checkpoint
 from lpdet.models.inherit import Supernet, detector_layers, inherit
 from lpdet.models.registry import build_detector
 from tests.design.search.conftest import tiny_settings
+
+
+ARCHS = pytest.mark.parametrize("arch", ["mobilenet_v2_ssdlite", "mobilenet_v1_ssd"])
+
+
+def _settings(tmp_path, arch: str = "mobilenet_v2_ssdlite"):
+    settings = tiny_settings(tmp_path / "lock")
+    settings.space = replace(settings.space, arch=arch)
+    return settings
 
 
 def _model_and_batch(settings, seed: int = 0):
@@ -26,8 +36,9 @@ def _model_and_batch(settings, seed: int = 0):
     return model, images, targets
 
 
-def test_largest_candidate_on_shared_weights_is_the_supernet(tmp_path):
-    settings = tiny_settings(tmp_path / "lock")
+@ARCHS
+def test_largest_candidate_on_shared_weights_is_the_supernet(tmp_path, arch):
+    settings = _settings(tmp_path, arch)
     model, images, _ = _model_and_batch(settings)
     model.eval()
     module = build_detector(model.config).eval()  # other random weights: ignored by shared_forward
@@ -51,8 +62,9 @@ def test_trained_supernet_and_its_inherited_largest_candidate_agree(tiny_search)
             assert torch.equal(a, b)
 
 
-def test_sub_network_gradient_lands_only_on_its_shared_channels(tmp_path):
-    settings = tiny_settings(tmp_path / "lock")
+@ARCHS
+def test_sub_network_gradient_lands_only_on_its_shared_channels(tmp_path, arch):
+    settings = _settings(tmp_path, arch)
     model, images, targets = _model_and_batch(settings)
     model.train()
     smallest = replace(smallest_candidate(settings.space), width=settings.width)
