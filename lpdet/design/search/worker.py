@@ -51,12 +51,13 @@ class Worker:
 
     def objective(self, trial: optuna.Trial) -> float:
         self.current = trial.number
+        # Parameters first: a trial that names its worker has them, so a dead worker's is retried as it was.
+        candidate = suggest_candidate(trial, self.ctx.settings)
         trial.set_user_attr(WORKER, worker_id())
         if _claimed_before(self.study.get_trials(deepcopy=False), trial.number) >= self.ctx.settings.trials:
             # Another worker took the last trial between this one's check and its start.
             trial.set_user_attr(SURPLUS, True)
             raise optuna.TrialPruned("surplus: the study already holds enough trials")
-        candidate = suggest_candidate(trial, self.ctx.settings)
         try:
             score = score_candidate(candidate, self.ctx, trial_folder(self.candidates, trial.number),
                                     source=f"lpdet search trial {trial.number}")
