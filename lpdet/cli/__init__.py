@@ -49,6 +49,8 @@ def _run(argv: list[str] | None) -> int:
 
 def _resume_hint(args) -> str:
     """How to continue an interrupted command."""
+    if args.command == "search":
+        return "run the same command again: the supernet and finished trials are kept, the interrupted trial runs again"
     if args.command in ("design", "sweep"):
         return "run the same command again: finished trials are reused and an unfinished training resumes"
     if args.command == "train":

@@ -11,6 +11,7 @@ from pathlib import Path
 from lpdet import __version__
 from lpdet.command_ref import CommandRef
 from lpdet.design.cli import add_design_commands
+from lpdet.design.search.cli import add_search_command
 
 DATA_HELP = "dataset YAML, or 'synth' for the embedded dataset (default synth)"
 ARCHITECTURE_NAMES = ["mobilenet_v1_ssd", "mobilenet_v1_ssdlite", "mobilenet_v2_ssd", "mobilenet_v2_ssdlite"]
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_quant(commands, common)
     _add_classify(commands, common)
     add_design_commands(commands, common)
+    add_search_command(commands, common)
     return parser
 
 

@@ -137,10 +137,17 @@ class Supernet:
 def inherit(cfg: ModelConfig, supernet: Supernet) -> Detector:
     """A float detector for `cfg` holding the supernet's weights (see the module docstring); for
     a QAT candidate call `lpdet.quant.qat.prepare_qat` on it afterwards."""
+    detector = build_detector(cfg)  # float even for a QAT config
+    detector.load_state_dict(inherited_state(cfg, supernet, detector.state_dict()))
+    return detector
+
+
+def inherited_state(cfg: ModelConfig, supernet: Supernet, own: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict of a `cfg` detector (`own`: its state dict, for the shapes) sliced from the
+    supernet's. Only indexing and slicing: when `supernet.state` holds live parameters, gradients
+    flow back into them (weight-sharing training, `lpdet.design.search.sandwich`)."""
     if cfg.arch != supernet.config.arch:
         raise LpdetError(f"inherit: the candidate is a {cfg.arch}, the supernet a {supernet.config.arch}")
-    detector = build_detector(cfg)  # float even for a QAT config
-    own = detector.state_dict()
     supers = {layer.role: layer for layer in detector_layers(supernet.config)}
     state: dict[str, Tensor] = {}
     for layer in detector_layers(cfg):
@@ -150,20 +157,20 @@ def inherit(cfg: ModelConfig, supernet: Supernet) -> Detector:
         state.update(_inherited_tensors(layer, supers[layer.role], own, supernet))
     missing = sorted(set(own) - set(state))
     assert not missing, f"inherit: no supernet source for {missing[:3]}"  # detector_layers covers every conv
-    detector.load_state_dict(state)
-    return detector
+    return state
 
 
 def _inherited_tensors(layer: Layer, source: Layer, own: dict[str, Tensor], supernet: Supernet) -> dict[str, Tensor]:
     """The candidate tensors of one conv (+ BN): the supernet's, sliced and cropped."""
     weight_name = f"{layer.conv}.weight"
     target = own[weight_name]
-    out_index = None if layer.out_group is None else supernet.channels(layer.out_group, target.shape[0])
     weight = _tensor(supernet.state, f"{source.conv}.weight", "supernet")
+    device = weight.device  # the importance ranking lives on the CPU, the weights may not
+    out_index = None if layer.out_group is None else supernet.channels(layer.out_group, target.shape[0]).to(device)
     if out_index is not None:
         weight = weight.index_select(0, out_index)
     if not layer.depthwise and layer.in_group is not None:
-        weight = weight.index_select(1, supernet.channels(layer.in_group, target.shape[1]))
+        weight = weight.index_select(1, supernet.channels(layer.in_group, target.shape[1]).to(device))
     weight = _centre_crop(weight, target.shape[-1], layer.role)
     tensors = {weight_name: weight}
     if f"{layer.conv}.bias" in own:

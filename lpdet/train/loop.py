@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lpdet.data.loader import make_loader
@@ -24,7 +22,6 @@ from lpdet.errors import Interrupted, LpdetError
 from lpdet.models.checkpoint_format import (load_checkpoint, recover_interrupted_saves, restore_optimizer,
                                             save_checkpoint)
 from lpdet.models.config import is_qat
-from lpdet.models.layers import is_depthwise
 from lpdet.models.registry import build_detector, load_backbone_weights, transfer_weights
 from lpdet.progress import progress_bar
 from lpdet.quant.qat import prepare_qat, set_qat_step
@@ -32,6 +29,7 @@ from lpdet.serialize import save_yaml
 from lpdet.train.config import TrainConfig, load_train_config
 from lpdet.train.csv_log import CsvLog, trim_csv
 from lpdet.train.interrupt import StopFlag, StopRequested, stop_on_signals
+from lpdet.train.optim import seed_everything, set_lr, sgd
 from lpdet.train.schedule import lr_at
 from lpdet.train.tasks import TrainTask, task_for
 
@@ -136,7 +134,7 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
     autocast_bf16 = _use_bf16(cfg.precision, device, cfg.is_qat)
     if autocast_bf16:
         log.info("training in bf16 mixed precision (autocast; weights, loss and optimizer in fp32)")
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
 
     task = task_for(cfg.model)
     train_set, val_set = task.datasets(cfg)
@@ -156,7 +154,8 @@ def _set_up(cfg: TrainConfig, resume: bool) -> _Run:
 
     model = _build_model(cfg, train_set.num_classes, resume)
     model = model.to(device=device, memory_format=torch.channels_last)  # measurably faster for these convs on CPU
-    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.depthwise_weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = sgd(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                    depthwise_weight_decay=cfg.depthwise_weight_decay)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_ap": -1.0, "best_epoch": -1}
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt.model_state)
@@ -246,8 +245,7 @@ def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict]:
     cfg, model, optimizer, step = run.cfg, run.model, run.optimizer, run.state["global_step"]
     lr = lr_at(step, base_lr=cfg.lr, total_steps=run.total_steps, warmup_steps=run.warmup_steps,
                restart_steps=cfg.restart_epochs * run.steps_per_epoch, min_lr_ratio=cfg.min_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(optimizer, lr)
     if cfg.is_qat:
         set_qat_step(model, step)
     images = images.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -334,26 +332,6 @@ def _use_bf16(precision: str, device: torch.device, qat: bool) -> bool:
         raise LpdetError(f"--precision bf16: this {device.type.upper()} has no native bf16 support; "
                          f"use --precision fp32")
     return supported
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float, depthwise_weight_decay: float | None) -> list[dict]:
-    """No weight decay on BatchNorm parameters and biases (standard practice for MobileNets); the
-    depthwise conv weights in their own group, decayed by `depthwise_weight_decay` (None: `weight_decay`)."""
-    depthwise_ids = {id(m.weight) for m in model.modules() if is_depthwise(m)}
-    decay, depthwise, no_decay = [], [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else depthwise if id(param) in depthwise_ids else decay).append(param)
-    if depthwise_weight_decay is None:  # two groups, as runs saved before the depthwise group (resume)
-        return [{"params": decay + depthwise, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": depthwise, "weight_decay": depthwise_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _tensorboard(log_dir: Path, purge_step: int):
