@@ -6,9 +6,10 @@ time, machine and AP on the embedded val are in ``provenance.json`` beside the w
 README). It is an ordinary lpdet checkpoint directory (fp16 weights, to keep the package a few MB),
 so ``--base``, ``--init`` and ``lpdet eval`` take its path like any other checkpoint.
 
-Why a shipped base rather than the design training one: on 2 CPU cores a 20-minute float training
-reaches AP ~0.02 on the synthetic set, and comparisons between models that barely learned are
-comparisons of noise. The seed's design likewise started from a trained 300x300 detector.
+Why a shipped base rather than the design training one: the few minutes of float training a quick
+design can afford on 2 CPU cores reached AP ~0.02 on the synthetic set, and comparisons between
+models that barely learned are comparisons of noise. The seed's design likewise started from a
+trained 300x300 detector.
 """
 
 from __future__ import annotations
