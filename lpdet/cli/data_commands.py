@@ -20,6 +20,8 @@ from lpdet.models.profile import format_profile, profile_model, profile_to_dict
 from lpdet.quant.qat import QatConfig
 from lpdet.serialize import save_yaml, to_dict
 from lpdet.train.config import TrainConfig
+from lpdet.train import launch
+from lpdet.train.distributed import Ranks
 from lpdet.train.loop import train
 
 
@@ -90,11 +92,17 @@ def train_config_from_args(args) -> TrainConfig:
 
 
 def cmd_train(args) -> None:
+    if args.nproc > 1 and not launch.started_by_torchrun():
+        launch.launch(args.nproc, args.command_line, run_dir=args.resume or args.out)  # N processes, each back here
+        return  # rank 0 printed the best checkpoint
+    if launch.started_by_torchrun():
+        launch.check_nproc(args.nproc)
     if args.resume:
         best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
     else:
         best = train(train_config_from_args(args), progress=not args.quiet)
-    print(f"best checkpoint: {best}")
+    if Ranks.from_environment().is_main:
+        print(f"best checkpoint: {best}")
 
 
 def cmd_search_space_sample(args) -> None:
