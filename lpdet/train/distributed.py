@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,14 +67,18 @@ class Ranks:
 class DataParallel:
     """The process group of a run and its collectives; every method is a no-op for a single process."""
 
-    def __init__(self, ranks: Ranks, device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, ranks: Ranks, device: torch.device):
         self.ranks, self.device = ranks, device
-        if ranks.active and not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size,
+
+    def start(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> DataParallel:
+        """Join the process group (torchrun's MASTER_ADDR/MASTER_PORT): nccl on CUDA, else gloo."""
+        if self.ranks.active and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, rank=self.ranks.rank, world_size=self.ranks.world_size,
                                     timeout=timedelta(seconds=timeout_s))
-            log.info("rank %d of %d: process group up (%s, timeout %.0f s)", ranks.rank, ranks.world_size,
+            log.info("rank %d of %d: process group up (%s, timeout %.0f s)", self.ranks.rank, self.ranks.world_size,
                      backend, timeout_s)
+        return self
 
     def close(self) -> None:
         if self.ranks.active and dist.is_initialized():
@@ -110,6 +115,9 @@ class DataParallel:
         if not self.ranks.active:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
+        # A [C, K, 1, 1] weight is both contiguous and channels_last, with other strides: DDP compares
+        # the strides literally and warns of a slower copy for the QAT convs' gradients. Harmless.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     # ------------------------------------------------------------------ steps

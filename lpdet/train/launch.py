@@ -48,13 +48,12 @@ def launch(nproc: int, argv: list[str], run_dir: Path) -> None:
 
 
 def _failure(error, run_dir: Path, nproc: int) -> BaseException:
-    """An `Interrupted` when every failed rank stopped on a signal (having saved), else an error naming the rank."""
-    codes = {failure.exitcode for failure in error.failures.values()}
-    if codes <= STOP_STATUSES:
-        status = max(codes)
-        return Interrupted(f"stopped by {signal.Signals(status - 128).name}; rank 0 saved {run_dir / 'last'}",
-                           status - 128)
+    """An `Interrupted` when the first rank to end stopped on a signal (ranks do so only once rank 0 saved
+    `last`; torchrun then ends the others), else an error naming the rank that failed first."""
     rank, failure = error.get_first_failure()
+    if failure.exitcode in STOP_STATUSES:
+        signum = failure.exitcode - 128
+        return Interrupted(f"stopped by {signal.Signals(signum).name}; rank 0 saved {run_dir / 'last'}", signum)
     if failure.exitcode < 0:
         how = f"was killed by {signal.Signals(-failure.exitcode).name}"
     else:

@@ -123,7 +123,7 @@ def _set_up(cfg: TrainConfig, resume: bool, ranks: Ranks) -> _Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = rank_device(_resolve_device(cfg.device), ranks)
-    dp = DataParallel(ranks, device, cfg.dist_timeout_s)
+    dp = DataParallel(ranks, device).start(cfg.dist_timeout_s)
     if ranks.is_main:
         for line in recover_interrupted_saves(out):
             log.warning("%s", line)
