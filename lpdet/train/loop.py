@@ -63,6 +63,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         except StopRequested:
             run.checkpoint("last", with_optimizer=True)
             run.dp.barrier()  # no rank exits (which ends the others under torchrun) before rank 0 saved
+            stop.saved = True
             raise Interrupted(f"stopped by {_signal_name(stop)} at step {run.state['global_step']}; saved "
                               f"{run.out / 'last'}", stop.signum) from None
         finally:
