@@ -212,7 +212,14 @@ def errors_named_by_rank(ranks: Ranks):
         yield
     except LpdetError as e:
         raise LpdetError(f"rank {ranks.rank}: {e}") from None
-    except dist.DistError as e:
+    except (dist.DistError, RuntimeError) as e:
+        if not isinstance(e, dist.DistError) and not _from_backend(e):
+            raise  # a bug: keep its traceback
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LpdetError(f"rank {ranks.rank}: lost contact with the other processes ({reason}); another rank "
-                         f"failed or was stopped: its error is above") from None
+                         f"failed, hung or was stopped: its error is above") from None
+
+
+def _from_backend(error: RuntimeError) -> bool:
+    """A collective's failure that torch reports as a plain RuntimeError (gloo: "Connection closed by peer")."""
+    return any(word in str(error) for word in ("gloo", "NCCL", "Connection closed by peer", "Timed out"))

@@ -30,7 +30,7 @@ from tests.helpers import tiny_synth
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = Path(__file__).parent / "rank_hook"  # its sitecustomize makes a rank fail or stop on request
-TIMEOUT_S = 300  # a run that hangs fails the test instead of the suite (a hang guard, not a speed goal)
+TIMEOUT_S = 900  # a run that hangs fails the test instead of the suite (a hang guard, not a speed goal)
 STEPS = 8  # 16 train images / global batch 4 × 2 epochs
 RUN_FILES = {"best", "config.yaml", "last", "metrics.csv", "tb", "val.csv"}
 
@@ -113,6 +113,13 @@ def test_a_failing_rank_ends_the_run_with_its_error(data_yaml, tmp_path):
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "RuntimeError: injected failure on rank 1 at step 2" in failed.stderr
     assert "error: training process rank 1 exited with status 1" in failed.stderr
+
+
+def test_a_hung_rank_fails_the_others_after_the_timeout(data_yaml, tmp_path):
+    hung = _lpdet([*_train_args(data_yaml, tmp_path / "run"), "--dist-timeout", "20"], hook="hang:1:2")
+    assert hung.returncode == 2, hung.stderr[-3000:]
+    assert "error: rank 0: lost contact with the other processes" in hung.stderr
+    assert "error: training process rank 0 exited with status 2" in hung.stderr
 
 
 def test_global_batch_must_split_into_at_least_two_images_per_rank():

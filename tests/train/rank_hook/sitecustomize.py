@@ -2,12 +2,13 @@
 the tests of `lpdet train --nproc` use it to make one rank of a real torchrun run misbehave.
 
 `LPDET_TEST_RANK_HOOK=ACTION:RANK:STEP` (unset: nothing happens): when rank RANK starts optimizer step
-STEP, ACTION happens: `raise` (an unexpected exception in that rank) or `sigterm` (the rank sends
-itself SIGTERM, as a scheduler pre-empting it would).
+STEP, ACTION happens: `raise` (an unexpected exception in that rank), `sigterm` (the rank sends
+itself SIGTERM, as a scheduler pre-empting it would) or `hang` (the rank sleeps for 10 minutes).
 """
 
 import os
 import signal
+import time
 
 _spec = os.environ.get("LPDET_TEST_RANK_HOOK")
 if _spec:
@@ -21,6 +22,8 @@ if _spec:
             if step == int(_step):
                 if _action == "raise":
                     raise RuntimeError(f"injected failure on rank {_rank} at step {step}")
+                if _action == "hang":
+                    time.sleep(600)
                 os.kill(os.getpid(), signal.SIGTERM)
             return _real_lr_at(step, **kwargs)
 
