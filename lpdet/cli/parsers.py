@@ -186,6 +186,8 @@ def _add_train(commands, common) -> None:
     train.add_argument("--augment", choices=["ssd", "light"], default="ssd",
                        help="ssd: zoom-out, IoU crop, flip, photometric; light: flip and photometric only")
     train.add_argument("--max-val-images", type=int, default=0, help="validate on at most N images (0: all)")
+    train.add_argument("--limit-train-batches", type=int, default=0,
+                       help="at most N batches per epoch, drawn from a fresh shuffle each epoch (0: all)")
     train.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (use with --init FLOAT_CKPT)")
     train.add_argument("--freeze-bn-after", type=int, default=0, help="QAT: freeze BN statistics after N steps")
     train.add_argument("--freeze-observers-after", type=int, default=0,

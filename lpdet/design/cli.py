@@ -147,4 +147,13 @@ def _add_design(commands, common) -> None:
     des.add_argument("--arch", help="architecture (default mobilenet_v2_ssdlite)")
     des.add_argument("--width", type=float, help="width multiplier (default 1.0; --quick: 0.5)")
     des.add_argument("--resolutions", help="candidate resolutions (comma-separated), instead of the preset's")
+    start = des.add_mutually_exclusive_group()
+    start.add_argument("--base", type=Path, metavar="CKPT",
+                       help="start from this float detector (its architecture, width and resolution) instead of "
+                            "training one; default for --data synth: the detector shipped with lpdet")
+    start.add_argument("--from-scratch", action="store_true",
+                       help="train the float base model here (with --data synth: instead of the shipped one)")
+    start.add_argument("--backbone-weights", type=Path, metavar="FILE",
+                       help="train the float base model from these ImageNet backbone weights (torchvision's "
+                            "MobileNet state dict)")
     des.set_defaults(func=_handler("cmd_design"))

@@ -14,7 +14,9 @@ in one run, the median over all timed passes with its interval and p90.
 Steps (every one a cached trial in ``out_dir/trials``, so a second call redoes nothing and an
 interrupted call continues where it stopped; a changed setting redoes what it affects):
 
-1. **Float model** trained at `base_resolution` (300).
+1. **Float base model** at `base_resolution` (300): `lpdet.design.base_model` — ``--base CKPT``, else
+   the detector shipped for the embedded ``synth`` data, else trained here (``--from-scratch``,
+   optionally from ``--backbone-weights``).
 2. **QAT**: 8-bit quantization-aware training initialised from the float model.
 3. **Quantization table** (Table 11.1): `compare_quantization`: float / naive 8-bit / calibrated
    PTQ / QAT, each as ONNX on onnxruntime, AP on val and latency.
@@ -52,12 +54,13 @@ Presets (`DesignSettings`, written to ``out_dir/settings.json``):
   Every latency (both presets): at least 50 interleaved rounds on 16 val images, then until every
   median is known to ±3% (95%) or 60 s.
 * `quick()` shrinks every step so ``--data synth`` finishes in about 15 minutes on 2 idle CPU
-  cores: width 0.5, 1200 train / 200 val synthetic images, batch 16, light augmentation,
-  5 float epochs (lr 0.03) and 1 epoch for every other training, 12 candidates (300, 288, 272,
-  256, 240, 224, 208, 192, 176, 160, 250, 236: down to 160 so that a budget well under the 300
-  model's latency still finds a fit on a slower machine), 1 fine-tuned resolution, 32
-  calibration images, 20 paired runs in the quantization table. Its models see ~6000 images:
-  their APs are low, but every step's comparison is measured on the same val images.
+  cores: width 0.5 (the shipped base's), the default synthetic set, batch 16, light augmentation,
+  40 batches of QAT and of every fine-tuning (5 x 75 batches of float training with
+  ``--from-scratch``), 12 candidates (300, 288, 272, 256, 240, 224, 208, 192, 176, 160, 250,
+  236: down to 160 so that a budget well under the 300 model's latency still finds a fit on a
+  slower machine), 1 fine-tuned resolution, 32 calibration images, 20 paired runs in the
+  quantization table. It starts from the shipped base, so its comparisons are between trained
+  models.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from pathlib import Path
 
 from lpdet.deploy.export import update_metadata
 from lpdet.deploy.runtime import model_size_bytes
+from lpdet.design.base_model import check_base_classes, choose_base
 from lpdet.design.flow_choices import filtering_step, nms_step
 from lpdet.design.flow_context import (SAME_GRAPH, Candidate, FlowContext, NoFit, bench_kw, choice_ap, compare_row,
                                        record_step)
@@ -84,6 +88,7 @@ from lpdet.design.splits import design_data
 from lpdet.design.tables import save_json_atomic
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, file_identity
 from lpdet.errors import LpdetError
+from lpdet.models.checkpoint_format import resolve_checkpoint
 from lpdet.progress import progress_bar
 from lpdet.models.postprocess import PostprocessConfig
 from lpdet.serialize import to_dict
@@ -91,7 +96,7 @@ from lpdet.serialize import to_dict
 __all__ = ["DesignSettings", "DesignResult", "design"]
 
 log = logging.getLogger("lpdet.design")
-DESIGN_STEPS = ("float training", "QAT", "quantization table", "resolution search", "dataset filtering",
+DESIGN_STEPS = ("float base", "QAT", "quantization table", "resolution search", "dataset filtering",
                 "NMS sweep", "final model")
 
 
@@ -110,6 +115,7 @@ class DesignResult:
 def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, quick: bool = False,
            settings: DesignSettings | None = None, arch: str | None = None, width: float | None = None,
            threads: int | None = None, select_fraction: float | None = None, budget_ratio: float | None = None,
+           base: Path | None = None, from_scratch: bool = False, backbone_weights: Path | None = None,
            progress: bool = True, echo=None) -> DesignResult:
     """Run the whole guided design flow (see the module docstring); returns where everything is. The
     budget: `budget_ms`, or `budget_ratio` x the base model's int8 latency measured on this machine
@@ -117,11 +123,13 @@ def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, qu
     started = time.perf_counter()
     custom_settings = settings is not None
     settings = settings or (DesignSettings.quick() if quick else DesignSettings.full())
-    settings = replace(settings, **{k: v for k, v in (("arch", arch), ("width", width),
-                                                      ("select_fraction", select_fraction)) if v is not None})
+    settings = replace(settings, **{k: v for k, v in (("arch", arch), ("width", width), ("select_fraction", select_fraction),
+                                                      ("base", base), ("backbone_weights", backbone_weights))
+                                    if v is not None}, from_scratch=from_scratch or settings.from_scratch)
     if threads is not None:
         settings = replace(settings, bench=replace(settings.bench, threads=threads))
     settings.validate()
+    settings, start = choose_base(settings, str(data), arch=arch, width=width)
     budget_ms, budget_ratio = check_budget(budget_ms, budget_ratio)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +143,8 @@ def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, qu
     preset = "custom settings" if custom_settings else "quick preset" if quick else "full preset"
     ctx = FlowContext(data=str(data), data_path=splits.evaluation, budget_ms=budget_ms, settings=s, out_dir=out_dir,
                       quick=quick, preset=preset, train_path=splits.training, select_source=splits.select_source,
-                      budget_ratio=budget_ratio, noise=NoiseJudge(splits.evaluation))
+                      budget_ratio=budget_ratio, noise=NoiseJudge(splits.evaluation), base=start)
+    check_base_classes(start, splits.evaluation)
     ctx.setup = setup_section(ctx)
 
     try:
@@ -179,10 +188,15 @@ def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
 
 
 def _train_float_and_qat(ctx: FlowContext, cache: TrialCache) -> tuple[Path, Path]:
-    """Steps 1-2: the float model at the base resolution, then QAT from it; their best checkpoints."""
+    """Steps 1-2: the float base model (given, shipped or trained here), then QAT from it; their
+    checkpoints."""
     s, base_r = ctx.settings, ctx.settings.base_resolution
-    base = cache.train(f"float-r{base_r}", training_config(s, ctx.train_path, s.float_training))
-    base_ckpt = cache.file(base, "best")
+    if ctx.base is not None and ctx.base.checkpoint is not None:
+        base_ckpt = resolve_checkpoint(ctx.base.checkpoint)
+    else:
+        base = cache.train(f"float-r{base_r}", training_config(s, ctx.train_path, s.float_training,
+                                                                backbone_weights=s.backbone_weights))
+        base_ckpt = cache.file(base, "best")
     qat = cache.train(f"qat-r{base_r}", training_config(s, ctx.train_path, s.qat_training, qat=True, init=base_ckpt))
     return base_ckpt, cache.file(qat, "best")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lpdet.design.base_model import BaseStart
 from lpdet.design.noise import NoiseJudge
 from lpdet.design.report import Section
 from lpdet.design.settings import DesignSettings
@@ -36,6 +37,7 @@ class FlowContext:
     budget_ratio: float | None = None  # --budget-ratio: the budget is this x the base model's int8 latency
     base_latency_ms: float | None = None  # the base model's int8 median, measured with the candidates
     noise: NoiseJudge | None = None  # paired bootstrap intervals of AP differences on val (None: not computed)
+    base: BaseStart | None = None  # where the float base model comes from (None: trained by the flow)
 
     def interval(self, before, after) -> str | None:
         """AP(after) − AP(before) with its 95% interval (predictions files), e.g. "+0.012 [−0.004, +0.027],

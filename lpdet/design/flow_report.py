@@ -50,6 +50,8 @@ def setup_section(ctx: FlowContext) -> Section:
             f"Settings: {ctx.preset}, all in settings.json ({s.arch}, width {s.width:g}, "
             f"base resolution {s.base_resolution}; epochs: float {s.float_training.epochs}, QAT {s.qat_training.epochs}, fine-tuning "
             f"{s.finetuning.epochs}).")
+    if ctx.base is not None:
+        text += f" Float base model: {ctx.base.description}."
     text += (f" Selection split: {ctx.select_source}. Every choice of the design (resolution, dataset filtering, "
              f"NMS setting, each training run's best epoch) is made on it; val is only reported.")
     return Section("Setup", text, [data_table])

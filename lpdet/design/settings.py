@@ -25,6 +25,7 @@ class Schedule:
     epochs: int
     lr: float  # peak learning rate
     warmup_steps: int
+    limit_train_batches: int = 0  # at most N batches per epoch (0: all)
 
 
 @dataclass
@@ -63,6 +64,11 @@ class DesignSettings:
     """Every knob of the flow; `full()` / `quick()` are the presets (see `lpdet.design.flow`)."""
 
     arch: str = "mobilenet_v2_ssdlite"
+    # The float base (`lpdet.design.base_model`): a user's float detector, else the shipped one for
+    # --data synth, else trained by the flow (from ImageNet backbone weights when given).
+    base: Path | None = None
+    from_scratch: bool = False
+    backbone_weights: Path | None = None
     width: float = 1.0
     base_resolution: int = 300
     # candidates for the resolution search, searched from the largest; multiples of 8 preferred
@@ -99,13 +105,15 @@ class DesignSettings:
     @classmethod
     def quick(cls, **overrides) -> "DesignSettings":
         """About 15 minutes for ``--data synth`` on 2 CPU cores."""
+        # The default synthetic set (the one the shipped base was trained on, so that the selection
+        # split carved from it holds no image the base saw); every run sees a fixed number of batches.
         settings = dict(width=0.5, resolutions=[300, 288, 272, 256, 240, 224, 208, 192, 176, 160],
-                        table_resolutions=[250, 236], finetune_top=1, synth_train=1200, synth_val=200,
+                        table_resolutions=[250, 236], finetune_top=1,
                         training=TrainingSettings(batch_size=16, augment="light", workers=1, max_val_images=100,
                                                   checkpoint_every=25),
-                        float_training=Schedule(epochs=5, lr=0.03, warmup_steps=30),
-                        qat_training=Schedule(epochs=1, lr=0.005, warmup_steps=0),
-                        finetuning=Schedule(epochs=1, lr=0.005, warmup_steps=0),
+                        float_training=Schedule(epochs=5, lr=0.03, warmup_steps=30, limit_train_batches=75),
+                        qat_training=Schedule(epochs=1, lr=0.005, warmup_steps=0, limit_train_batches=40),
+                        finetuning=Schedule(epochs=1, lr=0.005, warmup_steps=0, limit_train_batches=40),
                         bench=BenchSettings(runs=50, warmup=5), compare_runs=20, calibration_images=32)
         settings.update(overrides)
         return cls(**settings)
@@ -136,6 +144,10 @@ class DesignSettings:
             (self.small_max > 0, "small_max must be > 0"),
             (0 <= self.budget_margin < 1, "budget_margin must be in [0, 1)"),
             (0 < self.select_fraction < 1, "--select-fraction must be between 0 and 1 (exclusive)"),
+            (min(r.limit_train_batches for r in runs) >= 0, "limit_train_batches must be >= 0 (0: all)"),
+            (self.base is None or not self.from_scratch, "--base and --from-scratch exclude each other"),
+            (self.base is None or self.backbone_weights is None,
+             "--base and --backbone-weights exclude each other (the base has its backbone)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,15 +173,16 @@ def train_config(data: str | Path, *, arch: str, width: float, resolution: int, 
 
 
 def training_config(s: DesignSettings, data_path: Path, schedule: Schedule, *, qat: bool = False,
-                    init: Path | None = None) -> TrainConfig:
+                    init: Path | None = None, backbone_weights: Path | None = None) -> TrainConfig:
     """A training run of the design flow at the base resolution: `train_config` with the settings every
     run shares and `schedule`."""
     return train_config(data_path, arch=s.arch, width=s.width, resolution=s.base_resolution, init=init, qat=qat,
-                        **asdict(schedule), **asdict(s.training))
+                        backbone_weights=backbone_weights, **asdict(schedule), **asdict(s.training))
 
 
 def finetune_overrides(s: DesignSettings) -> dict:
     """The `train_config` fields of every fine-tuning run of the flow (resolution and filtering
     experiments; their batch size is passed on its own, their precision is QAT's fp32)."""
     shared = {k: v for k, v in asdict(s.training).items() if k not in ("batch_size", "precision")}
-    return {"lr": s.finetuning.lr, "warmup_steps": s.finetuning.warmup_steps, **shared}
+    return {"lr": s.finetuning.lr, "warmup_steps": s.finetuning.warmup_steps,
+            "limit_train_batches": s.finetuning.limit_train_batches, **shared}

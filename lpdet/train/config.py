@@ -39,6 +39,7 @@ class TrainConfig:
     checkpoint_every: int = 200         # steps between mid-epoch `last` checkpoints (0: only per epoch)
     augment: str = "ssd"                # "ssd" (zoom-out, IoU crop, flip, photometric) or "light" (flip, photometric)
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
+    limit_train_batches: int = 0        # at most N batches per epoch, a fresh shuffle each epoch (0: all)
     threads: int = 0                    # torch intra-op threads (0: torch's default)
     device: str = "cpu"                 # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     precision: str = "auto"             # "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it)
@@ -62,6 +63,7 @@ class TrainConfig:
             (self.restart_epochs >= 0, "--restart-epochs must be >= 0"),
             (0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]"),
             (self.workers >= 0, "--workers must be >= 0"),
+            (self.limit_train_batches >= 0, "--limit-train-batches must be >= 0 (0: every batch)"),
             (is_resolution(self.model.resolution), f"--resolution must be a whole number >= {MIN_RESOLUTION}"),
             (self.model.width > 0, "--width must be > 0"),
             (self.model.quantization == "fp32", "model.quantization: leave it fp32; QAT is the config's qat: entry"),

@@ -6,6 +6,7 @@ Reads top to bottom: set up data and model, then for each epoch, for each batch,
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -145,6 +146,8 @@ def _set_up(cfg: TrainConfig, resume: bool, ranks: Ranks) -> _Run:
     if steps_per_epoch == 0:
         raise LpdetError(f"the train split has {len(train_set)} images, fewer than --batch-size "
                          f"{cfg.batch_size}; lower --batch-size")
+    if cfg.limit_train_batches:
+        steps_per_epoch = min(steps_per_epoch, cfg.limit_train_batches)
     total_steps = steps_per_epoch * cfg.epochs
     # A warm-up longer than a fifth of the run would leave too little of it at the peak rate.
     warmup_steps = min(cfg.warmup_steps, total_steps // 5)
@@ -234,7 +237,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool, stop: StopFlag) -> None:
     bar = progress_bar(loader, enabled=progress, total=run.steps_per_epoch, initial=state["step_in_epoch"],
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     tick = time.perf_counter()
-    for images, targets, dropped in bar:
+    # islice: with --limit-train-batches the epoch ends early; the next epoch draws a fresh shuffle
+    for images, targets, dropped in itertools.islice(bar, run.steps_per_epoch - state["step_in_epoch"]):
         row = {"step": state["global_step"], "epoch": epoch, "skipped_images": dropped}
         if run.dp.every_rank(bool(targets)):
             lr, losses = _step(run, epoch, images, targets)

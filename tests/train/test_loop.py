@@ -182,3 +182,35 @@ def test_a_batch_whose_images_all_fail_to_load_still_counts_as_a_step(tmp_path, 
     assert "step 4: none of the batch's 4 images could be read; no update" in caplog.text
     assert load_checkpoint(tmp_path / "run" / "last").train_state["global_step"] == 6
     assert len(lost) == 4 and str(lost[0]) in caplog.text
+
+
+def test_limit_train_batches_ends_each_epoch_early_and_resumes_exactly(data_yaml, tmp_path, monkeypatch):
+    # 12 images / batch 4 = 3 batches per epoch; the limit keeps 2 of each epoch's shuffle
+    cfg = tiny_train_config(data_yaml, tmp_path / "full", limit_train_batches=2, epochs=3)
+    train(cfg, progress=False)
+    steps = _rows(tmp_path / "full" / "metrics.csv")
+    assert [(int(r["step"]), int(r["epoch"])) for r in steps] == [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (5, 2)]
+    full = load_checkpoint(tmp_path / "full" / "last")
+    assert full.train_state["global_step"] == 6 and full.train_state["epoch"] == 3
+
+    real_lr_at = loop.lr_at
+
+    def interrupt_mid_epoch(step, **kwargs):
+        if step == 3:  # second batch of epoch 2, after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real_lr_at(step, **kwargs)
+
+    monkeypatch.setattr(loop, "lr_at", interrupt_mid_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_train_config(data_yaml, tmp_path / "cut", limit_train_batches=2, epochs=3), progress=False)
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    train(tiny_train_config(data_yaml, tmp_path / "cut"), resume=True, progress=False)
+    cut = load_checkpoint(tmp_path / "cut" / "last")
+    assert cut.train_state["global_step"] == 6
+    for key, value in full.model_state.items():
+        assert torch.equal(value, cut.model_state[key]), key
+
+
+def test_limit_train_batches_must_not_be_negative(data_yaml, tmp_path):
+    with pytest.raises(LpdetError, match="--limit-train-batches"):
+        train(tiny_train_config(data_yaml, tmp_path / "run", limit_train_batches=-1), progress=False)
