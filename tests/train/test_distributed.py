@@ -91,6 +91,22 @@ def test_two_processes_train_and_only_rank_0_writes(ddp_run):
     assert "differ" not in done.stderr
 
 
+def test_a_qat_run_trains_on_two_processes(data_yaml, tmp_path):
+    float_run = tmp_path / "float"
+    train(TrainConfig(data=str(data_yaml), model=ModelConfig("mobilenet_v2_ssdlite", 0, width=0.25, resolution=64),
+                      epochs=1, batch_size=4, lr=0.01, warmup_steps=0, workers=0, threads=1, precision="fp32",
+                      out=float_run), progress=False)
+    out = tmp_path / "qat"
+    args = [*_train_args(data_yaml, out), "--epochs", "1", "--qat", "--init", str(float_run), "--freeze-bn-after", "2",
+            "--freeze-observers-after", "3"]
+    done = _lpdet(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert [int(r["step"]) for r in _rows(out / "metrics.csv")] == list(range(STEPS // 2))
+    last = load_checkpoint(out / "last")
+    assert last.model_config.quantization == "qat" and last.train_state["world_size"] == 2
+
+
 def test_resume_under_ddp_is_exact_and_another_world_size_is_refused(data_yaml, ddp_run, tmp_path):
     full, _ = ddp_run
     out = tmp_path / "run"
