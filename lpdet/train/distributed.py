@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from lpdet.train.interrupt import StopFlag, StopRequested
 
 log = logging.getLogger("lpdet.train")
 
+LINGER_S = 2.0  # a rank that lost its peers waits this long before exiting (torchrun polls every 0.1 s)
 DEFAULT_TIMEOUT_S = 1800  # a collective waiting longer than this fails the run (a hung rank, a slow validation)
 
 
@@ -216,6 +218,8 @@ def errors_named_by_rank(ranks: Ranks):
         if not isinstance(e, dist.DistError) and not _from_backend(e):
             raise  # a bug: keep its traceback
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # Linger: torchrun names the rank whose exit it sees first, which should be the one that failed.
+        time.sleep(LINGER_S)
         raise LpdetError(f"rank {ranks.rank}: lost contact with the other processes ({reason}); another rank "
                          f"failed, hung or was stopped: its error is above") from None
 
