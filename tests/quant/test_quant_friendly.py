@@ -20,7 +20,7 @@ from lpdet.models.profile import format_profile, profile_model
 from lpdet.models.registry import build_detector
 from lpdet.quant.fake_quant import QConv2d
 from lpdet.quant.qat import build_model, calibrate, prepare_qat
-from lpdet.train.loop import _param_groups
+from lpdet.train.model_setup import param_groups as _param_groups
 
 R = 64
 
