@@ -226,5 +226,7 @@ def errors_named_by_rank(ranks: Ranks):
 
 
 def _from_backend(error: RuntimeError) -> bool:
-    """A collective's failure that torch reports as a plain RuntimeError (gloo: "Connection closed by peer")."""
-    return any(word in str(error) for word in ("gloo", "NCCL", "Connection closed by peer", "Timed out"))
+    """A collective's failure that torch reports as a plain RuntimeError (gloo: "Connection closed by peer";
+    a timeout inside DDP's buffer broadcast: "Application timeout caused pair closure")."""
+    return any(word in str(error) for word in ("gloo", "NCCL", "Connection closed by peer", "Timed out",
+                                               "Application timeout"))
