@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lpdet.cli.data_commands import train_config_from_args
+from lpdet.cli.data_commands import launched_processes, print_best, train_config_from_args
 from lpdet.cli.model_commands import _output_path
 from lpdet.data.classification import ImageFolderDataset, is_classification_data, resolve_classification_data
 from lpdet.data.transforms import eval_transforms
@@ -27,6 +27,8 @@ from lpdet.train.loop import train
 
 
 def cmd_classify_train(args) -> None:
+    if launched_processes(args):
+        return
     if args.resume:
         best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
     else:
@@ -35,7 +37,7 @@ def cmd_classify_train(args) -> None:
             raise LpdetError(f"--arch {cfg.model.arch}: not a classifier; choose one of {', '.join(CLASSIFIERS)} "
                              f"(detectors train with lpdet train)")
         best = train(cfg, progress=not args.quiet)
-    print(f"best checkpoint: {best}")
+    print_best(best)
 
 
 def _check_data(data: str) -> None:

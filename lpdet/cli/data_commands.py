@@ -20,6 +20,8 @@ from lpdet.models.profile import format_profile, profile_model, profile_to_dict
 from lpdet.quant.qat import QatConfig
 from lpdet.serialize import save_yaml, to_dict
 from lpdet.train.config import TrainConfig
+from lpdet.train import launch
+from lpdet.train.distributed import Ranks
 from lpdet.train.loop import train
 
 
@@ -91,12 +93,30 @@ def train_config_from_args(args) -> TrainConfig:
            and hasattr(args, f.name)})
 
 
+def launched_processes(args) -> bool:
+    """`train`/`classify train --nproc N`: start N processes running this same command under torchrun
+    (each comes back to its handler) and return True once they ended; under torchrun, check --nproc."""
+    if args.nproc > 1 and not launch.started_by_torchrun():
+        launch.launch(args.nproc, args.command_line, run_dir=args.resume or args.out)
+        return True  # rank 0 printed the best checkpoint
+    if launch.started_by_torchrun():
+        launch.check_nproc(args.nproc)
+    return False
+
+
+def print_best(best) -> None:
+    if Ranks.from_environment().is_main:  # one line per run, not per process
+        print(f"best checkpoint: {best}")
+
+
 def cmd_train(args) -> None:
+    if launched_processes(args):
+        return
     if args.resume:
         best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
     else:
         best = train(train_config_from_args(args), progress=not args.quiet)
-    print(f"best checkpoint: {best}")
+    print_best(best)
 
 
 def cmd_search_space_sample(args) -> None:

@@ -225,7 +225,8 @@ def add_train_arguments(train) -> None:
     train.add_argument("--data", default="synth", help="dataset YAML, or 'synth' for the embedded dataset")
     _add_architecture_options(train)
     train.add_argument("--epochs", type=int, default=10, help="passes over the training split (default 10)")
-    train.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    train.add_argument("--batch-size", type=int, default=32,
+                       help="images per step (default 32); with several processes the global batch, split evenly")
     train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument("--weight-decay", type=float, default=4e-5,
@@ -258,6 +259,11 @@ def add_train_arguments(train) -> None:
     train.add_argument("--freeze-bn-after", type=int, default=0, help="QAT: freeze BN statistics after N steps")
     train.add_argument("--freeze-observers-after", type=int, default=0,
                        help="QAT: freeze activation ranges after N steps")
+    train.add_argument("--nproc", type=_positive_int, default=0,
+                       help="data-parallel training in N processes on this machine (torchrun; one per GPU)")
+    train.add_argument("--sync-bn", action="store_true", help="several processes: BatchNorm over the global batch (CUDA)")
+    train.add_argument("--dist-timeout", dest="dist_timeout_s", type=int, default=1800,
+                       help="several processes: seconds a process waits for the others before failing (default 1800)")
 
 
 def _add_eval(commands, common) -> None:

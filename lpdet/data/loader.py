@@ -24,12 +24,12 @@ import signal
 from collections.abc import Iterator, Sized
 
 import torch
-from torch.utils.data import DataLoader, Sampler, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from lpdet.data import worker_watch
 from lpdet.data.worker_watch import ReadingDataset, worker_failure
 
-__all__ = ["collate_detection", "make_loader", "EpochSampler", "epoch_generator_seed"]
+__all__ = ["collate_detection", "make_loader", "EpochSampler", "DistributedEpochSampler", "epoch_generator_seed"]
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the signals `lpdet.train.interrupt` turns into a clean stop
 
@@ -58,6 +58,25 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(self.n - self.start, 0)
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """One rank's share of an epoch for data-parallel training: torch's DistributedSampler (rank r takes
+    items r, r + W, r + 2W, ... of the order) seeded so that its order is `EpochSampler`'s; with a
+    per-rank batch of B / W, the ranks' k-th batches together are the single-process k-th batch of B.
+    Starts `start` items into this rank's share (exact mid-epoch resume)."""
+
+    def __init__(self, n: int, *, rank: int, world_size: int, seed: int, epoch: int, start: int = 0):
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True,
+                         seed=epoch_generator_seed(seed, 0), drop_last=True)
+        self.set_epoch(epoch)  # its generator seed: self.seed + epoch = epoch_generator_seed(seed, epoch)
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
 
 
 def _leave_the_first_stop_to_the_main_process(signum: int, frame) -> None:
@@ -124,17 +143,25 @@ class _Loader(DataLoader):
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int, workers: int,
-                skip_batches: int = 0) -> DataLoader:
+                skip_batches: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader over `dataset` for one epoch; `skip_batches` resumes mid-epoch exactly.
 
-    Training (`shuffle=True`) drops the last incomplete batch; evaluation keeps it.
+    Training (`shuffle=True`) drops the last incomplete batch; evaluation keeps it. With
+    `world_size` > 1 (training only), rank `rank`'s share of each batch (`DistributedEpochSampler`):
+    `batch_size` is then the per-rank batch.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)  # workers are forked per iterator and copy this
     n = len(dataset) if isinstance(dataset, Sized) else 0
-    sampler = EpochSampler(n, shuffle=shuffle, seed=seed, epoch=epoch, start=int(skip_batches) * int(batch_size))
+    start = int(skip_batches) * int(batch_size)
+    if world_size > 1:
+        if not shuffle:
+            raise ValueError("a sharded loader is for training (shuffle=True)")
+        sampler = DistributedEpochSampler(n, rank=rank, world_size=world_size, seed=seed, epoch=epoch, start=start)
+    else:
+        sampler = EpochSampler(n, shuffle=shuffle, seed=seed, epoch=epoch, start=start)
     return _Loader(
         ReadingDataset(dataset, workers) if workers > 0 else dataset,
         batch_size=batch_size,

@@ -6,6 +6,8 @@ one step costs a few small tensor ops regardless of the batch size.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -95,12 +97,14 @@ def multibox_loss(
     anchors: Tensor,
     iou_threshold: float = 0.5,
     neg_pos_ratio: int = 3,
+    count_positives: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """SSD loss for `cls_logits [B, A, K+1]`, `box_deltas [B, A, 4]`.
 
     `targets[i]` = {"boxes": [N, 4] normalised xyxy, "labels": [N] in 1..K}. Smooth-L1 on the
     positives' offsets plus softmax cross-entropy on positives and hard negatives, both summed
     and divided by the batch's number of positives (at least 1). Returns loss, cls_loss, box_loss.
+    `count_positives`: data-parallel training's sum of that number over the processes sharing the batch.
     """
     batch, num_anchors, num_classes = cls_logits.shape
     device = cls_logits.device
@@ -115,7 +119,7 @@ def multibox_loss(
         matched_boxes = torch.gather(gt_boxes, 1, box_index[..., None].expand(-1, -1, 4))
         target_deltas = encode(matched_boxes[positive], anchors.expand(batch, -1, -1)[positive])
 
-    num_pos = positive.sum()
+    num_pos = positive.sum() if count_positives is None else count_positives(positive.sum())
     normaliser = num_pos.clamp(min=1).to(cls_logits.dtype)
     box_loss = F.smooth_l1_loss(box_deltas[positive].float(), target_deltas, beta=1.0, reduction="sum")
     ce = F.cross_entropy(cls_logits.reshape(-1, num_classes).float(), labels.reshape(-1), reduction="none")

@@ -46,6 +46,10 @@ class TrainConfig:
     threads: int = 0                    # torch intra-op threads (0: torch's default)
     device: str = "cpu"                 # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     precision: str = "auto"             # "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it)
+    # Data-parallel runs (torchrun; batch_size is the global batch): BatchNorm statistics over the
+    # global batch (torch's SyncBatchNorm, CUDA only), and how long a rank waits for the others.
+    sync_bn: bool = False
+    dist_timeout_s: int = 1800
 
     @property
     def is_qat(self) -> bool:
@@ -70,6 +74,9 @@ class TrainConfig:
             (self.model.quantization == "fp32", "model.quantization: leave it fp32; QAT is the config's qat: entry"),
             (self.qat is None or self.qat.freeze_bn_after >= 0, "--freeze-bn-after must be >= 0"),
             (self.qat is None or self.qat.freeze_observers_after >= 0, "--freeze-observers-after must be >= 0"),
+            (self.dist_timeout_s > 0, "--dist-timeout must be > 0 seconds"),
+            (not (self.sync_bn and self.is_qat), "--sync-bn cannot be combined with --qat: QAT folds BatchNorm into "
+                                                  "its convolutions (per-process statistics); drop --sync-bn"),
         ]
         device_ok = self.device in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", self.device) is not None
         checks.append((device_ok, f"--device must be cpu, cuda, cuda:N or auto, got {self.device!r}"))

@@ -27,6 +27,9 @@ class StopFlag:
     def __init__(self, what_happens: str):
         self.signum: int | None = None
         self.what_happens = what_happens  # told to the user when the first signal arrives
+        # Set once the stop's checkpoint is saved: a later signal (torchrun ending the ranks left
+        # after the first one exited) then ends the process without a word.
+        self.saved = False
 
     def check(self) -> None:
         """Call where stopping is safe: raises `StopRequested` once a stop signal arrived."""
@@ -35,8 +38,9 @@ class StopFlag:
 
     def handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            # os.write, not print: a handler can run in the middle of a print to the same stream.
-            os.write(2, f"\n{signal.Signals(signum).name} again: exiting at once, without a checkpoint\n".encode())
+            if not self.saved:
+                # os.write, not print: a handler can run in the middle of a print to the same stream.
+                os.write(2, f"\n{signal.Signals(signum).name} again: exiting at once, without a checkpoint\n".encode())
             os._exit(128 + signum)
         self.signum = signum
         os.write(2, f"\n{signal.Signals(signum).name} received: {self.what_happens} "

@@ -32,7 +32,10 @@ class TrainTask:
     val_fields: tuple[str, ...]  # the metrics `validate` returns
     selection_metric: str  # the metric `best/` is chosen by (higher is better)
     datasets: Callable[[TrainConfig], tuple]  # (train set, val set); each has class_names, category_ids, num_classes
-    loss: Callable[[object, list, nn.Module, TrainConfig], dict[str, Tensor]]  # (model outputs, targets, model, cfg)
+    # (model outputs, targets, model, cfg, count_everywhere) -> losses; count_everywhere sums a count
+    # (the loss's normaliser) over the ranks of a data-parallel run (identity for one process), so the
+    # loss of a rank's share is its part of the global batch's loss
+    loss: Callable[[object, list, nn.Module, TrainConfig, Callable[[Tensor], Tensor]], dict[str, Tensor]]
     # (model, val set, cfg, before_batch, progress, desc) -> (metrics, seconds); before_batch() runs before each batch
     validate: Callable[..., tuple[dict[str, float], float]]
 
@@ -55,11 +58,13 @@ def _detection_datasets(cfg: TrainConfig) -> tuple[CocoDetection, CocoDetection]
     return train_set, val_set
 
 
-def _detection_loss(outputs, targets: list[dict], model: nn.Module, cfg: TrainConfig) -> dict[str, Tensor]:
+def _detection_loss(outputs, targets: list[dict], model: nn.Module, cfg: TrainConfig,
+                    count_everywhere: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
     cls_logits, box_deltas = outputs
     norm_targets = [{"boxes": t["boxes"] / cfg.model.resolution, "labels": t["labels"]} for t in targets]
-    # The loss (softmax, hard-negative mining, smooth L1) stays in fp32.
-    return multibox_loss(cls_logits.float(), box_deltas.float(), norm_targets, model.anchors)
+    # The loss (softmax, hard-negative mining, smooth L1) stays in fp32; divided by the global batch's positives.
+    return multibox_loss(cls_logits.float(), box_deltas.float(), norm_targets, model.anchors,
+                         count_positives=count_everywhere)
 
 
 def _detection_validate(model, val_set, cfg: TrainConfig, before_batch, progress: bool, desc: str):
@@ -93,8 +98,12 @@ def _classification_datasets(cfg: TrainConfig) -> tuple[ImageFolderDataset, Imag
     return train_set, val_set
 
 
-def _classification_loss(logits: Tensor, labels: list[int], model: nn.Module, cfg: TrainConfig) -> dict[str, Tensor]:
-    return {"loss": F.cross_entropy(logits.float(), torch.as_tensor(labels, device=logits.device))}
+def _classification_loss(logits: Tensor, labels: list[int], model: nn.Module, cfg: TrainConfig,
+                         count_everywhere: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+    """Cross-entropy, the mean over the global batch: this share's sum over the images of every rank's share."""
+    summed = F.cross_entropy(logits.float(), torch.as_tensor(labels, device=logits.device), reduction="sum")
+    images = count_everywhere(torch.tensor(len(labels), device=logits.device))
+    return {"loss": summed / images.clamp(min=1).to(summed.dtype)}
 
 
 def _classification_validate(model, val_set, cfg: TrainConfig, before_batch, progress: bool, desc: str):
