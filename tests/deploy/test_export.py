@@ -22,6 +22,7 @@ from lpdet.models.registry import build_detector
 from lpdet.quant.fake_quant import QConv2d, QResidual
 from lpdet.quant.qat import calibrate, prepare_qat
 
+from tests.deploy.tiny import tiny_detector
 from tests.helpers import overfit_detector
 
 R = 128
@@ -122,6 +123,23 @@ def test_int8_graph_is_fully_int8(trained, tmp_path):
     assert optimized["QLinearAdd"] == sum(isinstance(m, QResidual) for m in detector.modules())
     assert optimized["QuantizeLinear"] == 1  # the input; head outputs stay uint8 to the end
     assert optimized["QLinearConcat"] == 2
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v1_ssd", "mobilenet_v1_ssdlite", "mobilenet_v2_ssd",
+                                  "mobilenet_v2_ssdlite"])
+def test_qat_export_is_fully_int8_for_every_architecture(tmp_path, arch):
+    detector = prepare_qat(tiny_detector(resolution=96, width=0.25, arch=arch))
+    generator = torch.Generator().manual_seed(0)
+    calibrate(detector, [torch.rand(2, 3, 96, 96, generator=generator) for _ in range(2)])
+    detector.eval()
+    path = export_onnx(detector, tmp_path / "int8.onnx")
+    assert read_onnx_metadata(path)["quantization"] == "int8-qat"
+    _session(path, optimized=tmp_path / "opt.onnx")
+    optimized = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert optimized["QLinearConv"] == sum(isinstance(m, QConv2d) for m in detector.modules()) > 0
+    assert not [op for op in optimized if "Conv" in op and op != "QLinearConv"], optimized  # no float conv left
+    assert optimized["QLinearAdd"] == sum(isinstance(m, QResidual) for m in detector.modules())
+    assert optimized["QuantizeLinear"] == 1  # only the input
 
 
 def _with_raw_outputs(path) -> onnx.ModelProto:

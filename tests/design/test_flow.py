@@ -116,6 +116,54 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
     with pytest.raises(LpdetError, match=r"fits at <= "):
         design(data, fastest * 1.2, out, settings=replace(tiny_settings(), budget_margin=0.5), progress=False)
 
+    _budget_that_binds(data, out, monkeypatch)
+
+
+# Search latencies made up for the binding-budget case: the same order on every CPU. The budget
+# (25 ms, 22.5 with the default 10% margin) rules out 128; 100 (not a multiple of 8) and 96 fit.
+RIGGED_MS = {128: 30.0, 100: 20.0, 96: 10.0}
+
+
+def _budget_that_binds(data, out, monkeypatch) -> None:
+    """A budget between the slowest and the fastest candidate, over the cached float and QAT models:
+    of the fitting sizes the multiple of 8 is fine-tuned though 100 is larger, and when the chosen
+    model fails its final re-benchmark the next best fitting one is taken."""
+    import lpdet.design.flow as flow
+
+    monkeypatch.undo()  # training allowed again: the fine-tunings at 96 are new trials
+    real_search, real_measure = flow.search_latencies, flow.measure_interleaved
+
+    def rigged_search(ctx, cache, qat_ckpt):
+        measured = real_search(ctx, cache, qat_ckpt)
+        for r, model in measured.models.items():
+            model["median_ms"], model["median_interval_ms"] = RIGGED_MS[r], None
+        return measured
+
+    finals = []
+
+    def first_final_too_slow(cache, name, models, *args, **kwargs):
+        comparison = real_measure(cache, name, models, *args, **kwargs)
+        if name.startswith("final-"):
+            finals.append(name)
+            if len(finals) == 1:  # the chosen model no longer fits when re-benchmarked
+                comparison["models"][1] = {**comparison["models"][1], "median_ms": 1_000.0}
+        return comparison
+
+    monkeypatch.setattr(flow, "search_latencies", rigged_search)
+    monkeypatch.setattr(flow, "measure_interleaved", first_final_too_slow)
+    settings = replace(tiny_settings(), table_resolutions=[100])
+    result = design(data, 25.0, out, settings=settings, progress=False)
+    assert "float-r128" in result.trials_cached and "qat-r128" in result.trials_cached
+    assert (out / "trials" / "finetune-r96" / "result.json").is_file()  # the multiple of 8 ...
+    assert not (out / "trials" / "finetune-r100").exists()  # ... not the larger 100
+    steps = {step["step"]: step for step in result.summary["steps"]}
+    assert steps["resolution"]["resolution"] == 96
+    assert len(finals) == 2 and finals[0] != finals[1]  # the first pick failed, the next best was measured
+    final = steps["final (re-benchmarked)"]
+    assert "the chosen model did not fit when re-benchmarked; next best" in final["note"]
+    assert result.summary["meets_budget"] and result.summary["latency_median_ms"] <= 22.5
+    assert final["resolution"] in (100, 96)
+
 
 def _assert_intervals(md: str, summary: dict) -> None:
     """Every AP comparison of the report carries a paired bootstrap interval: Table 11.1 (vs float), 11.3

@@ -67,3 +67,38 @@ def test_compare_with_qat(setup, tmp_path):
     assert result.rows[3].quantization == "int8-qat"
     with pytest.raises(LpdetError, match="is a QAT checkpoint"):
         compare_quantization(qat_ckpt, data, tmp_path / "bad", qat_ckpt=None, runs=1, progress=False)
+
+
+# Bounds for the trained-fixture comparison: wide enough for any CPU's int8 kernels (the parity
+# tests see at most a few percent of detections change between them), narrow enough that a broken
+# row fails. Measured (Intel Xeon, 1 thread): AP float 0.997, naive 0.836, PTQ 0.849, QAT 0.910.
+AP_NOISE = 0.05  # two int8 rows, or an int8 row and the float one, tied within rounding noise
+INT8_AP_DROP = 0.3  # calibrated int8 of a well-trained model keeps most of its AP
+
+
+def test_compare_on_a_trained_model_orders_the_rows(tmp_path):
+    """On the checked-in trained detector (not random weights): float is at least as good as every
+    8-bit row, calibrated per-channel PTQ is not beaten by naive per-tensor, and no int8 row
+    collapses; the QAT row is the float model converted with prepare_qat and calibrated."""
+    import copy
+
+    from lpdet.quant.qat import calibrate, prepare_qat
+    from tests.helpers import overfit_detector
+
+    detector, fixture_val, images = overfit_detector(tmp_path, 128, n_images=32)
+    # val: the fixture's 32 training images (seed 1, generated one by one); train: 8 others to calibrate on
+    data = generate_synthetic_coco(tmp_path / "compare", 8, 32, seed=1, progress=False)
+    names, ids = fixture_val.class_names, fixture_val.category_ids
+    ckpt = tiny_checkpoint(tmp_path / "float", detector, class_names=names, category_ids=ids)
+    qat = prepare_qat(copy.deepcopy(detector))
+    calibrate(qat, [images[i:i + 4] for i in range(0, 32, 4)])
+    qat_ckpt = tiny_checkpoint(tmp_path / "qat", qat.eval(), class_names=names, category_ids=ids)
+    result = compare_quantization(ckpt, str(data), tmp_path / "out", qat_ckpt=qat_ckpt, calibration_images=8,
+                                  runs=2, progress=False)
+    assert result.images == 32 and all(row.ran for row in result.rows) and not result.notes
+    ap = {row.name: row.metrics["AP"] for row in result.rows}
+    assert ap["float"] > 0.9  # a trained model: the orderings below mean something
+    for name in ("naive 8-bit", "calibrated PTQ", "QAT"):
+        assert ap["float"] >= ap[name] - AP_NOISE, ap
+        assert ap[name] >= ap["float"] - INT8_AP_DROP, ap
+    assert ap["naive 8-bit"] <= ap["calibrated PTQ"] + AP_NOISE, ap

@@ -116,18 +116,55 @@ def test_init_from_a_different_architecture_is_refused(data_yaml, tmp_path):
         train(cfg, progress=False)
 
 
-def test_qat_run_from_float_init_resumes_and_exports_fully_int8(data_yaml, tmp_path):
+def _qat_config(data_yaml, out, init):
+    # 6 steps; BN freezes after step 3, observers after step 5: the resume below crosses the second
+    return tiny_train_config(data_yaml, out, epochs=2, qat=True, init=init, qat_freeze_bn_after=3,
+                             qat_freeze_observers_after=5)
+
+
+def test_qat_run_from_float_init_resumes_and_exports_fully_int8(data_yaml, tmp_path, monkeypatch):
+    import collections
+
+    import onnx
+
+    from lpdet.deploy.runtime import onnx_session
+    from lpdet.quant.fake_quant import QConv2d
+
     train(tiny_train_config(data_yaml, tmp_path / "float", epochs=1), progress=False)
-    cfg = tiny_train_config(data_yaml, tmp_path / "qat", epochs=1, qat=True, init=tmp_path / "float" / "last",
-                            qat_freeze_bn_after=1, qat_freeze_observers_after=2)
-    train(cfg, progress=False)
-    detector, ckpt = load_detector(tmp_path / "qat")
+    init = tmp_path / "float" / "last"
+    train(_qat_config(data_yaml, tmp_path / "full", init), progress=False)
+
+    real_lr_at = loop.lr_at
+
+    def interrupt_at_step_5(step, **kwargs):
+        if step == 5:  # after the step-4 checkpoint: BN already frozen, observers not yet
+            raise KeyboardInterrupt
+        return real_lr_at(step, **kwargs)
+
+    monkeypatch.setattr(loop, "lr_at", interrupt_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(_qat_config(data_yaml, tmp_path / "cut", init), progress=False)
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    assert load_checkpoint(tmp_path / "cut" / "last").train_state["global_step"] == 4
+    train(_qat_config(data_yaml, tmp_path / "cut", init), resume=True, progress=False)
+
+    full = load_checkpoint(tmp_path / "full" / "last").model_state
+    resumed = load_checkpoint(tmp_path / "cut" / "last").model_state
+    assert full.keys() == resumed.keys()
+    for key in full:  # weights, BN statistics, observer ranges and freeze flags alike
+        assert torch.equal(full[key], resumed[key]), key
+
+    detector, ckpt = load_detector(tmp_path / "cut")
     assert is_qat(ckpt.model_config) and is_qat(detector.config)
     onnx_path = export_onnx(detector, tmp_path / "model.onnx")
     assert read_onnx_metadata(onnx_path)["quantization"] == "int8-qat"
+    onnx_session(onnx_path, threads=1, optimized_model=tmp_path / "opt.onnx")
+    optimized = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert optimized["QLinearConv"] == sum(isinstance(m, QConv2d) for m in detector.modules()) > 0
+    assert not [op for op in optimized if "Conv" in op and op != "QLinearConv"], optimized  # no float conv left
     # a float --init into a QAT run is fine; a QAT --init into a float run is refused
     with pytest.raises(LpdetError, match="--qat"):
-        train(tiny_train_config(data_yaml, tmp_path / "back", epochs=1, init=tmp_path / "qat" / "last"),
+        train(tiny_train_config(data_yaml, tmp_path / "back", epochs=1, init=tmp_path / "cut" / "last"),
               progress=False)
 
 
