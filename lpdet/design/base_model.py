@@ -37,6 +37,7 @@ class BaseStart:
     source: BaseSource
     checkpoint: Path | None  # None: the flow trains it (step 1)
     description: str  # one sentence for the report
+    class_names: tuple[str, ...] = ()  # the checkpoint's classes, in label order (none when trained here)
 
 
 def choose_base(settings: DesignSettings, data: str, *, arch: str | None = None,
@@ -47,7 +48,8 @@ def choose_base(settings: DesignSettings, data: str, *, arch: str | None = None,
     if s.base is not None:
         return _given_base(s, Path(s.base), arch, width)
     if data == "synth" and not s.from_scratch and s.backbone_weights is None:
-        shipped = load_checkpoint(synth_base_checkpoint()).model_config
+        shipped_ckpt = load_checkpoint(synth_base_checkpoint())
+        shipped = shipped_ckpt.model_config
         if (arch or s.arch) == shipped.arch and (width or s.width) == shipped.width:
             info = synth_base_provenance()
             ap = info.get("val_metrics", {}).get("AP")
@@ -55,7 +57,7 @@ def choose_base(settings: DesignSettings, data: str, *, arch: str | None = None,
                     f"{shipped.resolution}x{shipped.resolution}, AP {ap:.3f} on val; trained offline by "
                     f"scripts/train_synth_base.py, {SYNTH_BASE}); --from-scratch trains one instead")
             return (replace(s, arch=shipped.arch, width=shipped.width, base_resolution=shipped.resolution),
-                    BaseStart(BaseSource.SHIPPED, SYNTH_BASE, text))
+                    BaseStart(BaseSource.SHIPPED, SYNTH_BASE, text, tuple(shipped_ckpt.class_names)))
     how = (f"from ImageNet backbone weights {s.backbone_weights}" if s.backbone_weights is not None
            else "from scratch")
     return s, BaseStart(BaseSource.TRAINED, None, f"float {s.arch} (width {s.width:g}) at {s.base_resolution}x"
@@ -65,9 +67,10 @@ def choose_base(settings: DesignSettings, data: str, *, arch: str | None = None,
 def _given_base(s: DesignSettings, path: Path, arch: str | None,
                 width: float | None) -> tuple[DesignSettings, BaseStart]:
     try:
-        config = load_checkpoint(path).model_config
+        ckpt = load_checkpoint(path)
     except LpdetError as e:
         raise LpdetError(f"--base: {e}") from None
+    config = ckpt.model_config
     if config.quantization != "fp32":
         raise LpdetError(f"--base {path}: a QAT checkpoint; pass the float detector it was trained from "
                          "(the design runs QAT itself)")
@@ -81,7 +84,7 @@ def _given_base(s: DesignSettings, path: Path, arch: str | None,
     text = (f"{config.arch} (width {config.width:g}, {config.resolution}x{config.resolution}) from "
             f"{BaseSource.GIVEN.value} {path}")
     return (replace(s, arch=config.arch, width=config.width, base_resolution=config.resolution),
-            BaseStart(BaseSource.GIVEN, path, text))
+            BaseStart(BaseSource.GIVEN, path, text, tuple(ckpt.class_names)))
 
 
 def check_base_classes(start: BaseStart, data_yaml: Path) -> None:
@@ -91,7 +94,7 @@ def check_base_classes(start: BaseStart, data_yaml: Path) -> None:
     spec = load_dataset_yaml(data_yaml)
     categories = sorted(read_coco_json(spec.train.annotations)["categories"], key=lambda c: c["id"])
     names = [c["name"] for c in categories]
-    have = load_checkpoint(start.checkpoint).class_names
+    have = list(start.class_names)
     if have != names:
         raise LpdetError(f"the base detector {start.checkpoint} was trained on classes {have}, the dataset has "
                          f"{names}; pass a --base trained on this dataset, or --from-scratch")
