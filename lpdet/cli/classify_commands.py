@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lpdet.cli.data_commands import launched_processes, print_best, train_config_from_args
+from lpdet.cli.data_commands import run_training
 from lpdet.cli.model_commands import _output_path
 from lpdet.data.classification import ImageFolderDataset, is_classification_data, resolve_classification_data
 from lpdet.data.transforms import eval_transforms
@@ -22,22 +22,16 @@ from lpdet.eval.accuracy import evaluate_accuracy, format_accuracy
 from lpdet.models.config import is_qat
 from lpdet.models.registry import CLASSIFIERS, is_classifier
 from lpdet.serialize import atomic_output
-from lpdet.train.config import TrainConfig
-from lpdet.train.loop import train
 
 
 def cmd_classify_train(args) -> None:
-    if launched_processes(args):
-        return
-    if args.resume:
-        best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
-    else:
-        cfg = train_config_from_args(args)
-        if not is_classifier(cfg.model):
-            raise LpdetError(f"--arch {cfg.model.arch}: not a classifier; choose one of {', '.join(CLASSIFIERS)} "
-                             f"(detectors train with lpdet train)")
-        best = train(cfg, progress=not args.quiet)
-    print_best(best)
+    run_training(args, check_config=_check_classifier)
+
+
+def _check_classifier(cfg) -> None:
+    if not is_classifier(cfg.model):
+        raise LpdetError(f"--arch {cfg.model.arch}: not a classifier; choose one of {', '.join(CLASSIFIERS)} "
+                         f"(detectors train with lpdet train)")
 
 
 def _check_data(data: str) -> None:

@@ -109,14 +109,23 @@ def print_best(best) -> None:
         print(f"best checkpoint: {best}")
 
 
-def cmd_train(args) -> None:
+def run_training(args, check_config=None) -> None:
+    """`lpdet train` and `lpdet classify train`: launch torchrun's processes (--nproc), or train (or
+    resume) here; print the best checkpoint once. `check_config` vets a new run's `TrainConfig`."""
     if launched_processes(args):
         return
     if args.resume:
         best = train(TrainConfig(out=args.resume), resume=True, progress=not args.quiet)
     else:
-        best = train(train_config_from_args(args), progress=not args.quiet)
+        cfg = train_config_from_args(args)
+        if check_config is not None:
+            check_config(cfg)
+        best = train(cfg, progress=not args.quiet)
     print_best(best)
+
+
+def cmd_train(args) -> None:
+    run_training(args)
 
 
 def cmd_search_space_sample(args) -> None:
