@@ -255,9 +255,6 @@ def add_train_arguments(train) -> None:
     train.add_argument("--max-val-images", type=int, default=0, help="validate on at most N images (0: all)")
     train.add_argument("--limit-train-batches", type=int, default=0,
                        help="at most N batches per epoch, drawn from a fresh shuffle each epoch (0: all)")
-    train.add_argument("--multi-scale", type=int, nargs=2, metavar=("MIN", "MAX"),
-                       help="detectors: each step at a multiple of 8 drawn from [MIN, MAX] (the batch is resized), "
-                            "so the model works across input sizes; validation stays at --resolution")
     train.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (use with --init FLOAT_CKPT)")
     train.add_argument("--freeze-bn-after", type=int, default=0, help="QAT: freeze BN statistics after N steps")
     train.add_argument("--freeze-observers-after", type=int, default=0,
