@@ -180,7 +180,7 @@ def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
         if ctx.settings.filtering:  # 5
             current = filtering_step(ctx, cache, qat_ckpt, current, search.latency[current.resolution]) or current
         next_step()
-        best, post = nms_step(ctx, cache, current)  # 6
+        best, post = nms_step(ctx, cache, current, search.forward[current.resolution])  # 6
         next_step()
         final = _final_model(ctx, cache, current, best, post, search)  # 7
         next_step()
@@ -231,6 +231,7 @@ class _Search:
     """What the resolution search measured and chose."""
 
     latency: dict[int, float]  # candidate resolution -> int8 latency of the QAT model loaded at it (no training)
+    forward: dict[int, float]  # the same measurement's graph-only median (NMS excluded)
     fitting: list[int]  # candidates within the budget less the margin
     sweep: object  # the resolution experiment (lpdet.design.resolution.ResolutionSweep)
     tuned: list[Candidate]  # fine-tuned at their resolution (the base resolution included, as the reference)
@@ -264,7 +265,7 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> 
     sweep = resolution_sweep(qat_ckpt, ctx.data_path, candidates, ctx.out_dir / "resolution", epochs=s.finetuning.epochs,
                              qat=True, finetune=set(to_tune) | {base_r}, batch_size=s.training.batch_size,
                              max_images=s.eval_max_images, calibration_images=s.calibration_images, budget_ms=budget,
-                             train_overrides=finetune_overrides(s), cache=cache, train_data=ctx.train_path,
+                             fit_limit_ms=limit, train_overrides=finetune_overrides(s), cache=cache, train_data=ctx.train_path,
                              select=True, latency=measured.models, **bench_kw(s))
     tuned = [Candidate(f"QAT fine-tuned @{row.resolution}", f"finetune-r{row.resolution}", row.resolution,
                        Path(row.ft_onnx), Path(row.ft_checkpoint), row.ft_metrics, row.ft_latency_ms,
@@ -281,7 +282,8 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> 
     pool = [m for m in tuned if latency[m.resolution] <= limit] or [m for m in untuned if latency[m.resolution] <= limit]
     chosen = max(pool, key=lambda m: (choice_ap(m), -latency[m.resolution]))  # chosen on select, not val
     ctx.sections.append(resolution_section(ctx, sweep, search_table, to_tune, chosen, latency, fitting))
-    return _Search(latency=latency, fitting=fitting, sweep=sweep, tuned=tuned, untuned=untuned, chosen=chosen)
+    forward = {r: measured.models[r]["forward_ms"] for r in candidates}
+    return _Search(latency=latency, forward=forward, fitting=fitting, sweep=sweep, tuned=tuned, untuned=untuned, chosen=chosen)
 
 
 def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, float_bench: dict,

@@ -64,13 +64,17 @@ def filtering_step(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, current:
     return None
 
 
-def nms_step(ctx: FlowContext, cache: TrialCache, current: Candidate):
+def nms_step(ctx: FlowContext, cache: TrialCache, current: Candidate, forward_ms: float):
     """Step 6 (Table 11.3): the NMS sweep on the chosen model, per-class and class-agnostic NMS at every
-    IoU; returns its best row (on the selection split) and that setting."""
+    IoU; returns its best row (on the selection split) and that setting. `forward_ms`: the graph's
+    median from the resolution search's interleaved measurement (so that Table 11.3's end-to-end
+    figures and Table 11.4's come from one measurement; only the NMS time is measured here)."""
     s = ctx.settings
     ious = list(dict.fromkeys(float(v) for v in s.nms_ious))
     nms = nms_sweep(current.onnx, ctx.data_path, ious, max_images=s.eval_max_images, out_dir=ctx.out_dir / "nms",
-                    cache=cache, name=f"nms-{current.tag}", select=True, class_agnostic=(False, True), **bench_kw(s))
+                    cache=cache, name=f"nms-{current.tag}", select=True, class_agnostic=(False, True),
+                    forward_ms=forward_ms, forward_source="the resolution search's interleaved measurement of this graph",
+                    **bench_kw(s))
     best = nms.best()
     baseline = nms.find(ious[0]) or nms.rows[0]
     agnostic = next(r for r in nms.rows if r.class_agnostic and abs(r.nms_iou - baseline.nms_iou) < 1e-9)

@@ -63,6 +63,7 @@ class NmsSweep:
     threads: int
     runs: int
     device: str = ""
+    forward_source: str = ""  # where the forward median comes from when it was measured elsewhere
 
     def best(self) -> NmsRow:
         """Highest AP on the selection split (val without one); ties (within 1e-4) go to the lower
@@ -145,12 +146,16 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
               score_thresholds: Sequence[float] | None = None, top_ks: Sequence[int] | None = None, threads: int = 1,
               runs: int = 30, warmup: int = 5, repeats: int = 3, max_images: int = 0, out_dir: Path | str | None = None,
               cache: TrialCache | None = None, name: str = "nms", progress: bool = True,
-              select: bool = False, class_agnostic: Sequence[bool] = (False,)) -> NmsSweep:
+              select: bool = False, class_agnostic: Sequence[bool] = (False,), forward_ms: float | None = None,
+              forward_source: str = "") -> NmsSweep:
     """AP and end-to-end latency per post-processing setting (every IoU × score threshold × top-k).
 
     Latency per image = the model's forward median (`benchmark`, batch 1, `threads` threads) +
     the median time of `select_detections` measured on the model's real predictions on val at
-    that setting (the forward median: the lowest of `repeats` benchmarks). With `out_dir`, writes ``nms_sweep.{md,json}`` there and caches the two trials
+    that setting (the forward median: the lowest of `repeats` benchmarks). `forward_ms` (with
+    `forward_source` saying how it was measured, e.g. the design's interleaved measurement of this
+    graph) replaces that benchmark, so that every latency of a report comes from one measurement.
+    With `out_dir`, writes ``nms_sweep.{md,json}`` there and caches the two trials
     (``<name>-bench``, ``<name>-sweep``) in ``out_dir/trials`` (or `cache`). With `select` (needs a
     `cache`), every setting's AP is also measured on the selection split (``<name>-sweep-select``) and
     `NmsSweep.best` chooses on it."""
@@ -167,9 +172,10 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
             "max_images": max_images,
             "threads": threads}
     if cache is not None:
-        cache.plan(3 if select else 2)
-        bench = cache.benchmark(f"{name}-bench", model_path, threads=threads, runs=runs, warmup=warmup,
-                                repeats=repeats, data=data_path)["latency"]
+        cache.plan((3 if select else 2) - (forward_ms is not None))
+        bench = {"forward_ms": forward_ms} if forward_ms is not None else cache.benchmark(
+            f"{name}-bench", model_path, threads=threads, runs=runs, warmup=warmup, repeats=repeats,
+            data=data_path)["latency"]
         spec["keeps"] = "predictions"  # trials cached before predictions were kept are redone
         measured = chosen_on = None
         for split in ("val", "select") if select else ("val",):
@@ -181,7 +187,8 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
         kept_in = cache.path(f"{name}-sweep")
     else:
 
-        bench = latency_to_dict(benchmark(model_path, threads=threads, runs=runs, warmup=warmup, repeats=repeats))
+        bench = {"forward_ms": forward_ms} if forward_ms is not None else latency_to_dict(
+            benchmark(model_path, threads=threads, runs=runs, warmup=warmup, repeats=repeats))
         measured = chosen_on = _measure_nms(model_path, data_path, settings, threads=threads, max_images=max_images)
         kept_in = None
     forward = float(bench["forward_ms"])
@@ -192,7 +199,7 @@ def nms_sweep(model_path: Path | str, data: str | Path, ious: Sequence[float] = 
                    select_metrics=c["metrics"] if chosen_on is not measured else None)
             for r, c in zip(measured["rows"], chosen_on["rows"])]
     sweep = NmsSweep(rows=rows, model=str(model_path), data=str(data), images=measured["images"], threads=threads,
-                     runs=runs, device=cpu_name())
+                     runs=runs, device=cpu_name(), forward_source=forward_source if forward_ms is not None else "")
     if out_dir is not None:
         write_sweep_files(Path(out_dir), "nms_sweep", "NMS sweep", [nms_table(sweep)], [], sweep.to_dict())
     return sweep
@@ -212,8 +219,9 @@ def nms_table(sweep: NmsSweep, *, title: str = "AP and latency vs NMS setting",
             + ([intervals[i]] if intervals is not None else [])
             + ([ap_or_none((r.select_metrics or {}).get("AP"))] if on_select else [])
             + [r.detections_per_image, r.nms_ms, r.latency_ms] for i, r in enumerate(sweep.rows)]
+    measured = sweep.forward_source or f"{sweep.runs} batch-1 runs, {sweep.threads} thread(s), {sweep.device}"
     note = (f"{Path(sweep.model).name} on {sweep.images} val images. End-to-end = model forward median "
-            f"({sweep.rows[0].forward_ms:.2f} ms, {sweep.runs} batch-1 runs, {sweep.threads} thread(s), {sweep.device}) "
+            f"({sweep.rows[0].forward_ms:.2f} ms, {measured}) "
             f"+ median post-processing time (score threshold, per-class NMS, top-k) on the real predictions. "
             f"Class-agnostic: one NMS over each anchor's best class (TF Lite's default \"fast NMS\") instead of "
             f"one per class."

@@ -107,8 +107,8 @@ class DesignSettings:
         """About 15 minutes for ``--data synth`` on 2 CPU cores."""
         # The default synthetic set (the one the shipped base was trained on, so that the selection
         # split carved from it holds no image the base saw); every run sees a fixed number of batches.
-        settings = dict(width=0.5, resolutions=[300, 288, 272, 256, 240, 224, 208, 192, 176, 160],
-                        table_resolutions=[250, 236], finetune_top=1,
+        settings = dict(width=0.5, resolutions=[300, 288, 256, 240, 224, 208, 192, 160],
+                        table_resolutions=[236], finetune_top=1, nms_ious=[0.6, 0.45, 0.3, 0.2],
                         training=TrainingSettings(batch_size=16, augment="light", workers=1, max_val_images=100,
                                                   checkpoint_every=25),
                         float_training=Schedule(epochs=5, lr=0.03, warmup_steps=30, limit_train_batches=75),
