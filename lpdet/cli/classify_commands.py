@@ -60,14 +60,33 @@ def cmd_classify_eval(args) -> None:
                          f"evaluate on the dataset it was trained on")
     result = evaluate_accuracy(model.forward, dataset, batch_size=args.batch_size, max_images=args.max_images,
                                progress=not args.quiet)
+    agreement = _top1_agreement(args, model, dataset, result) if args.agree_with else None
     if args.json:
         print(json.dumps({"model": str(model.path), "kind": model.kind, "data": args.data, "split": args.split,
                           "images": result.num_images, "skipped_images": result.skipped_images,
-                          **result.metrics}, indent=2))
+                          **result.metrics, **(agreement or {})}, indent=2))
     else:
         print(f"{model.path} ({model.kind}) on {spec.name}/{args.split}: {result.num_images} images"
               + (f" ({result.skipped_images} unreadable, skipped)" if result.skipped_images else ""))
         print(format_accuracy(result.metrics))
+        if agreement:
+            print(f"same top-1 as {agreement['agree_with']}: {agreement['top1_agreement'] * 100:.2f}% "
+                  f"({agreement['agreeing_images']} of {result.num_images} images; its own top1 "
+                  f"{agreement['other_top1'] * 100:.2f}%)")
+
+
+def _top1_agreement(args, model, dataset, result) -> dict:
+    """`--agree-with OTHER`: the share of the images on which OTHER (e.g. the QAT checkpoint an int8
+    ONNX file was exported from) predicts the same top-1 class as the evaluated model."""
+    other = _classifier_model(args.agree_with, args.threads)
+    if other.class_names != model.class_names or other.resolution != model.resolution:
+        raise LpdetError(f"--agree-with {args.agree_with}: its classes or input size ({other.resolution}) differ "
+                         f"from {model.path}'s ({model.resolution}); compare two versions of one classifier")
+    theirs = evaluate_accuracy(other.forward, dataset, batch_size=args.batch_size, max_images=args.max_images,
+                               progress=not args.quiet)
+    same = sum(a == b for a, b in zip(result.predictions, theirs.predictions))
+    return {"agree_with": str(other.path), "agreeing_images": same,
+            "top1_agreement": same / max(len(result.predictions), 1), "other_top1": theirs.metrics["top1"]}
 
 
 def cmd_classify_export(args) -> None:

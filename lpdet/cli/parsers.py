@@ -75,6 +75,9 @@ def _add_classify(commands, common) -> None:
     evaluate.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0: all)")
     evaluate.add_argument("--threads", type=int, default=0, help="inference threads (0: default)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.add_argument("--agree-with", type=Path, metavar="MODEL",
+                          help="also the share of images on which MODEL (e.g. the QAT checkpoint of an int8 .onnx) "
+                               "predicts the same top-1 class")
     evaluate.set_defaults(func=_classify("cmd_classify_eval"))
     export = classify.add_parser("export", parents=[common], help="export a classifier as ONNX (fp32 or int8)")
     export.add_argument("model", type=Path, help="checkpoint or run directory")

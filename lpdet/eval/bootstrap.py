@@ -55,8 +55,9 @@ class _CategoryMatches:
     """One category's detections over all images, image by image (images in sorted-id order)."""
 
     scores: np.ndarray      # [D] float, each image's detections by descending score (pycocotools' order)
-    matched: np.ndarray     # [T, D] bool, matched to a ground-truth object at each IoU threshold
-    ignored: np.ndarray     # [T, D] bool, matched to an ignored object, or unmatched and outside the area range
+    true_positive: np.ndarray   # [T, D] bool, matched to a counted ground-truth object at each IoU threshold
+    false_positive: np.ndarray  # [T, D] bool, unmatched and not ignored (ignored: matched to an ignored
+    #                             object, or unmatched and outside the area range)
     offsets: np.ndarray     # [I + 1] int, image i's detections are [offsets[i], offsets[i+1])
     objects: np.ndarray     # [I] int, non-ignored ground-truth objects per image
 
@@ -70,6 +71,9 @@ class ImageMatches:
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
     categories: list[_CategoryMatches]
+    # (seed, resamples) -> the metric on each of those draws: a baseline compared with several
+    # candidates (same seed, so the same draws) is re-accumulated once
+    resampled: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def per_image_matches(coco_gt, predictions: PredictionSet, metric: str = "AP") -> ImageMatches:
@@ -92,12 +96,13 @@ def per_image_matches(coco_gt, predictions: PredictionSet, metric: str = "AP") -
         entries = evaluator.evalImgs[start:start + n_images]
         counts = [0 if e is None else min(len(e["dtScores"]), _MAX_DETS) for e in entries]
         empty = np.zeros((n_thresholds, 0))
+        matched = np.concatenate([empty] + [e["dtMatches"][:, :_MAX_DETS] for e in entries if e is not None],
+                                 axis=1).astype(bool)
+        ignored = np.concatenate([empty] + [e["dtIgnore"][:, :_MAX_DETS] for e in entries if e is not None],
+                                 axis=1).astype(bool)
         categories.append(_CategoryMatches(
             scores=np.concatenate([[]] + [e["dtScores"][:_MAX_DETS] for e in entries if e is not None]),
-            matched=np.concatenate([empty] + [e["dtMatches"][:, :_MAX_DETS] for e in entries if e is not None],
-                                   axis=1).astype(bool),
-            ignored=np.concatenate([empty] + [e["dtIgnore"][:, :_MAX_DETS] for e in entries if e is not None],
-                                   axis=1).astype(bool),
+            true_positive=matched & ~ignored, false_positive=~matched & ~ignored,
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             objects=np.array([0 if e is None else int(np.count_nonzero(e["gtIgnore"] == 0)) for e in entries],
                              dtype=np.int64)))
@@ -121,20 +126,19 @@ def _precision_at_recalls(category: _CategoryMatches, images: np.ndarray, thresh
     if objects == 0:
         return None
     index = _gather(category, images)
-    order = np.argsort(-category.scores[index], kind="mergesort")  # pycocotools' sort, ties included
-    matched = category.matched[thresholds][:, index[order]]
-    ignored = category.ignored[thresholds][:, index[order]]
-    tp_sum = np.cumsum(matched & ~ignored, axis=1).astype(float)
-    fp_sum = np.cumsum(~matched & ~ignored, axis=1).astype(float)
+    index = index[np.argsort(-category.scores[index], kind="mergesort")]  # pycocotools' sort, ties included
+    # Integer counts (exact), then the float divisions pycocotools makes, all thresholds at once.
+    tp_sum = np.cumsum(category.true_positive[thresholds][:, index], axis=1, dtype=np.int64)
+    fp_sum = np.cumsum(category.false_positive[thresholds][:, index], axis=1, dtype=np.int64)
+    recall = tp_sum / objects
+    curve = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    curve = np.maximum.accumulate(curve[:, ::-1], axis=1)[:, ::-1]  # the precision envelope
     precision = np.zeros((len(thresholds), len(recall_thresholds)))
     n_dets = tp_sum.shape[1]
     for t in range(len(thresholds)):
-        recall = tp_sum[t] / objects
-        curve = tp_sum[t] / (fp_sum[t] + tp_sum[t] + np.spacing(1))
-        curve = np.maximum.accumulate(curve[::-1])[::-1]  # the precision envelope
-        at = np.searchsorted(recall, recall_thresholds, side="left")
+        at = np.searchsorted(recall[t], recall_thresholds, side="left")
         reached = at < n_dets  # beyond the last recall reached, precision stays 0
-        precision[t, reached] = curve[at[reached]]
+        precision[t, reached] = curve[t, at[reached]]
     return precision
 
 
@@ -188,14 +192,9 @@ def bootstrap_difference(a: ImageMatches, b: ImageMatches, *, resamples: int = 2
     if resamples < 1 or not 0.0 < confidence < 1.0:
         raise LpdetError(f"bootstrap needs resamples >= 1 (got {resamples}) and 0 < confidence < 1 (got {confidence})")
     difference = accumulate_metric(b) - accumulate_metric(a)
-    rng = np.random.default_rng(seed)
-    n_images = len(a.image_ids)
-    differences = []
-    for _ in range(resamples):
-        images = np.sort(rng.integers(0, n_images, n_images))
-        value_a, value_b = accumulate_metric(a, images), accumulate_metric(b, images)
-        if value_a >= 0 and value_b >= 0:
-            differences.append(value_b - value_a)
+    differences = [value_b - value_a for value_a, value_b in zip(_resampled(a, seed, resamples),
+                                                                 _resampled(b, seed, resamples))
+                   if value_a >= 0 and value_b >= 0]
     if not differences:
         raise LpdetError(f"{a.metric} is undefined on these images (no ground-truth object counts for it); "
                          f"bootstrap another metric")
@@ -203,6 +202,18 @@ def bootstrap_difference(a: ImageMatches, b: ImageMatches, *, resamples: int = 2
     low, high = (float(q) for q in np.quantile(np.asarray(differences), [tail, 1.0 - tail]))
     return BootstrapInterval(metric=a.metric, difference=float(difference), low=low, high=high,
                              resamples=len(differences), confidence=confidence, within_noise=low <= 0.0 <= high)
+
+
+def _resampled(matches: ImageMatches, seed: int, resamples: int) -> list[float]:
+    """The metric on each of `resamples` draws of the images with replacement (the draws depend only on
+    `seed` and the number of images, so two sets on the same images get the same draws); kept on `matches`."""
+    key = (seed, resamples)
+    if key not in matches.resampled:
+        rng = np.random.default_rng(seed)
+        n_images = len(matches.image_ids)
+        matches.resampled[key] = [accumulate_metric(matches, np.sort(rng.integers(0, n_images, n_images)))
+                                  for _ in range(resamples)]
+    return matches.resampled[key]
 
 
 def format_interval(interval: BootstrapInterval, digits: int = 3) -> str:

@@ -152,3 +152,34 @@ def test_plain_conv_classifier_has_no_depthwise_layer_and_rejects_quant_friendly
     assert model(torch.rand(2, 3, R, R)).shape == (2, 10)
     with pytest.raises(LpdetError, match="no separable convolutions"):
         build_detector(ModelConfig("plain_conv_classifier", 10, width=0.25, resolution=R, quant_friendly=True))
+
+
+def test_eval_agree_with_counts_same_top1_predictions(float_run, data_yaml, tmp_path, capsys):
+    import json
+
+    from lpdet.cli import main
+
+    onnx_path = tmp_path / "fp32.onnx"
+    assert main(["classify", "export", str(float_run), "--format", "onnx", "-o", str(onnx_path)]) == 0
+    capsys.readouterr()
+    assert main(["classify", "eval", str(onnx_path), "--data", str(data_yaml), "--agree-with", str(float_run),
+                 "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["agreeing_images"] == report["images"] == 20 and report["top1_agreement"] == 1.0
+    # the share is counted image by image: a model predicting one class everywhere agrees only there
+    ckpt = load_checkpoint(float_run)
+    constant = build_detector(ckpt.model_config)
+    constant.load_state_dict(ckpt.model_state)
+    with torch.no_grad():
+        constant.fc.weight.zero_()
+        constant.fc.bias.copy_(torch.arange(len(ckpt.class_names), dtype=torch.float32))  # always the last class
+    save_checkpoint(tmp_path / "constant", model=constant, model_config=ckpt.model_config,
+                    class_names=ckpt.class_names, category_ids=ckpt.category_ids)
+    assert main(["classify", "eval", str(onnx_path), "--data", str(data_yaml), "--agree-with",
+                 str(tmp_path / "constant"), "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    float_predictions = evaluate_accuracy(load_model(onnx_path).forward,
+                                          ImageFolderDataset(load_classification_yaml(data_yaml).val,
+                                                             eval_transforms(R))).predictions
+    assert report["agreeing_images"] == sum(p == len(ckpt.class_names) - 1 for p in float_predictions)
+    assert report["other_top1"] == pytest.approx(1 / len(ckpt.class_names), abs=0.2)
