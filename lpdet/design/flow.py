@@ -171,10 +171,10 @@ def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
         bar.set_postfix_str(f"next: {DESIGN_STEPS[0]}")
         base_ckpt, qat_ckpt = _train_float_and_qat(ctx, cache)  # 1-2
         next_step(2)
-        float_row, float_bench, float_predictions = _quantization_table(ctx, cache, base_ckpt, qat_ckpt)  # 3
+        float_row, float_onnx, float_predictions = _quantization_table(ctx, cache, base_ckpt, qat_ckpt)  # 3
         next_step()
-        search = _search_resolutions(ctx, cache, qat_ckpt)  # 4
-        _record_search_steps(ctx, search, float_row, float_bench, float_predictions)
+        search = _search_resolutions(ctx, cache, qat_ckpt, float_onnx)  # 4
+        _record_search_steps(ctx, search, float_row, float_predictions)
         next_step()
         current = search.chosen
         if ctx.settings.filtering:  # 5
@@ -202,8 +202,8 @@ def _train_float_and_qat(ctx: FlowContext, cache: TrialCache) -> tuple[Path, Pat
 
 
 def _quantization_table(ctx: FlowContext, cache: TrialCache, base_ckpt: Path,
-                        qat_ckpt: Path) -> tuple[dict, dict, Path]:
-    """Step 3 (Table 11.1); returns the float row, the float model's latency and its predictions file."""
+                        qat_ckpt: Path) -> tuple[dict, Path, Path]:
+    """Step 3 (Table 11.1); returns the float row, the float model's ONNX file and its predictions file."""
     s = ctx.settings
 
     def compare(directory: Path) -> dict:
@@ -217,13 +217,11 @@ def _quantization_table(ctx: FlowContext, cache: TrialCache, base_ckpt: Path,
                                        "threads": s.bench.threads, "runs": s.compare_runs, "max_images": s.eval_max_images,
                                        "keeps": "predictions"},
                      compare, kind="compare")
-    float_bench = cache.benchmark(f"float-r{s.base_resolution}-bench", cache.file(comp, "fp32"), data=ctx.data_path,
-                                  **bench_kw(s))["latency"]
     kept = {r["name"]: cache.path("quant-compare") / r["predictions"]
             for r in comp["compare"]["rows"] if r["status"] == "ok"}
     intervals = {name: ctx.interval(kept["float"], path) for name, path in kept.items() if name != "float"}
     ctx.sections.append(quant_section(comp["compare"], intervals))
-    return compare_row(comp["compare"], "float"), float_bench, kept["float"]
+    return compare_row(comp["compare"], "float"), cache.file(comp, "fp32"), kept["float"]
 
 
 @dataclass
@@ -232,6 +230,7 @@ class _Search:
 
     latency: dict[int, float]  # candidate resolution -> int8 latency of the QAT model loaded at it (no training)
     forward: dict[int, float]  # the same measurement's graph-only median (NMS excluded)
+    float_latency: dict  # the fp32 model at the base resolution, timed in the same run
     fitting: list[int]  # candidates within the budget less the margin
     sweep: object  # the resolution experiment (lpdet.design.resolution.ResolutionSweep)
     tuned: list[Candidate]  # fine-tuned at their resolution (the base resolution included, as the reference)
@@ -239,11 +238,11 @@ class _Search:
     chosen: Candidate
 
 
-def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> _Search:
+def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, float_onnx: Path) -> _Search:
     """Step 4 (Table 11.2 / Fig 11.2): latency at every candidate, fine-tuning of the largest that fit
     (and of the base resolution as the reference), the best fitting fine-tuned model chosen."""
     s, base_r = ctx.settings, ctx.settings.base_resolution
-    measured = search_latencies(ctx, cache, qat_ckpt)  # resolves a --budget-ratio into ctx.budget_ms
+    measured = search_latencies(ctx, cache, qat_ckpt, float_onnx)  # resolves a --budget-ratio into ctx.budget_ms
     ctx.setup = setup_section(ctx)
     budget, search_table = ctx.budget_ms, measured.table
     limit = s.latency_limit(budget)  # what a model may measure to fit (the margin kept for re-benchmarks)
@@ -283,16 +282,15 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> 
     chosen = max(pool, key=lambda m: (choice_ap(m), -latency[m.resolution]))  # chosen on select, not val
     ctx.sections.append(resolution_section(ctx, sweep, search_table, to_tune, chosen, latency, fitting))
     forward = {r: measured.models[r]["forward_ms"] for r in candidates}
-    return _Search(latency=latency, forward=forward, fitting=fitting, sweep=sweep, tuned=tuned, untuned=untuned, chosen=chosen)
+    return _Search(latency=latency, forward=forward, float_latency=measured.reference, fitting=fitting, sweep=sweep, tuned=tuned, untuned=untuned, chosen=chosen)
 
 
-def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, float_bench: dict,
-                         float_predictions: Path) -> None:
+def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, float_predictions: Path) -> None:
     """Table 11.4's rows for the float model, QAT, the reference fine-tuning and the resolution."""
     s, base_r, latency, chosen = ctx.settings, ctx.settings.base_resolution, search.latency, search.chosen
     noft_base = search.sweep.row(base_r)
     ref = next((m for m in search.tuned if m.resolution == base_r), None)
-    record_step(ctx, "float", f"fp32 ONNX @{base_r}", base_r, float_row["metrics"], float_bench["median_ms"],
+    record_step(ctx, "float", f"fp32 ONNX @{base_r}", base_r, float_row["metrics"], search.float_latency["median_ms"],
                 predictions=float_predictions)
     record_step(ctx, "8-bit QAT", f"QAT int8 @{base_r}", base_r, noft_base.metrics, noft_base.latency_ms,
                 predictions=noft_base.predictions, select_metrics=noft_base.select_metrics)

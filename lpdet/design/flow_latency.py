@@ -24,6 +24,7 @@ class SearchLatency:
 
     models: dict[int, dict]
     table: Table
+    reference: dict  # the fp32 model at the base resolution, timed in the same run (Table 11.4's float row)
 
     def median(self, resolution: int) -> float:
         return self.models[resolution]["median_ms"]
@@ -69,17 +70,20 @@ def latency_note(s: DesignSettings) -> str:
             f"over all timed passes, its 95% interval, p90 beside it. Fit decisions read the median.")
 
 
-def search_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> SearchLatency:
+def search_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, float_onnx: Path) -> SearchLatency:
     """Step 4, first half: the QAT model exported int8 at every candidate, all measured in one interleaved
-    run with the base resolution as the baseline; resolves `--budget-ratio` into `ctx.budget_ms`."""
+    run with the base resolution as the baseline, and the fp32 model (`float_onnx`) with them, so that
+    every latency of Table 11.4 comes from one measurement; resolves `--budget-ratio` into `ctx.budget_ms`."""
     s, base_r = ctx.settings, ctx.settings.base_resolution
     candidates = s.candidates()
     onnx = [measure_int8(cache, f"noft-r{r}", qat_ckpt, ctx.data_path, resolution=r, evaluate=False, benchmark=False,
                          calibration_images=s.calibration_images, threads=s.bench.threads, runs=s.bench.runs,
                          warmup=s.bench.warmup).onnx for r in candidates]
     base = candidates.index(base_r)
-    comparison = measure_interleaved(cache, "search-latency", onnx, ctx.data_path, s.bench, baseline=base)
+    comparison = measure_interleaved(cache, "search-latency", [*onnx, float_onnx], ctx.data_path, s.bench,
+                                     baseline=base)
     models = dict(zip(candidates, comparison["models"]))
+    reference = comparison["models"][len(candidates)]
     ctx.base_latency_ms = models[base_r]["median_ms"]
     if ctx.budget_ratio is not None:
         ctx.budget_ms = ctx.budget_ratio * ctx.base_latency_ms
@@ -87,7 +91,7 @@ def search_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> Sea
     rows = []
     for i, r in enumerate(candidates):
         m = models[r]
-        tied = [candidates[j] for j in not_separated_from(comparison, i) if abs(j - i) == 1]
+        tied = [candidates[j] for j in not_separated_from(comparison, i) if abs(j - i) == 1 and j < len(candidates)]
         caveats = (["its interval straddles the fit limit: the machine cannot tell whether it fits"]
                    if straddles(m, limit) else [])
         caveats += [f"not told apart from {', '.join(map(str, tied))} (paired ratio's interval contains 1)"] if tied else []
@@ -98,6 +102,8 @@ def search_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path) -> Sea
                    f"vs {base_r}", f"fits (<= {limit:.3g} ms)", "precision"], rows,
                   note=f"Budget: {budget_text(ctx)}; {limit_text(s, ctx.budget_ms)}. {latency_note(s)} This run: "
                        f"{comparison['rounds']} rounds, stopped by {comparison['stop_reason']}. 'vs {base_r}': the "
-                       f"median of per-round paired ratios to the base resolution.",
+                       f"median of per-round paired ratios to the base resolution. The fp32 model at {base_r}, timed "
+                       f"in the same rounds: {reference['median_ms']:.2f} ms "
+                       f"({reference.get('ratio') or float('nan'):.3f} of the int8 {base_r}).",
                   formats={"int8 median ms": ".2f", "p90 ms": ".2f", f"vs {base_r}": ".3f"})
-    return SearchLatency(models=models, table=table)
+    return SearchLatency(models=models, table=table, reference=reference)

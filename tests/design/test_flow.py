@@ -94,14 +94,15 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
 
     # a relative budget: R x the base model's latency from the same interleaved run as the candidates
     capsys.readouterr()
-    relative = design(data, None, out, settings=tiny_settings(), budget_ratio=3.0, progress=True)
+    # (a loose ratio: the cached final re-benchmark must still fit when the machine's load has changed)
+    relative = design(data, None, out, settings=tiny_settings(), budget_ratio=20.0, progress=True)
     bar = capsys.readouterr().err
     assert "design: 100%" in bar and "7/7" in bar  # one bar over the design's steps: step k of n
     search = json.loads((out / "trials" / "search-latency" / "result.json").read_text())["comparison"]
     base = search["models"][search["baseline"]]
     assert relative.trials_run == [] and relative.summary["base_latency_ms"] == base["median_ms"]
-    assert relative.summary["budget_ms"] == pytest.approx(3.0 * base["median_ms"])
-    assert "--budget-ratio 3 x the 128 base model's int8 latency" in (out / "report.md").read_text()
+    assert relative.summary["budget_ms"] == pytest.approx(20.0 * base["median_ms"])
+    assert "--budget-ratio 20 x the 128 base model's int8 latency" in (out / "report.md").read_text()
     with pytest.raises(LpdetError, match="give exactly one of --budget-ms"):
         design(data, 5.0, out, settings=tiny_settings(), budget_ratio=3.0, progress=False)
 
@@ -133,8 +134,8 @@ def _budget_that_binds(data, out, monkeypatch) -> None:
     monkeypatch.undo()  # training allowed again: the fine-tunings at 96 are new trials
     real_search, real_measure = flow.search_latencies, flow.measure_interleaved
 
-    def rigged_search(ctx, cache, qat_ckpt):
-        measured = real_search(ctx, cache, qat_ckpt)
+    def rigged_search(ctx, cache, qat_ckpt, float_onnx):
+        measured = real_search(ctx, cache, qat_ckpt, float_onnx)
         for r, model in measured.models.items():
             model["median_ms"], model["median_interval_ms"] = RIGGED_MS[r], None
         return measured

@@ -34,8 +34,8 @@ SEED = 15
 # in the order the tiny design reaches them (each training: 3 steps, a checkpoint after every one)
 TRAININGS = ("float-r128", "qat-r128")
 POINTS = [f"trial:{name}:{phase}" for name in TRAININGS
-          for phase in ("start", "step:1", "step:2", "end")] + ["trial:float-r128-bench:start",
-                                                                "trial:float-r128-bench:end"]
+          for phase in ("start", "step:1", "step:2", "end")] + ["trial:quant-compare:start",
+                                                                "trial:quant-compare:end"]
 KILL_POINTS = sorted(random.Random(SEED).sample(POINTS, 7), key=POINTS.index)
 LAST = "trial:noft-r128-export:start"  # the first trial after them: the last process is ended there
 
