@@ -22,6 +22,7 @@ from lpdet.deploy.ptq import load_calibration_images
 from lpdet.deploy.runtime import load_detector, load_model
 from lpdet.deploy.tflite import export_tflite
 from lpdet.design.quant_compare import compare_quantization, format_compare
+from lpdet.design.table_11_1 import combine_results, format_table_11_1, write_table_11_1
 from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import evaluate, format_metrics
 from lpdet.eval.predict import expand_image_paths, predict_images
@@ -199,6 +200,13 @@ def cmd_compare_quant(args) -> None:
     out = args.out or Path(args.model) / "quant-compare"
     result = compare_quantization(args.model, args.data, out, qat_ckpt=args.qat,
                                   calibration_images=args.calibration_images, threads=args.threads,
-                                  runs=args.runs, progress=not args.quiet)
+                                  runs=args.runs, max_images=args.max_images, progress=not args.quiet)
     print(format_compare(result))
     print(f"wrote {out / 'quant_compare.md'} and {out / 'quant_compare.json'}")
+
+
+def cmd_table_11_1(args) -> None:
+    table = combine_results(args.results)
+    md, js = write_table_11_1(table, args.out)
+    print(format_table_11_1(table))
+    print(f"wrote {md} and {js}")

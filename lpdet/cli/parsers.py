@@ -369,5 +369,12 @@ def _add_compare_quant(commands, common) -> None:
     compare.add_argument("--calibration-images", type=int, default=100, help="calibration images (default 100)")
     compare.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     compare.add_argument("--runs", type=int, default=30, help="paired benchmark runs (default 30)")
+    compare.add_argument("--max-images", type=int, default=0, help="evaluate on the first N val images (0: all)")
     compare.add_argument("--out", type=Path, help="output folder (default MODEL/quant-compare)")
     compare.set_defaults(func=_model("cmd_compare_quant"))
+    table = commands.add_parser("table-11-1", parents=[common],
+                                help="Table 11.1: detector and classifier comparisons as one table (Markdown + JSON)")
+    table.add_argument("results", type=Path, nargs="+", metavar="RESULT",
+                       help="quant_compare.json / classify_compare.json files, or the --out folders that hold them")
+    table.add_argument("--out", type=Path, required=True, help="folder for table_11_1.md and table_11_1.json")
+    table.set_defaults(func=_model("cmd_table_11_1"))

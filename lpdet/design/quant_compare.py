@@ -26,7 +26,7 @@ from lpdet.design.report import Table, markdown_table
 from lpdet.design.tables import ap_or_none
 from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import evaluate
-from lpdet.models.config import is_qat
+from lpdet.models.config import is_qat, variant_name
 from lpdet.quant.weight_ranges import format_spread, summarize_spread, weight_spread
 from lpdet.serialize import atomic_write_text
 
@@ -73,6 +73,8 @@ class CompareResult:
     resolution: int = 0
     notes: list[str] = field(default_factory=list)
     weight_spread: dict = field(default_factory=dict)  # lpdet.quant.weight_ranges.summarize_spread of the fp32 model
+    variant: str = ""  # "standard" | "quant-friendly" (`variant_name`)
+    width: float | None = None
 
 
 def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path | None = None,
@@ -100,6 +102,7 @@ def compare_quantization(ckpt: Path, data: str, out_dir: Path, *, qat_ckpt: Path
         calibration_images=int(len(calibration)), threads=threads, runs=runs, device=cpu_name(),
         arch=detector.config.arch, resolution=resolution, notes=notes,
         weight_spread=summarize_spread(weight_spread(paths["float"])),
+        variant=variant_name(detector.config), width=detector.config.width,
     )
     atomic_write_text(out_dir / "quant_compare.md", format_compare(result) + "\n")
     atomic_write_text(out_dir / "quant_compare.json", json.dumps(compare_to_dict(result), indent=2) + "\n")
