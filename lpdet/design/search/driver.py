@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from lpdet.design.search.candidate import CANDIDATE_YAML, MODEL_ONNX, export_candidate, load_context
 from lpdet.design.search.front import CandidateRow, choose, write_front
+from lpdet.design.search.grid import GRID, enqueue_grid
 from lpdet.design.search.sandwich import train_supernet
 from lpdet.design.search.settings import SearchSettings
 from lpdet.design.search.study import (AP, LATENCY, candidate_of, open_storage, open_study, recover_dead_workers)
@@ -75,7 +76,8 @@ def run_search(settings: SearchSettings, opts: SearchOptions) -> SearchResult:
     limit = settings.latency_limit(opts.budget_ms)
     identity = {"budget_ms": opts.budget_ms, "latency_limit_ms": limit, "supernet": file_identity(supernet),
                 "space": to_dict(settings.space), "width": settings.width, "threads": settings.bench.threads}
-    study = open_study(storage, opts.study, settings, identity)
+    study = open_study(storage, opts.study, settings, identity,
+                       on_create=(lambda new: enqueue_grid(new, settings)) if settings.grid else None)
     recovered = recover_dead_workers(study)
     if recovered:
         log.warning("search: trial(s) %s of a worker that died are run again", recovered)
@@ -115,9 +117,11 @@ def _rows(study, settings: SearchSettings, out: Path, limit: float) -> list[Cand
             save_yaml(candidate_of(trial, settings), config)
         low, high = trial.user_attrs.get("latency_interval_ms") or (None, None)
         latency = float(trial.user_attrs[LATENCY])
+        width = trial.user_attrs.get(GRID)
         rows.append(CandidateRow(trial=trial.number, select_ap=float(trial.user_attrs[AP]), latency_ms=latency,
                                  latency_low_ms=low, latency_high_ms=high, fits=latency <= limit,
-                                 config=str(config.relative_to(out))))
+                                 config=str(config.relative_to(out)), kind="search" if width is None else "grid",
+                                 grid_width=width))
     return rows
 
 

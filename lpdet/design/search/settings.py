@@ -48,6 +48,8 @@ class SearchSettings:
     budget_margin: float = 0.1  # a candidate fits when it measures at most budget · (1 − margin)
     select_fraction: float = SELECT_FRACTION
     startup_trials: int = 10  # TPE's random trials before it models the space
+    # The width x resolution grid (`grid`) as the study's first trials, scored like every candidate
+    grid: bool = True
     seed: int = 0  # the sampler's
     synth_train: int | None = None  # --data synth only
     synth_val: int | None = None
