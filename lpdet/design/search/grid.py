@@ -5,7 +5,7 @@ A grid point is the standard network of the space's architecture (each stage's o
 space's widths, at one of the space's resolutions. The points are enqueued as the study's first
 trials (`enqueue_grid`), so they are scored exactly like every candidate (inherited from the
 supernet, BatchNorm recalibrated, int8 export, selection AP, measured latency), count among
-``--trials`` and are the sampler's start-up trials. Only the worker that created the study
+``--trials`` (at most half of them) and are the sampler's start-up trials. Only the worker that created the study
 enqueues them (`open_study`'s `on_create`), so workers starting together add the grid once.
 """
 
@@ -55,12 +55,13 @@ def grid_width(candidate: ArchCandidate) -> float | None:
 
 
 def enqueue_grid(study: optuna.Study, settings: SearchSettings) -> int:
-    """Enqueue the grid points as waiting trials (at most ``settings.trials`` of them, the rest of
-    the study's trials are the sampler's); returns how many."""
+    """Enqueue the grid points as waiting trials, at most half the study's trials (rounded up; the
+    rest are the sampler's); returns how many."""
     points = grid_candidates(settings)
-    if len(points) > settings.trials:
-        log.warning("search: --trials %d holds only the first %d of the %d width x resolution grid points",
-                    settings.trials, settings.trials, len(points))
-    for candidate in points[:settings.trials]:
+    room = (settings.trials + 1) // 2
+    if len(points) > room:
+        log.warning("search: --trials %d leaves room for only %d of the %d width x resolution grid points "
+                    "(half the trials); raise --trials for the whole grid", settings.trials, room, len(points))
+    for candidate in points[:room]:
         study.enqueue_trial(params_of(candidate), user_attrs={GRID: grid_width(candidate)}, skip_if_exists=True)
-    return min(len(points), settings.trials)
+    return min(len(points), room)

@@ -68,8 +68,8 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
                 return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                                   grace_period=2 * heartbeat_s, **{key: _RetryCallback(max_retry=MAX_RETRY)})
         except Exception as e:  # sqlalchemy and drivers raise many types: one line with the fix
-            if "already exists" in str(e) and attempt < 2:
-                continue  # two workers created a new database's tables at once: the other one won
+            if any(m in str(e) for m in ("already exists", "UNIQUE constraint")) and attempt < 2:
+                continue  # two workers created a new database's tables (or its schema version) at once: the other won
             raise _storage_error(url, e) from None
     raise AssertionError("unreachable")
 
