@@ -13,7 +13,7 @@ import numpy as np
 
 from lpdet.design.noise import INTERVAL_NOTE
 from lpdet.design.report import Table, markdown_table
-from lpdet.design.search.finalists import Finalist, FinalistsResult
+from lpdet.design.search.finalists import BEST_SEARCHED, Finalist, FinalistsResult
 from lpdet.design.tables import SIZE_METRICS, ap_or_none, save_json_atomic
 from lpdet.eval.bootstrap import format_interval
 from lpdet.serialize import atomic_write_text
@@ -94,7 +94,7 @@ def comparison_text(result: FinalistsResult) -> str:
     latency = (searched.latency_ms - grid.latency_ms) if None not in (searched.latency_ms, grid.latency_ms) else None
     if latency is not None:
         lines.append(f"Latency: {latency:+.2f} ms ({searched.latency_ms:.2f} vs {grid.latency_ms:.2f} ms, interleaved).")
-    if searched.role == "best searched":
+    if searched.role == BEST_SEARCHED:
         lines.append("The search's chosen candidate is itself a grid model: by the cheap estimate no searched "
                      "architecture beat the grid.")
     if diff.within_noise:
@@ -107,8 +107,8 @@ def comparison_text(result: FinalistsResult) -> str:
 
 
 def _why_lost(result: FinalistsResult) -> str:
-    rho = ranking(result)[2]
-    misranked = rho is not None and rho < 1.0
+    by_cheap, by_val, _ = ranking(result)
+    misranked = by_cheap != by_val
     return ("The cheap estimate (inherited weights, no training) " +
             ("misranked the finalists (see below), " if misranked else "") +
             "so the pick rests on a supernet estimate the fine-tuning did not confirm. What would fix it: train "

@@ -102,3 +102,29 @@ def test_finalists_are_fine_tuned_alike_reported_on_val_and_not_redone(tiny_sear
     again = run_search(settings, opts)
     assert again.ran_here == 0 and {p: p.stat().st_mtime_ns for p in results} == before  # nothing redone
     assert (out / "finalists.csv").read_text() == table
+
+
+def _result(difference: float, low: float, high: float, grid: bool = True):
+    from lpdet.design.search.finalists import Finalist, FinalistsResult
+    from lpdet.eval.bootstrap import BootstrapInterval
+
+    def finalist(role, trial, kind, cheap, val):
+        return Finalist(role=role, trial=trial, kind=kind, resolution=96, config="c.yaml", select_ap=cheap,
+                        trial_latency_ms=1.0, metrics={"AP": val}, latency_ms=1.0, fits=True)
+
+    searched = finalist(CHOSEN, 3, "search", 0.5, 0.10)
+    grids = [finalist(BEST_GRID, 0, "grid", 0.4, 0.10 - difference)] if grid else []
+    interval = BootstrapInterval("AP", difference, low, high, 200, 0.95, low <= 0 <= high) if grid else None
+    return FinalistsResult([searched, *grids], 0.9, 1.0, searched, grids[0] if grid else None, interval,
+                           {"epochs": 1, "lr": 0.005, "batch_size": 4})
+
+
+def test_the_report_says_a_loss_to_the_grid_as_a_loss():
+    from lpdet.design.search.finalists_report import comparison_text
+
+    lost = comparison_text(_result(-0.05, -0.08, -0.02))
+    assert "LOSES to the grid model" in lost and "misranked" in lost and "What would fix it" in lost
+    assert "within noise" in comparison_text(_result(-0.01, -0.03, 0.01)) and \
+        "LOSES" not in comparison_text(_result(-0.01, -0.03, 0.01))
+    assert "beats the grid model, beyond noise" in comparison_text(_result(0.05, 0.02, 0.08))
+    assert comparison_text(_result(0.0, 0.0, 0.0, grid=False)).startswith("No grid model fits")
