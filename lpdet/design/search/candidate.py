@@ -39,7 +39,7 @@ from lpdet.models.inherit import Supernet, inherit, recalibrate_bn
 from lpdet.quant.qat import calibrate, prepare_qat
 from lpdet.serialize import save_yaml
 
-__all__ = ["SearchContext", "CandidateScore", "CandidateRejected", "load_context", "deployable", "score_candidate",
+__all__ = ["SearchContext", "CandidateScore", "CandidateRejected", "load_context", "inherited", "deployable", "score_candidate",
            "latency_lock", "export_candidate", "CANDIDATE_YAML", "MODEL_ONNX"]
 
 CANDIDATE_YAML = "candidate.yaml"
@@ -96,17 +96,26 @@ class CandidateScore:
     onnx: Path
 
 
-def deployable(candidate: ArchCandidate, ctx: SearchContext) -> Detector:
-    """The candidate's QAT detector as it is exported: inherited, BN recalibrated, ranges calibrated."""
+def inherited(candidate: ArchCandidate, ctx: SearchContext) -> Detector:
+    """The candidate's float detector: the supernet's weights, BatchNorm recalibrated on training images."""
     cfg = to_model_config(candidate, ctx.supernet.config.num_classes)
     detector = inherit(cfg, ctx.supernet)
     problems = geometry_problems(detector)
     if problems:
         raise CandidateRejected(f"candidate rejected: {len(problems)} layer(s) fail the multiple-of-8 check "
                          f"(first: {problems[0]})")
-    images = ctx.training_images(candidate.resolution)
-    batches = list(images.split(ctx.settings.supernet.batch_size))
-    recalibrate_bn(detector, batches[:ctx.settings.bn_batches])
+    recalibrate_bn(detector, _batches(candidate, ctx)[:ctx.settings.bn_batches])
+    return detector
+
+
+def _batches(candidate: ArchCandidate, ctx: SearchContext) -> list[torch.Tensor]:
+    return list(ctx.training_images(candidate.resolution).split(ctx.settings.supernet.batch_size))
+
+
+def deployable(candidate: ArchCandidate, ctx: SearchContext) -> Detector:
+    """The candidate's QAT detector as it is exported: inherited, BN recalibrated, ranges calibrated."""
+    detector = inherited(candidate, ctx)
+    batches = _batches(candidate, ctx)
     prepare_qat(detector)
     calibrate(detector, batches[:ctx.settings.calibration_batches])
     return detector.eval()

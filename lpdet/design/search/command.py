@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lpdet.design.search.driver import SearchOptions, SearchResult, run_search
+from lpdet.design.search.finalists_report import comparison_text
 from lpdet.design.search.settings import SearchSettings
 from lpdet.errors import LpdetError
 from lpdet.serialize import load_mapping
@@ -52,5 +53,7 @@ def _print(result: SearchResult, opts: SearchOptions) -> None:
         c = result.chosen
         print(f"chosen: trial {c.trial}, AP {c.select_ap:.4f} on the selection split, {c.latency_ms:.2f} ms int8 "
               f"(measured) -> {result.chosen_onnx}")
+    if result.finalists is not None:
+        print(comparison_text(result.finalists))
     for key, path in result.files.items():
         print(f"{key}: {path}")

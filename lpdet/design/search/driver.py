@@ -6,7 +6,9 @@
 3. the study (`study`): created in ``OUT/study.db`` or joined (``--storage``, ``--study``), dead
    workers' trials recovered, then trials until the study holds ``--trials`` (`worker`);
 4. the results (`front`): every candidate's YAML, the Pareto front of selection AP against measured
-   int8 latency (CSV, JSON, plot), the chosen candidate's YAML and int8 ONNX under ``OUT/chosen``.
+   int8 latency (CSV, JSON, plot), the chosen candidate's YAML and int8 ONNX under ``OUT/chosen``;
+5. the finalists (`finalists`): the chosen candidate, the best grid model that fits and the
+   runner-up, fine-tuned alike and reported on val (finalists.csv / .json, search_report.md).
 
 Run the same command again after an interruption: the supernet is reused, finished trials stay
 in the study, and the interrupted trial runs again.
@@ -24,6 +26,9 @@ from optuna.trial import TrialState
 
 from lpdet.design.search.candidate import CANDIDATE_YAML, MODEL_ONNX, export_candidate, load_context
 from lpdet.design.search.front import CandidateRow, choose, write_front
+from lpdet.design.search.finalists import FinalistsResult, pick_finalists, run_finalists
+from lpdet.design.search.finalists_report import write_finalists
+from lpdet.design.search.grid import GRID, enqueue_grid
 from lpdet.design.search.sandwich import train_supernet
 from lpdet.design.search.settings import SearchSettings
 from lpdet.design.search.study import (AP, LATENCY, candidate_of, open_storage, open_study, recover_dead_workers)
@@ -58,6 +63,7 @@ class SearchResult:
     chosen_onnx: Path | None
     ran_here: int
     recovered: list[int]
+    finalists: FinalistsResult | None = None
 
 
 def run_search(settings: SearchSettings, opts: SearchOptions) -> SearchResult:
@@ -70,12 +76,14 @@ def run_search(settings: SearchSettings, opts: SearchOptions) -> SearchResult:
     storage = open_storage(opts.storage or f"sqlite:///{(out / 'study.db').resolve()}", settings.heartbeat_s)
     save_yaml(settings, out / "settings.yaml")
     data_yaml = dataset_yaml(opts.data, synth_train=settings.synth_train, synth_val=settings.synth_val)
-    data = design_data(data_yaml, out / "selection", settings.select_fraction).evaluation
+    splits = design_data(data_yaml, out / "selection", settings.select_fraction)
+    data = splits.evaluation
     supernet = Path(opts.supernet) if opts.supernet else _supernet(settings, data, out, opts.progress)
     limit = settings.latency_limit(opts.budget_ms)
     identity = {"budget_ms": opts.budget_ms, "latency_limit_ms": limit, "supernet": file_identity(supernet),
                 "space": to_dict(settings.space), "width": settings.width, "threads": settings.bench.threads}
-    study = open_study(storage, opts.study, settings, identity)
+    study = open_study(storage, opts.study, settings, identity,
+                       on_create=(lambda new: enqueue_grid(new, settings)) if settings.grid else None)
     recovered = recover_dead_workers(study)
     if recovered:
         log.warning("search: trial(s) %s of a worker that died are run again", recovered)
@@ -89,7 +97,30 @@ def run_search(settings: SearchSettings, opts: SearchOptions) -> SearchResult:
              "threads": settings.bench.threads, "selection": "AP on the selection split held out from train",
              "latency": "median end to end (graph + NMS), batch 1, real val images, onnxruntime int8"}
     files = write_front(out, rows, budget_ms=opts.budget_ms, limit_ms=limit, chosen=chosen, facts=facts)
-    return SearchResult(rows, chosen, files, chosen_onnx, ran, recovered)
+    finalists = None
+    if settings.finalists.enabled and chosen is not None:
+        picked = [(role, candidate_of(study.get_trials(deepcopy=False)[row.trial], settings), row)
+                  for role, row in pick_finalists(rows, settings.finalists.runner_up)]
+        finalists = run_finalists(ctx, picked, out=out, training_yaml=splits.training, supernet=supernet,
+                                  budget_ms=opts.budget_ms, progress=opts.progress)
+        files.update(write_finalists(out, finalists, facts=_report_facts(settings, opts, rows, chosen, splits)))
+    return SearchResult(rows, chosen, files, chosen_onnx, ran, recovered, finalists)
+
+
+def _report_facts(settings: SearchSettings, opts: SearchOptions, rows: list[CandidateRow], chosen: CandidateRow,
+                  splits) -> list[str]:
+    """The search_report's opening lines: what was searched, on which data, with what result."""
+    grid = sum(r.kind == "grid" for r in rows)
+    synth = (f" ({settings.synth_train} training / {settings.synth_val} val images generated)"
+             if opts.data == "synth" and settings.synth_train else "")
+    return [f"data: {opts.data}{synth}; candidates scored on the selection split: {splits.select_source}; "
+            f"finalists reported on val",
+            f"budget {opts.budget_ms:g} ms, fit limit {settings.latency_limit(opts.budget_ms):.2f} ms "
+            f"(margin {settings.budget_margin:g}), {settings.bench.threads} thread(s)",
+            f"{len(rows)} candidates scored: {grid} width x resolution grid points, {len(rows) - grid} searched "
+            f"(Optuna TPE); {sum(r.fits for r in rows)} fit",
+            f"supernet: {settings.supernet.epochs} epoch(s), sandwich rule; chosen: trial {chosen.trial} "
+            f"({chosen.kind}), select AP {chosen.select_ap:.4f}, {chosen.latency_ms:.2f} ms"]
 
 
 def _supernet(settings: SearchSettings, data: Path, out: Path, progress: bool) -> Path:
@@ -115,9 +146,11 @@ def _rows(study, settings: SearchSettings, out: Path, limit: float) -> list[Cand
             save_yaml(candidate_of(trial, settings), config)
         low, high = trial.user_attrs.get("latency_interval_ms") or (None, None)
         latency = float(trial.user_attrs[LATENCY])
+        width = trial.user_attrs.get(GRID)
         rows.append(CandidateRow(trial=trial.number, select_ap=float(trial.user_attrs[AP]), latency_ms=latency,
                                  latency_low_ms=low, latency_high_ms=high, fits=latency <= limit,
-                                 config=str(config.relative_to(out))))
+                                 config=str(config.relative_to(out)), kind="search" if width is None else "grid",
+                                 grid_width=width))
     return rows
 
 

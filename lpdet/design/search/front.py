@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lpdet.serialize import atomic_write_text
 
-__all__ = ["CandidateRow", "pareto_front", "choose", "write_front", "FRONT_FILES"]
+__all__ = ["CandidateRow", "pareto_front", "choose", "write_front", "plot_grid", "FRONT_FILES"]
 
 FRONT_FILES = {"candidates": "candidates.csv", "csv": "pareto.csv", "json": "pareto.json", "plot": "pareto.png"}
 
@@ -26,6 +26,8 @@ class CandidateRow:
     fits: bool  # latency_ms <= the budget less its margin
     config: str  # the candidate YAML, relative to the output folder
     pareto: bool = False
+    kind: str = "search"  # "grid": a width x resolution grid point (`lpdet.design.search.grid`), else "search"
+    grid_width: float | None = None  # a grid point's relative width
 
 
 def pareto_front(rows: list[CandidateRow]) -> list[CandidateRow]:
@@ -72,6 +74,15 @@ def write_front(out: Path, rows: list[CandidateRow], *, budget_ms: float, limit_
     return paths
 
 
+def plot_grid(ax, rows: list[CandidateRow]) -> None:
+    """The grid points as grey squares, those of one width joined by a line (by latency)."""
+    widths = sorted({r.grid_width for r in rows if r.kind == "grid"})
+    for i, w in enumerate(widths):
+        line = sorted((r for r in rows if r.kind == "grid" and r.grid_width == w), key=lambda r: r.latency_ms)
+        ax.plot([r.latency_ms for r in line], [r.select_ap * 100 for r in line], "s-", color=str(0.25 + 0.2 * (i % 3)),
+                markersize=5, linewidth=0.8, label=f"grid, width {w:g} (resolutions)")
+
+
 def _plot(path: Path, rows, front, *, budget_ms: float, limit_ms: float, chosen) -> None:
     import matplotlib  # imported here: only the search's last step draws
 
@@ -79,8 +90,10 @@ def _plot(path: Path, rows, front, *, budget_ms: float, limit_ms: float, chosen)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.scatter([r.latency_ms for r in rows], [r.select_ap * 100 for r in rows], s=14, color="0.6",
-               label=f"candidates ({len(rows)})")
+    searched = [r for r in rows if r.kind != "grid"]
+    ax.scatter([r.latency_ms for r in searched], [r.select_ap * 100 for r in searched], s=14, color="tab:cyan",
+               label=f"searched candidates ({len(searched)})")
+    plot_grid(ax, rows)
     ax.plot([r.latency_ms for r in front], [r.select_ap * 100 for r in front], "o-", color="tab:blue",
             label="Pareto front")
     ax.axvline(budget_ms, color="tab:red", linestyle="--", label=f"budget {budget_ms:g} ms")

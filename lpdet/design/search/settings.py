@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lpdet.data.selection import SELECT_FRACTION
-from lpdet.design.settings import BenchSettings
+from lpdet.design.settings import BenchSettings, Schedule, TrainingSettings
 from lpdet.errors import LpdetError
 from lpdet.models.arch_space import SearchSpace
 from lpdet.serialize import from_dict
 
-__all__ = ["SupernetSettings", "SearchSettings"]
+__all__ = ["SupernetSettings", "FinalistSettings", "SearchSettings"]
 
 
 @dataclass
@@ -33,6 +33,21 @@ class SupernetSettings:
 
 
 @dataclass
+class FinalistSettings:
+    """How the finalists (the chosen candidate, the best grid model that fits, and with `runner_up` the
+    next best fitting searched candidate) are fine-tuned: each from its inherited, BatchNorm-recalibrated
+    weights, QAT for the same `schedule` (the design's fine-tuning runs, `TrialCache.train`), then
+    exported int8, evaluated on val and timed interleaved (`lpdet.design.search.finalists`)."""
+
+    enabled: bool = True
+    runner_up: bool = True
+    schedule: Schedule = field(default_factory=lambda: Schedule(epochs=10, lr=0.005, warmup_steps=100))
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    max_images: int = 0  # val (and selection) images their AP is measured on (0: all)
+    calibration_images: int = 100  # int8 export of a QAT checkpoint needs none; kept for a float one
+
+
+@dataclass
 class SearchSettings:
     """Every knob of the search (see `lpdet.design.search.driver`)."""
 
@@ -48,11 +63,14 @@ class SearchSettings:
     budget_margin: float = 0.1  # a candidate fits when it measures at most budget · (1 − margin)
     select_fraction: float = SELECT_FRACTION
     startup_trials: int = 10  # TPE's random trials before it models the space
+    # The width x resolution grid (`grid`) as the study's first trials, scored like every candidate
+    grid: bool = True
     seed: int = 0  # the sampler's
     synth_train: int | None = None  # --data synth only
     synth_val: int | None = None
     latency_lock: str = ""  # file serialising latency measurements across processes ("": per machine)
     heartbeat_s: int = 60  # a worker's trials are failed and retried when it is silent this long ×2
+    finalists: FinalistSettings = field(default_factory=FinalistSettings)
 
     @classmethod
     def full(cls, **overrides) -> "SearchSettings":
@@ -66,7 +84,12 @@ class SearchSettings:
                                                   random_subnets=1),
                         trials=40, bn_batches=4, calibration_batches=2, select_max_images=0,
                         bench=BenchSettings(runs=30, warmup=2, time_cap_s=10.0, images=8), startup_trials=10,
-                        synth_train=1200, synth_val=200)
+                        synth_train=1200, synth_val=200,
+                        # the design's quick fine-tuning: 40 batches of 16, QAT, lr 0.005
+                        finalists=FinalistSettings(
+                            schedule=Schedule(epochs=1, lr=0.005, warmup_steps=0, limit_train_batches=40),
+                            training=TrainingSettings(batch_size=16, augment="light", workers=1, max_val_images=100,
+                                                      checkpoint_every=25)))
         settings.update(overrides)
         return cls(**settings)
 
@@ -91,6 +114,9 @@ class SearchSettings:
             (0 <= self.budget_margin < 1, "--budget-margin must be in [0, 1)"),
             (0 < self.select_fraction < 1, "--select-fraction must be between 0 and 1 (exclusive)"),
             (self.heartbeat_s >= 1, "heartbeat_s must be >= 1"),
+            (self.finalists.schedule.epochs >= 1 and self.finalists.training.batch_size >= 2
+             and self.finalists.schedule.limit_train_batches >= 0,
+             "finalists: epochs >= 1, batch_size >= 2, limit_train_batches >= 0"),
         ]
         for ok, message in checks:
             if not ok:

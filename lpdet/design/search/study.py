@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Callable
 
 import optuna
 from optuna.storages import RDBStorage
@@ -39,7 +40,7 @@ from lpdet.models.arch_space import ArchCandidate, stage_choices
 from lpdet.serialize import to_dict
 
 __all__ = ["open_storage", "open_study", "suggest_candidate", "candidate_of", "recover_dead_workers", "WORKER",
-           "retry", "worker_id", "is_feasible", "set_latency_constraint", "LATENCY", "AP"]
+           "retry", "worker_id", "is_feasible", "params_of", "set_latency_constraint", "LATENCY", "AP"]
 
 LATENCY = "latency_ms"  # user attribute: the measured median int8 latency
 AP = "select_ap"
@@ -67,8 +68,8 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
                 return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                                   grace_period=2 * heartbeat_s, **{key: _RetryCallback(max_retry=MAX_RETRY)})
         except Exception as e:  # sqlalchemy and drivers raise many types: one line with the fix
-            if "already exists" in str(e) and attempt < 2:
-                continue  # two workers created a new database's tables at once: the other one won
+            if any(m in str(e) for m in ("already exists", "UNIQUE constraint")) and attempt < 2:
+                continue  # two workers created a new database's tables (or its schema version) at once: the other won
             raise _storage_error(url, e) from None
     raise AssertionError("unreachable")
 
@@ -79,8 +80,11 @@ def _storage_error(url: str, e: Exception) -> LpdetError:
                       "Optuna accepts, e.g. sqlite:///runs/search/study.db or postgresql://user@host/db")
 
 
-def open_study(storage: RDBStorage, name: str, settings: SearchSettings, identity: dict) -> optuna.Study:
-    """Create study `name` or join it; a joining worker must bring the same budget, supernet, space."""
+def open_study(storage: RDBStorage, name: str, settings: SearchSettings, identity: dict,
+               on_create: Callable[[optuna.Study], None] | None = None) -> optuna.Study:
+    """Create study `name` or join it; a joining worker must bring the same budget, supernet, space.
+    `on_create(study)` runs only in the one worker whose create won (the storage's unique study name
+    decides, so workers starting together never both run it): e.g. enqueueing the grid's trials."""
     limit = identity["latency_limit_ms"]
     # Optuna 5 reads the constraint the trial sets (`set_latency_constraint`); Optuna 4 asks a function.
     constraints = None if USES_SET_CONSTRAINT else (lambda t: [t.user_attrs.get(LATENCY, 1e9) - limit])
@@ -88,8 +92,13 @@ def open_study(storage: RDBStorage, name: str, settings: SearchSettings, identit
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=settings.seed + os.getpid(), n_startup_trials=settings.startup_trials,
                                              multivariate=True, constant_liar=True, constraints_func=constraints)
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction="maximize",
-                                load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+    else:
+        if on_create is not None:
+            on_create(study)
     stored = study.user_attrs
     wanted = json.loads(json.dumps(to_dict(identity)))
     if not stored:
@@ -127,6 +136,16 @@ def suggest_candidate(trial: optuna.Trial, settings: SearchSettings) -> ArchCand
     extras = [trial.suggest_categorical(f"extra{j}.width", space.extra_widths) for j in range(NUM_EXTRA_LAYERS)]
     resolution = trial.suggest_categorical("resolution", space.resolutions)
     return ArchCandidate(space.arch, resolution, ArchDetail(stages=stages, extra_widths=extras), width=settings.width)
+
+
+def params_of(candidate: ArchCandidate) -> dict:
+    """The trial parameters `suggest_candidate` turns into `candidate` (for `study.enqueue_trial`)."""
+    params: dict = {}
+    for index, stage in enumerate(candidate.detail.stages):
+        params.update({_stage_key(index, name): getattr(stage, name) for name in ("width", "expansion", "kernel", "depth")})
+    params.update({f"extra{j}.width": w for j, w in enumerate(candidate.detail.extra_widths)})
+    params["resolution"] = candidate.resolution
+    return params
 
 
 def candidate_of(trial: FrozenTrial, settings: SearchSettings) -> ArchCandidate:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from lpdet.design.search.sandwich import train_supernet
-from lpdet.design.search.settings import SearchSettings, SupernetSettings
-from lpdet.design.settings import BenchSettings
+from lpdet.design.search.settings import FinalistSettings, SearchSettings, SupernetSettings
+from lpdet.design.settings import BenchSettings, Schedule, TrainingSettings
 from lpdet.design.splits import design_data
 from lpdet.models.arch_space import SearchSpace
 from tests.helpers import tiny_synth
@@ -21,7 +21,12 @@ def tiny_settings(lock: Path, **overrides) -> SearchSettings:
                                               augment="light", workers=0),
                     trials=2, bn_batches=1, calibration_batches=1, select_fraction=0.25,
                     bench=BenchSettings(runs=3, warmup=0, time_cap_s=1.0, images=1),
-                    latency_lock=str(lock), heartbeat_s=5)
+                    latency_lock=str(lock), heartbeat_s=5,
+                    # off unless a test turns them on: fine-tuning 2 batches of 4 in fp32
+                    finalists=FinalistSettings(enabled=False, schedule=Schedule(epochs=1, lr=0.005, warmup_steps=0,
+                                                                                limit_train_batches=2),
+                                               training=TrainingSettings(batch_size=4, augment="light", workers=0,
+                                                                         precision="fp32", max_val_images=3)))
     settings.update(overrides)
     return SearchSettings(**settings)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from lpdet.design.search.grid import grid_candidates
+from lpdet.design.search.study import candidate_of
 from lpdet.serialize import save_yaml
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -61,10 +63,14 @@ def test_two_workers_finish_one_study_without_running_a_trial_twice(tiny_search,
         assert sum(f.is_file() for f in folders) == 1, trial.number
     if hasattr(optuna.Trial, "set_constraint"):  # Optuna 5: TPE reads the latency constraint from the trial
         assert all(t.constraints == {"latency": t.user_attrs["latency_ms"] - 900.0} for t in complete)
+    # the study's first trials are the width x resolution grid's, each run once (3 trials: its first 2)
+    grid = [repr(candidate_of(t, tiny_search[0])) for t in complete if "grid_width" in t.user_attrs]
+    assert sorted(grid) == sorted(map(repr, grid_candidates(tiny_search[0])[:2]))
     workers = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in complete}
     assert workers <= {str(first.pid), str(second.pid)}
     for w in ("a", "b"):  # each worker writes the whole study's front and every candidate's YAML
         assert len((tmp_path / w / "candidates.csv").read_text().splitlines()) == 1 + 3
+        assert (tmp_path / w / "candidates.csv").read_text().count(",grid,") == 2
         assert (tmp_path / w / "chosen" / "model.onnx").is_file()
 
 
