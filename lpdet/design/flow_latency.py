@@ -107,3 +107,21 @@ def search_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, float_
                        f"({reference.get('ratio') or float('nan'):.3f} of the int8 {base_r}).",
                   formats={"int8 median ms": ".2f", "p90 ms": ".2f", f"vs {base_r}": ".3f"})
     return SearchLatency(models=models, table=table, reference=reference)
+
+
+def budget_latency(ctx: FlowContext, paired: dict) -> float:
+    """The latency a budget check reads from a model timed interleaved with the base model (the base
+    first): with `--budget-ratio`, its paired ratio to the base times the base's latency in the
+    resolution search, so that the machine's drift between the two runs cancels (the budget itself
+    is a ratio); with `--budget-ms`, a real deadline, its own median."""
+    return budget_view(ctx, paired)["median_ms"]
+
+
+def budget_view(ctx: FlowContext, paired: dict) -> dict:
+    """`budget_latency` with its 95% interval (``median_ms``, ``median_interval_ms``), as `straddles` reads it."""
+    if ctx.budget_ratio is None or paired.get("ratio") is None:
+        return paired
+    low, high = paired.get("ratio_interval") or (None, None)
+    base = ctx.base_latency_ms
+    return {"median_ms": paired["ratio"] * base,
+            "median_interval_ms": None if low is None else [low * base, high * base]}

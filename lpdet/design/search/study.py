@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable
 
@@ -92,16 +93,20 @@ def open_study(storage: RDBStorage, name: str, settings: SearchSettings, identit
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=settings.seed + os.getpid(), n_startup_trials=settings.startup_trials,
                                              multivariate=True, constant_liar=True, constraints_func=constraints)
+    wanted = json.loads(json.dumps(to_dict(identity)))
     try:
         study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler)
     else:
+        # The identity first (a joining worker waits for all of it), then what only the creator does.
+        for key in _IDENTITY:
+            study.set_user_attr(key, wanted[key])
         if on_create is not None:
             on_create(study)
-    stored = study.user_attrs
-    wanted = json.loads(json.dumps(to_dict(identity)))
-    if not stored:
+        return study
+    stored = _identity_of(study)
+    if not stored:  # a study created without them (by an earlier lpdet): this worker's become its identity
         for key in _IDENTITY:
             study.set_user_attr(key, wanted[key])
         return study
@@ -110,6 +115,17 @@ def open_study(storage: RDBStorage, name: str, settings: SearchSettings, identit
             raise LpdetError(f"--study {name}: it was started with {key} {stored.get(key)!r}, this worker has "
                              f"{wanted[key]!r}; join it with the same options (and --supernet), or pick a new --study")
     return study
+
+
+def _identity_of(study: optuna.Study, wait_s: float = 60.0) -> dict:
+    """The study's identity attributes; a worker joining a study that another one is creating right
+    now waits (up to `wait_s`) until the creator has written all of them."""
+    deadline = time.monotonic() + wait_s
+    stored = study.user_attrs
+    while not all(key in stored for key in _IDENTITY) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stored = study.user_attrs
+    return stored
 
 
 USES_SET_CONSTRAINT = hasattr(optuna.Trial, "set_constraint")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from lpdet.design.search.grid import grid_candidates
@@ -45,6 +46,8 @@ def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     try:
         return optuna.load_study(study_name="shared", storage=storage).get_trials(deepcopy=False)
     except KeyError:  # the worker has not created the study yet
+        return []
+    except sqlalchemy.exc.OperationalError:  # ... or is creating the database's tables right now
         return []
 
 
