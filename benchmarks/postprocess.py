@@ -124,7 +124,8 @@ def build_models(out: Path, checkpoint: Path | None, data: str, calibration: int
         if (detector.config.arch, detector.config.width) != (ARCH, WIDTH):
             print(f"note: {checkpoint} is {detector.config.arch} width {detector.config.width}, not {ARCH} {WIDTH}")
         metadata = {"class_names": ckpt.class_names, "category_ids": ckpt.category_ids}
-        what = f"{checkpoint} (step {ckpt.train_state.get('global_step')})"
+        what = (f"{checkpoint} ({detector.config.arch} width {detector.config.width:g}, "
+                f"step {ckpt.train_state.get('global_step')})")
     else:
         from lpdet.models.registry import ModelConfig, build_detector
 
@@ -132,7 +133,8 @@ def build_models(out: Path, checkpoint: Path | None, data: str, calibration: int
         torch.manual_seed(0)
         detector = build_detector(ModelConfig(ARCH, len(names), width=WIDTH, resolution=RESOLUTION))
         metadata = {"class_names": names, "category_ids": list(range(1, len(names) + 1))}
-        what = "random init (background prior 0.99: few candidates; pass --checkpoint for a trained model)"
+        what = (f"{ARCH} width {WIDTH:g}, random init (background prior 0.99: few candidates; pass --checkpoint "
+                f"for a trained model)")
         if fit_steps:
             fit_briefly(detector, spec, fit_steps)
             what = f"random init fitted for {fit_steps} steps on 16 training images at 160 (scores off the prior)"
@@ -218,7 +220,7 @@ def report(result: dict, images: int, rounds: int, threads: int, what: str) -> d
 
     t, facts = result["times"], result["facts"]
     cand = np.asarray(facts["candidates"])
-    print(f"\n{ARCH} width {WIDTH} @{RESOLUTION}, int8 (calibrated PTQ) of {what}")
+    print(f"\n@{RESOLUTION}, int8 (calibrated PTQ) of {what}")
     print(f"{cpu_name()}; onnxruntime, {threads} thread(s); {images} val images x {rounds} rounds, interleaved")
     print(f"candidates per image (anchor, class) above 0.01: median {np.median(cand):.0f}, mean {cand.mean():.0f}, "
           f"max {cand.max()}; detections per image: mean {np.mean(facts['detections']):.1f} (per class), "
