@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable
 
 import optuna
+from filelock import FileLock
 from optuna.storages import RDBStorage
 
 try:  # Optuna >= 4.9; the older name is deprecated there
@@ -94,6 +95,31 @@ def open_study(storage: RDBStorage, name: str, settings: SearchSettings, identit
         sampler = optuna.samplers.TPESampler(seed=settings.seed + os.getpid(), n_startup_trials=settings.startup_trials,
                                              multivariate=True, constant_liar=True, constraints_func=constraints)
     wanted = json.loads(json.dumps(to_dict(identity)))
+    study = _open(storage, name, sampler, wanted, on_create)
+    _serialise_waiting_pops(study, storage)
+    return study
+
+
+def _serialise_waiting_pops(study: optuna.Study, storage: RDBStorage) -> None:
+    """SQLite has no row locks (SELECT ... FOR UPDATE), so two workers on one machine could both take the
+    same waiting trial (an enqueued grid point or a re-queued one) and run it twice (seen: "Cannot tell
+    a COMPLETE trial"). Taking a waiting trial is made one-at-a-time with a file lock beside the database;
+    server databases lock the row themselves."""
+    url = str(getattr(storage, "url", ""))
+    if not url.startswith("sqlite:///"):
+        return
+    lock = FileLock(url[len("sqlite:///"):] + ".pop.lock")
+    pop = study._pop_waiting_trial_id  # Optuna's own (private) step of `ask`: a waiting trial -> RUNNING
+
+    def pop_one_at_a_time(*args, **kwargs):
+        with lock:
+            return pop(*args, **kwargs)
+
+    study._pop_waiting_trial_id = pop_one_at_a_time
+
+
+def _open(storage: RDBStorage, name: str, sampler, wanted: dict, on_create) -> optuna.Study:
+    """Create study `name` (the identity, then `on_create`) or join it (checking the identity)."""
     try:
         study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
