@@ -11,6 +11,14 @@ class LpdetError(Exception):
     """A user-facing error: the message names what is wrong and how to fix it."""
 
 
+def raise_first_failed(checks, prefix: str = "") -> None:
+    """`checks`: (ok, message) pairs, e.g. a config's option rules; `LpdetError(prefix + message)` for
+    the first that is not ok."""
+    for ok, message in checks:
+        if not ok:
+            raise LpdetError(prefix + message)
+
+
 class Interrupted(KeyboardInterrupt):
     """A command stopped by SIGINT/SIGTERM after saving what it needs to continue.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lpdet.data.selection import SELECT_FRACTION
 from lpdet.data.transforms import AUGMENTATIONS
-from lpdet.errors import LpdetError
+from lpdet.errors import raise_first_failed
 from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
 from lpdet.quant.qat import QatConfig
 from lpdet.serialize import from_dict
@@ -149,9 +149,7 @@ class DesignSettings:
             (self.base is None or self.backbone_weights is None,
              "--base and --backbone-weights exclude each other (the base has its backbone)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise LpdetError(f"design settings: {message}")
+        raise_first_failed(checks, "design settings: ")
 
     def latency_limit(self, budget_ms: float) -> float:
         """The latency a model may measure to fit `budget_ms`, `budget_margin` kept in reserve."""

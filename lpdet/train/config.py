@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lpdet.errors import LpdetError
+from lpdet.errors import raise_first_failed
 from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
 from lpdet.quant.qat import QatConfig
 from lpdet.serialize import from_dict, load_mapping
@@ -85,9 +85,7 @@ class TrainConfig:
         checks.append((not (self.is_qat and self.precision == "bf16"),
                        "--precision bf16 cannot be combined with --qat: fake quantization simulates the int8 "
                        "grid in fp32; drop --precision (QAT always runs in fp32)"))
-        for ok, message in checks:
-            if not ok:
-                raise LpdetError(message)
+        raise_first_failed(checks)
 
 
 # The fields a config.yaml written before TrainConfig nested its model and QAT configs had flat.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from lpdet.data.selection import SELECT_FRACTION
 from lpdet.design.settings import BenchSettings, Schedule, TrainingSettings
-from lpdet.errors import LpdetError
+from lpdet.errors import raise_first_failed
 from lpdet.models.arch_space import SearchSpace
 from lpdet.serialize import from_dict
 
@@ -118,9 +118,7 @@ class SearchSettings:
              and self.finalists.schedule.limit_train_batches >= 0,
              "finalists: epochs >= 1, batch_size >= 2, limit_train_batches >= 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise LpdetError(f"search settings: {message}")
+        raise_first_failed(checks, "search settings: ")
 
     def latency_limit(self, budget_ms: float) -> float:
         """The latency a candidate may measure to fit `budget_ms`, `budget_margin` kept in reserve."""
