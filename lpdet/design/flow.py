@@ -265,8 +265,8 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, flo
     sweep = resolution_sweep(qat_ckpt, ctx.data_path, candidates, ctx.out_dir / "resolution", epochs=s.finetuning.epochs,
                              qat=True, finetune=set(to_tune) | {base_r}, batch_size=s.training.batch_size,
                              max_images=s.eval_max_images, calibration_images=s.calibration_images, budget_ms=budget,
-                             fit_limit_ms=limit, train_overrides=finetune_overrides(s), cache=cache, train_data=ctx.train_path,
-                             select=True, latency=measured.models, **bench_kw(s))
+                             fit_limit_ms=limit, train_overrides=finetune_overrides(s), cache=cache,
+                             train_data=ctx.train_path, select=True, latency=measured.models, **bench_kw(s))
     tuned = [Candidate(f"QAT fine-tuned @{row.resolution}", f"finetune-r{row.resolution}", row.resolution,
                        Path(row.ft_onnx), Path(row.ft_checkpoint), row.ft_metrics, row.ft_latency_ms,
                        predictions=Path(row.ft_predictions), select_metrics=row.ft_select_metrics)
@@ -283,7 +283,8 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, flo
     chosen = max(pool, key=lambda m: (choice_ap(m), -latency[m.resolution]))  # chosen on select, not val
     ctx.sections.append(resolution_section(ctx, sweep, search_table, to_tune, chosen, latency, fitting))
     forward = {r: measured.models[r]["forward_ms"] for r in candidates}
-    return _Search(latency=latency, forward=forward, float_latency=measured.reference, fitting=fitting, sweep=sweep, tuned=tuned, untuned=untuned, chosen=chosen)
+    return _Search(latency=latency, forward=forward, float_latency=measured.reference, fitting=fitting, sweep=sweep,
+                   tuned=tuned, untuned=untuned, chosen=chosen)
 
 
 def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, float_predictions: Path) -> None:
@@ -365,6 +366,7 @@ def _finalise(ctx: FlowContext, model: Candidate, bench: dict, post, metrics: di
     # The chosen NMS setting travels in the model: `lpdet bench` / `eval` / `predict` use it.
     target = update_metadata(model.onnx, final_dir / "model.onnx", {"postprocess": to_dict(post)})
     s = ctx.settings
+    for_budget = budget_latency(ctx, bench)
     ctx.summary = {
         "model": str(target), "source_onnx": str(model.onnx), "checkpoint": str(model.checkpoint),
         "description": model.label, "arch": s.arch, "width": s.width, "resolution": model.resolution,
@@ -376,8 +378,8 @@ def _finalise(ctx: FlowContext, model: Candidate, bench: dict, post, metrics: di
         "budget_ratio": ctx.budget_ratio, "base_latency_ms": ctx.base_latency_ms,
         "forward_ms": bench["forward_ms"], "postprocess_ms": bench["postprocess_ms"],
         "size_mb": model_size_bytes(target) / 1e6, "nms_iou": post.nms_iou, "class_agnostic": post.class_agnostic, "score_threshold": post.score_threshold,
-        "top_k": post.top_k, "budget_ms": ctx.budget_ms, "latency_for_budget_ms": budget_latency(ctx, bench),
-        "meets_budget": budget_latency(ctx, bench) <= ctx.budget_ms,
+        "top_k": post.top_k, "budget_ms": ctx.budget_ms, "latency_for_budget_ms": for_budget,
+        "meets_budget": for_budget <= ctx.budget_ms,
         "budget_margin": s.budget_margin, "latency_limit_ms": s.latency_limit(ctx.budget_ms),
         "threads": s.bench.threads, "device": bench.get("device"), "runtime": bench.get("runtime"), "data": ctx.data,
         "steps": to_dict(ctx.steps),
