@@ -9,6 +9,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
+import yaml
 
 import lpdet.design.trials as trials
 from lpdet.cli import main
@@ -90,6 +91,17 @@ def test_a_bad_search_folder_is_one_clear_error(searched, tmp_path, capsys):
     (copy / "pareto.json").write_text(json.dumps({**front, "supernet": str(tmp_path / "gone")}))
     with pytest.raises(LpdetError, match=r"its supernet .*gone.* is gone; rerun the search with --supernet"):
         open_search_folder(copy, arch="mobilenet_v2_ssdlite", data=evaluation)
+    # another class set: the search's supernet does not know the design's classes
+    train = json.loads((evaluation.parent / "annotations" / "instances_train.fit.json").read_text())
+    train["categories"] = [{**c, "name": f"other-{c['name']}"} for c in train["categories"]]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    spec = yaml.safe_load(evaluation.read_text())
+    for split in ("train", "select", "val"):
+        spec[split] = {k: str((evaluation.parent / v).resolve()) for k, v in spec[split].items()}
+    spec["train"]["annotations"] = str(tmp_path / "train.json")
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(LpdetError, match=r"its supernet was trained on classes .* pass a search run on this dataset"):
+        open_search_folder(search, arch="mobilenet_v2_ssdlite", data=tmp_path / "other.yaml")
     assert main(["design", "--data", str(data), "--budget-ms", "5", "--out", str(tmp_path / "d"),
                  "--search", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
