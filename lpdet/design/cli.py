@@ -147,6 +147,9 @@ def _add_design(commands, common) -> None:
     des.add_argument("--arch", help="architecture (default mobilenet_v2_ssdlite)")
     des.add_argument("--width", type=float, help="width multiplier (default 1.0; --quick: 0.5)")
     des.add_argument("--resolutions", help="candidate resolutions (comma-separated), instead of the preset's")
+    des.add_argument("--search", type=Path, metavar="SEARCH_DIR",
+                     help="a finished `lpdet search --out SEARCH_DIR`: its chosen architecture is fine-tuned like the "
+                          "resolution-only model and compared with it (report section 'Architecture search')")
     start = des.add_mutually_exclusive_group()
     start.add_argument("--base", type=Path, metavar="CKPT",
                        help="start from this float detector (its architecture, width and resolution) instead of "

@@ -101,7 +101,7 @@ def cmd_design(args) -> None:
     result = design(args.data, args.budget_ms, args.out, quick=args.quick, settings=settings, arch=args.arch,
                     width=args.width, threads=args.threads, select_fraction=args.select_fraction,
                     budget_ratio=args.budget_ratio, base=args.base, from_scratch=args.from_scratch,
-                    backbone_weights=args.backbone_weights, progress=_progress(args))
+                    backbone_weights=args.backbone_weights, search=args.search, progress=_progress(args))
     s = result.summary
     ratio = f" = {s['budget_ratio']:g} x the base model's {s['base_latency_ms']:.2f} ms" if s.get("budget_ratio") else ""
     print(f"final model: {result.final_model} ({s['description']}): AP {s['AP']:.4f} (val), "

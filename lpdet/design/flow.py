@@ -73,6 +73,7 @@ from pathlib import Path
 from lpdet.deploy.export import update_metadata
 from lpdet.deploy.runtime import model_size_bytes
 from lpdet.design.base_model import check_base_classes, choose_base
+from lpdet.design.flow_arch_search import STEP as ARCH_SEARCH, add_row_after_final, arch_search_step
 from lpdet.design.flow_choices import filtering_step, nms_step
 from lpdet.design.flow_context import (SAME_GRAPH, Candidate, FlowContext, NoFit, bench_kw, choice_ap, compare_row,
                                        record_step)
@@ -84,6 +85,7 @@ from lpdet.design.noise import NoiseJudge
 from lpdet.design.quant_compare import compare_quantization, compare_to_dict
 from lpdet.design.report import Section
 from lpdet.design.resolution import resolution_sweep
+from lpdet.design.search.folder import SearchFolder, open_search_folder
 from lpdet.design.settings import DesignSettings, finetune_overrides, training_config
 from lpdet.design.splits import design_data
 from lpdet.design.tables import save_json_atomic
@@ -117,10 +119,11 @@ def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, qu
            settings: DesignSettings | None = None, arch: str | None = None, width: float | None = None,
            threads: int | None = None, select_fraction: float | None = None, budget_ratio: float | None = None,
            base: Path | None = None, from_scratch: bool = False, backbone_weights: Path | None = None,
-           progress: bool = True, echo=None) -> DesignResult:
+           search: Path | None = None, progress: bool = True, echo=None) -> DesignResult:
     """Run the whole guided design flow (see the module docstring); returns where everything is. The
     budget: `budget_ms`, or `budget_ratio` x the base model's int8 latency measured on this machine
-    (exactly one of them)."""
+    (exactly one of them). `search`: a finished `lpdet search` folder whose chosen architecture is
+    compared with the resolution-only model (`lpdet.design.flow_arch_search`)."""
     started = time.perf_counter()
     custom_settings = settings is not None
     settings = settings or (DesignSettings.quick() if quick else DesignSettings.full())
@@ -135,7 +138,8 @@ def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, qu
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_json_atomic({"preset": ("custom" if custom_settings else "quick" if quick else "full"), "data": str(data),
-                      "budget_ms": budget_ms, "budget_ratio": budget_ratio, "settings": to_dict(settings)},
+                      "budget_ms": budget_ms, "budget_ratio": budget_ratio, "settings": to_dict(settings),
+                      "search": str(search) if search is not None else None},
                      out_dir / "settings.json")
     cache = TrialCache(out_dir / "trials", progress=progress, echo=echo)
     s = settings
@@ -146,10 +150,11 @@ def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, qu
                       quick=quick, preset=preset, train_path=splits.training, select_source=splits.select_source,
                       budget_ratio=budget_ratio, noise=NoiseJudge(splits.evaluation), base=start)
     check_base_classes(start, splits.evaluation)
+    found = open_search_folder(search, arch=s.arch, data=splits.evaluation) if search is not None else None
     ctx.setup = setup_section(ctx)
 
     try:
-        final = _run_flow(ctx, cache)
+        final = _run_flow(ctx, cache, found)
     except NoFit as e:
         md, html = write_design_report(ctx, cache, started, failure=str(e))
         raise LpdetError(f"{e} (report: {md})") from None
@@ -159,17 +164,18 @@ def design(data: str | Path, budget_ms: float | None, out_dir: Path | str, *, qu
                         seconds=time.perf_counter() - started)
 
 
-def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
+def _run_flow(ctx: FlowContext, cache: TrialCache, found: SearchFolder | None = None) -> Path | None:
     """The steps of the module docstring, one function each, under one progress bar (step k of n, time
     left: tqdm's estimate from the steps done so far); returns the final model's path."""
     cache.plan(2 + 1 + 1 + 2 * len(ctx.settings.candidates()))
-    with progress_bar(total=len(DESIGN_STEPS), enabled=cache.progress, desc="design", unit="step") as bar:
+    names = [*DESIGN_STEPS[:4], *([ARCH_SEARCH] if found else []), *DESIGN_STEPS[4:]]
+    with progress_bar(total=len(names), enabled=cache.progress, desc="design", unit="step") as bar:
         def next_step(done: int = 1) -> None:
             bar.update(done)
-            if bar.n < len(DESIGN_STEPS):
-                bar.set_postfix_str(f"next: {DESIGN_STEPS[bar.n]}")
+            if bar.n < len(names):
+                bar.set_postfix_str(f"next: {names[bar.n]}")
 
-        bar.set_postfix_str(f"next: {DESIGN_STEPS[0]}")
+        bar.set_postfix_str(f"next: {names[0]}")
         base_ckpt, qat_ckpt = _train_float_and_qat(ctx, cache)  # 1-2
         next_step(2)
         float_row, float_onnx, float_predictions = _quantization_table(ctx, cache, base_ckpt, qat_ckpt)  # 3
@@ -177,6 +183,8 @@ def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
         search = _search_resolutions(ctx, cache, qat_ckpt, float_onnx)  # 4
         _record_search_steps(ctx, search, float_row, float_predictions)
         next_step()
+        searched = arch_search_step(ctx, cache, found, search) if found else None  # the seed's 2019 step
+        next_step(1 if found else 0)
         current = search.chosen
         if ctx.settings.filtering:  # 5
             current = filtering_step(ctx, cache, qat_ckpt, current, search.latency[current.resolution]) or current
@@ -184,6 +192,8 @@ def _run_flow(ctx: FlowContext, cache: TrialCache) -> Path | None:
         best, post = nms_step(ctx, cache, current, search.forward[current.resolution])  # 6
         next_step()
         final = _final_model(ctx, cache, current, best, post, search)  # 7
+        if searched:
+            add_row_after_final(ctx, searched)
         next_step()
     return final
 
@@ -237,6 +247,7 @@ class _Search:
     tuned: list[Candidate]  # fine-tuned at their resolution (the base resolution included, as the reference)
     untuned: list[Candidate]  # the QAT model loaded at each candidate
     chosen: Candidate
+    ratio: dict[int, float]  # candidate resolution -> its paired latency ratio to the base resolution
 
 
 def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, float_onnx: Path) -> _Search:
@@ -284,7 +295,8 @@ def _search_resolutions(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, flo
     ctx.sections.append(resolution_section(ctx, sweep, search_table, to_tune, chosen, latency, fitting))
     forward = {r: measured.models[r]["forward_ms"] for r in candidates}
     return _Search(latency=latency, forward=forward, float_latency=measured.reference, fitting=fitting, sweep=sweep,
-                   tuned=tuned, untuned=untuned, chosen=chosen)
+                   tuned=tuned, untuned=untuned, chosen=chosen,
+                   ratio={r: measured.models[r].get("ratio") for r in candidates})
 
 
 def _record_search_steps(ctx: FlowContext, search: _Search, float_row: dict, float_predictions: Path) -> None:

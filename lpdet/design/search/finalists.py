@@ -31,9 +31,10 @@ from lpdet.eval.bootstrap import BootstrapInterval
 from lpdet.models.arch_space import ArchCandidate
 from lpdet.models.checkpoint_format import save_checkpoint
 from lpdet.serialize import to_dict
+from lpdet.train.config import TrainConfig
 
-__all__ = ["Finalist", "FinalistsResult", "pick_finalists", "run_finalists", "CHOSEN", "BEST_GRID",
-           "BEST_SEARCHED", "RUNNER_UP"]
+__all__ = ["Finalist", "FinalistsResult", "pick_finalists", "run_finalists", "inherited_checkpoint", "with_detail",
+           "CHOSEN", "BEST_GRID", "BEST_SEARCHED", "RUNNER_UP"]
 
 CHOSEN, BEST_GRID, BEST_SEARCHED, RUNNER_UP = "chosen", "best grid", "best searched", "runner-up"
 
@@ -114,11 +115,11 @@ def run_finalists(ctx: SearchContext, picked: list[tuple[str, ArchCandidate, Can
                             "qat": True})
 
 
-def _fine_tuned(cache: TrialCache, ctx: SearchContext, role: str, candidate: ArchCandidate, row: CandidateRow,
-                training_yaml: Path, supernet: Path) -> Finalist:
-    """Trials ``finalist-tNNNN-init`` (inherited weights, BN recalibrated), ``finalist-tNNNN`` (QAT
-    fine-tuning from them) and its int8 export and evaluations on val and select."""
-    s, tag = ctx.settings, f"finalist-t{row.trial:04d}"
+def inherited_checkpoint(cache: TrialCache, name: str, candidate: ArchCandidate, ctx: SearchContext,
+                         supernet: Path) -> Path:
+    """Trial `name`: the candidate built with the supernet's inherited weights, BatchNorm recalibrated on
+    the training images of ``ctx.data`` (`candidate.inherited`), saved as a checkpoint; its path."""
+    s = ctx.settings
 
     def start(directory: Path) -> dict:
         detector = inherited(candidate, ctx)
@@ -128,11 +129,24 @@ def _fine_tuned(cache: TrialCache, ctx: SearchContext, role: str, candidate: Arc
 
     spec = {"supernet": file_identity(supernet), "candidate": to_dict(candidate), "data": data_identity(ctx.data),
             "bn_batches": s.bn_batches, "batch_size": s.supernet.batch_size}
-    init = cache.file(cache.run(f"{tag}-init", spec, start, kind="inherit"), "checkpoint")
+    return cache.file(cache.run(name, spec, start, kind="inherit"), "checkpoint")
+
+
+def with_detail(cfg: TrainConfig, candidate: ArchCandidate) -> TrainConfig:
+    """`cfg` training the candidate's own architecture (its per-stage detail)."""
+    return replace(cfg, model=replace(cfg.model, detail=candidate.detail))
+
+
+def _fine_tuned(cache: TrialCache, ctx: SearchContext, role: str, candidate: ArchCandidate, row: CandidateRow,
+                training_yaml: Path, supernet: Path) -> Finalist:
+    """Trials ``finalist-tNNNN-init`` (inherited weights, BN recalibrated), ``finalist-tNNNN`` (QAT
+    fine-tuning from them) and its int8 export and evaluations on val and select."""
+    s, tag = ctx.settings, f"finalist-t{row.trial:04d}"
+    init = inherited_checkpoint(cache, f"{tag}-init", candidate, ctx, supernet)
     f = s.finalists
     cfg = train_config(training_yaml, arch=candidate.arch, width=candidate.width, resolution=candidate.resolution,
                        init=init, qat=True, **asdict(f.schedule), **asdict(f.training))
-    trained = cache.train(tag, replace(cfg, model=replace(cfg.model, detail=candidate.detail)))
+    trained = cache.train(tag, with_detail(cfg, candidate))
     measured = measure_int8(cache, tag, cache.file(trained, "best"), ctx.data, resolution=None,
                             threads=s.bench.threads, runs=s.bench.runs, warmup=s.bench.warmup, max_images=f.max_images,
                             calibration_images=f.calibration_images, select=True, benchmark=False)
