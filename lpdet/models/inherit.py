@@ -160,6 +160,49 @@ def inherited_state(cfg: ModelConfig, supernet: Supernet, own: Mapping[str, Tens
     return state
 
 
+def embedded_state(cfg: ModelConfig, base_config: ModelConfig, base_state: Mapping[str, Tensor],
+                   own: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of inheritance, for starting a supernet from a trained detector: the state dict of a
+    `cfg` detector (`own`: its state dict, for the shapes) holding the `base` network's tensors, layer
+    by role, each smaller kernel zero-padded into the centre of the larger one. A zero ring adds
+    nothing to a depthwise convolution, so the supernet computes what the base computes, and the
+    candidate of the base's shape inherits the base back exactly. The base must have every layer of
+    the supernet with the same channels (the standard network at the search's width)."""
+    if cfg.arch != base_config.arch:
+        raise LpdetError(f"supernet init: the base is a {base_config.arch}, the search's space a {cfg.arch}")
+    bases = {layer.role: layer for layer in detector_layers(base_config)}
+    base_state = {name: t.detach().float() for name, t in base_state.items()}
+    state: dict[str, Tensor] = {}
+    for layer in detector_layers(cfg):
+        source = bases.get(layer.role)
+        if source is None:
+            raise LpdetError(f"supernet init: the base has no layer {layer.role}; start from the standard network "
+                             f"at the search's width, or train the supernet from scratch")
+        names = [(f"{layer.conv}.{k}", f"{source.conv}.{k}") for k in ("weight", "bias")]
+        if layer.norm is not None:
+            names += [(f"{layer.norm}.{k}", f"{source.norm}.{k}")
+                      for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+        for name, base_name in names:
+            if name in own:
+                state[name] = _padded(_tensor(base_state, base_name, "base"), own[name], name)
+    missing = sorted(set(own) - set(state))
+    assert not missing, f"supernet init: no base source for {missing[:3]}"  # detector_layers covers every conv
+    return state
+
+
+def _padded(tensor: Tensor, target: Tensor, name: str) -> Tensor:
+    """`tensor` in `target`'s shape: equal, or a square kernel zero-padded into the centre of a larger one."""
+    if tensor.shape == target.shape:
+        return tensor.to(target.dtype)
+    if tensor.dim() == 4 and tensor.shape[:2] == target.shape[:2] and tensor.shape[-1] < target.shape[-1]:
+        padded = torch.zeros_like(target)
+        start = (target.shape[-1] - tensor.shape[-1]) // 2
+        padded[..., start:start + tensor.shape[-1], start:start + tensor.shape[-1]] = tensor
+        return padded
+    raise LpdetError(f"supernet init: {name} is {tuple(tensor.shape)} in the base, {tuple(target.shape)} in the "
+                     f"supernet; start from the standard network at the search's width (--width)")
+
+
 def _inherited_tensors(layer: Layer, source: Layer, own: dict[str, Tensor], supernet: Supernet) -> dict[str, Tensor]:
     """The candidate tensors of one conv (+ BN): the supernet's, sliced and cropped."""
     weight_name = f"{layer.conv}.weight"

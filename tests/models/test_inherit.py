@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from lpdet.errors import LpdetError
-from lpdet.models.arch_detail import StageDetail
+from lpdet.models.arch_detail import StageDetail, default_detail
 from lpdet.models.arch_space import SearchSpace, largest_candidate, smallest_candidate, to_model_config
 from lpdet.models.config import ModelConfig
-from lpdet.models.inherit import Supernet, detector_layers, inherit, recalibrate_bn
+from lpdet.models.inherit import Supernet, detector_layers, embedded_state, inherit, recalibrate_bn
 from lpdet.models.registry import build_detector
 
 R = 96
@@ -136,3 +138,29 @@ def test_recalibrated_statistics_are_the_average_of_the_batch_statistics():
     with pytest.raises(LpdetError, match="no image batches"):
         recalibrate_bn(detector, [])
     assert torch.equal(stem_bn.running_mean, before)
+
+
+def test_a_supernet_started_from_the_standard_network_computes_it_and_gives_it_back():
+    """embedded_state, the inverse of inheritance: the base's 3x3 kernels zero-padded into the supernet's
+    5x5 ones compute the same outputs, and the candidate of the base's shape inherits the base exactly."""
+    base = _trained_like(ModelConfig("mobilenet_v2_ssdlite", num_classes=3, resolution=R), seed=1)
+    cfg = to_model_config(largest_candidate(SearchSpace(resolutions=[R])), num_classes=3)
+    torch.manual_seed(5)
+    supernet = build_detector(cfg).eval()
+    supernet.load_state_dict(embedded_state(cfg, base.config, base.state_dict(), supernet.state_dict()))
+    standard = replace(cfg, detail=default_detail(cfg.arch))
+    inherited = inherit(standard, Supernet.from_detector(supernet)).eval()
+    images = torch.rand(2, 3, R, R, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, wide, back = base(images), supernet(images), inherited(images)
+    assert expected[0].std() > 0.01
+    for a, b in zip(expected, wide):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # the zero ring changes only summation order
+    assert all(torch.equal(a, b) for a, b in zip(expected, back))
+
+
+def test_a_base_of_another_width_cannot_start_the_supernet():
+    base = build_detector(ModelConfig("mobilenet_v2_ssdlite", num_classes=3, resolution=R, width=0.5))
+    cfg = to_model_config(largest_candidate(SearchSpace(resolutions=[R])), num_classes=3)
+    with pytest.raises(LpdetError, match="standard network at the search's width"):
+        embedded_state(cfg, base.config, base.state_dict(), build_detector(cfg).state_dict())

@@ -27,6 +27,11 @@ def add_search_command(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget-min", type=float, help="this worker starts no trial after M minutes (default: none)")
     p.add_argument("--supernet", type=Path, help="a trained super-network checkpoint (default: train one in --out); "
                                                  "every worker of a shared study passes the same")
+    p.add_argument("--supernet-init", type=Path, metavar="CKPT",
+                   help="start the supernet from this trained float detector (the standard network at the search's "
+                        "width; default with --data synth: the shipped base when its width is the search's)")
+    p.add_argument("--supernet-from-scratch", action="store_true",
+                   help="train the supernet from random weights even with --data synth")
     p.add_argument("--arch", choices=["mobilenet_v2_ssdlite", "mobilenet_v1_ssd"],
                    help="the space searched (default mobilenet_v2_ssdlite; mobilenet_v1_ssd: stage widths, extra "
                         "widths and resolution)")

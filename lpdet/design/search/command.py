@@ -9,6 +9,8 @@ from lpdet.design.search.driver import SearchOptions, SearchResult, run_search
 from lpdet.design.search.finalists_report import comparison_text
 from lpdet.design.search.settings import SearchSettings
 from lpdet.errors import LpdetError
+from lpdet.models.checkpoint_format import load_checkpoint
+from lpdet.models.shipped import synth_base_checkpoint
 from lpdet.serialize import load_mapping
 
 __all__ = ["cmd_search", "settings_from_args"]
@@ -29,8 +31,29 @@ def settings_from_args(args) -> SearchSettings:
         settings.space = replace(settings.space, arch=args.arch)
     if args.threads is not None:
         settings.bench = replace(settings.bench, threads=args.threads)
+    settings.supernet = replace(settings.supernet, init=_supernet_init(args, settings))
     settings.validate()
     return settings
+
+
+def _supernet_init(args, settings: SearchSettings) -> str:
+    """What the supernet starts from: --supernet-init, else for --data synth the shipped base when
+    it is the standard network the space's largest candidate grows from, else the settings' own."""
+    given = getattr(args, "supernet_init", None)
+    if given is not None and getattr(args, "supernet_from_scratch", False):
+        raise LpdetError("--supernet-init and --supernet-from-scratch: give one of them")
+    if given is not None:
+        if not Path(given).exists():
+            raise LpdetError(f"--supernet-init {given}: no such checkpoint; give a float detector's checkpoint "
+                             f"folder (RUN/best), or leave the option out")
+        return str(given)
+    if getattr(args, "supernet_from_scratch", False):
+        return ""
+    if args.data == "synth" and not settings.supernet.init:
+        shipped = load_checkpoint(synth_base_checkpoint()).model_config
+        if shipped.arch == settings.space.arch and shipped.width == settings.width:
+            return str(synth_base_checkpoint())
+    return settings.supernet.init
 
 
 def cmd_search(args) -> None:

@@ -35,9 +35,9 @@ from lpdet.design.search.settings import SearchSettings
 from lpdet.errors import LpdetError
 from lpdet.models.arch_space import (ArchCandidate, largest_candidate, sample_candidate, smallest_candidate,
                                      to_model_config)
-from lpdet.models.checkpoint_format import save_checkpoint
+from lpdet.models.checkpoint_format import load_checkpoint, save_checkpoint
 from lpdet.models.detector import Detector
-from lpdet.models.inherit import Supernet, inherited_state
+from lpdet.models.inherit import Supernet, embedded_state, inherited_state
 from lpdet.models.loss import multibox_loss
 from lpdet.models.registry import build_detector
 from lpdet.progress import progress_bar
@@ -94,6 +94,19 @@ def _backward(loss: torch.Tensor) -> float:
     return loss.item()
 
 
+def _start_from(model: Detector, init: Path, class_names: list[str]) -> None:
+    """`model` (the supernet) holding the trained detector `init` (`inherit.embedded_state`)."""
+    base = load_checkpoint(init)
+    if base.model_config.quantization != "fp32" or base.model_config.detail is not None:
+        raise LpdetError(f"supernet init {init}: give a float checkpoint of the standard network (not QAT, not a "
+                         f"searched architecture)")
+    if list(base.class_names) != list(class_names):
+        raise LpdetError(f"supernet init {init}: its classes {base.class_names} are not the data's {class_names}; "
+                         f"start from a detector of this dataset, or train the supernet from scratch")
+    model.load_state_dict(embedded_state(model.config, base.model_config, base.model_state, model.state_dict()))
+    log.info("supernet: starting from %s (%s, width %g)", init, base.model_config.arch, base.model_config.width)
+
+
 def train_supernet(settings: SearchSettings, data_yaml: Path, out: Path, *, progress: bool = True) -> Path:
     """Train the super-network on the train split of `data_yaml` (the fit part: the selection split is
     held out) with the sandwich rule; save it as the checkpoint `out`."""
@@ -109,7 +122,10 @@ def train_supernet(settings: SearchSettings, data_yaml: Path, out: Path, *, prog
         raise LpdetError(f"{spec.train.annotations}: {len(train_set)} training images, fewer than the supernet's "
                          f"batch size {s.batch_size}; add images")
     model = build_detector(to_model_config(largest, train_set.num_classes)).train()
-    optimizer = sgd(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    if s.init:
+        _start_from(model, Path(s.init), train_set.class_names)
+    lr = s.init_lr if s.init else s.lr
+    optimizer = sgd(model, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
     total = steps_per_epoch * s.epochs
     warmup = min(s.warmup_steps, total // 5)
     rng = random.Random(s.seed)
@@ -120,7 +136,7 @@ def train_supernet(settings: SearchSettings, data_yaml: Path, out: Path, *, prog
         for images, targets, _dropped in make_loader(train_set, s.batch_size, shuffle=True, seed=s.seed,
                                                      epoch=epoch, workers=s.workers):
             if targets:
-                set_lr(optimizer, lr_at(step, base_lr=s.lr, total_steps=total, warmup_steps=warmup,
+                set_lr(optimizer, lr_at(step, base_lr=lr, total_steps=total, warmup_steps=warmup,
                                         min_lr_ratio=s.min_lr_ratio))
                 randoms = [replace(sample_candidate(settings.space, rng), width=settings.width)
                            for _ in range(s.random_subnets)]

@@ -30,6 +30,11 @@ class SupernetSettings:
     augment: str = "ssd"
     workers: int = 1
     seed: int = 0
+    # A trained detector of the standard network at the search's width that the supernet starts from
+    # (`lpdet.models.inherit.embedded_state`; "": from scratch), trained on from there at `init_lr`.
+    # `lpdet search --data synth` starts from the shipped base when its width is the search's.
+    init: str = ""
+    init_lr: float = 0.01
 
 
 @dataclass
@@ -105,8 +110,8 @@ class SearchSettings:
             (self.time_budget_min >= 0, "--time-budget-min must be >= 0 (0: no limit)"),
             (min(s.epochs, s.batch_size - 1, s.random_subnets + 1) >= 1,
              "supernet: epochs >= 1, batch_size >= 2, random_subnets >= 0"),
-            (s.lr > 0 and 0 <= s.momentum < 1 and s.weight_decay >= 0 and s.warmup_steps >= 0,
-             "supernet: lr > 0, momentum in [0, 1), weight_decay >= 0, warmup_steps >= 0"),
+            (s.lr > 0 and s.init_lr > 0 and 0 <= s.momentum < 1 and s.weight_decay >= 0 and s.warmup_steps >= 0,
+             "supernet: lr > 0, init_lr > 0, momentum in [0, 1), weight_decay >= 0, warmup_steps >= 0"),
             (self.bn_batches >= 1 and self.calibration_batches >= 1, "bn_batches and calibration_batches >= 1"),
             (self.bench.threads >= 0, "--threads must be >= 0"),
             (self.bench.runs >= 1 and self.bench.images >= 1 and self.bench.time_cap_s > 0,
