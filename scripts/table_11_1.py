@@ -27,7 +27,9 @@ resumes from its `last` checkpoint.
 issue 14): a high learning rate kills pointwise ReLU6 channels, the depthwise BatchNorm of a dead channel
 sees a variance near zero and folds ``gamma / sqrt(var + eps)`` (about 300x) into weights that no
 weight decay shrinks (`--depthwise-weight-decay 0`). The quantization-friendly variant has no BatchNorm
-there to fold.
+there to fold. Trained at lr 1.0 throughout, a classifier barely learns its task, so the accuracy drop
+cannot be read; `--collapse-steps N` keeps lr 1.0 for a first run of N steps only and trains on from it at
+the usual rate (a dead ReLU6 channel gets no gradient, so it stays dead and its range stays spread).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ QAT = ["--qat", "--lr", "0.005"]
 # Probe (MobileNetV1 w0.25 @64, 100 steps, lr 1.0): folded depthwise spread median 239, worst 1675, with dead
 # depthwise-BN channels in 9 of 13 blocks; the quant-friendly variant trained the same way: 3.0 / 4.9.
 COLLAPSE = ["--lr", "1.0", "--depthwise-weight-decay", "0"]
+# A ReLU6 channel that died at lr 1.0 gets no gradient again, so training on at the usual rate keeps its
+# depthwise BatchNorm's variance near zero (the spread) while the rest of the network learns the task.
+KEEP_COLLAPSED = ["--depthwise-weight-decay", "0"]
 
 
 def schedule(steps: int, train_images: int, batch_size: int) -> list[str]:
@@ -83,18 +88,29 @@ def schedule(steps: int, train_images: int, batch_size: int) -> list[str]:
             "--warmup-steps", str(max(1, min(100, steps // 10)))]
 
 
-def recipe(row: Row, args, qat: bool) -> list[str]:
-    """The `lpdet (classify) train` arguments of `row`'s float or QAT run (no --out, --init, --data)."""
+def recipe(row: Row, args, stage: str) -> list[str]:
+    """The `lpdet (classify) train` arguments of `row`'s "collapse", "float" or "qat" run (no --out, --init,
+    --data). With --collapse-recipe, the classifiers' float training spreads the depthwise ranges: all of it
+    at lr 1.0, or with --collapse-steps N, N steps at lr 1.0 (the "collapse" run) and then the usual rate."""
     base = DETECTOR if row.detector else CLASSIFIER
     batch = int(base[base.index("--batch-size") + 1])
     images = args.det_train_images if row.detector else args.cls_train_images
-    out = ["--arch", row.arch, *COMMON, *base, *schedule(args.qat_steps if qat else args.float_steps, images, batch)]
+    steps = {"collapse": args.collapse_steps, "float": args.float_steps, "qat": args.qat_steps}[stage]
+    out = ["--arch", row.arch, *COMMON, *base, *schedule(steps, images, batch)]
     out += ["--quant-friendly"] if row.quant_friendly else []
-    if qat:
+    if stage == "qat":
         out += QAT
-    elif args.collapse_recipe and not row.detector:  # every classifier, the plain-conv one too
-        out += COLLAPSE
+    elif stage == "collapse" or (args.collapse_recipe and not row.detector and not args.collapse_steps):
+        out += COLLAPSE  # every classifier, the plain-conv one too
+    elif args.collapse_recipe and not row.detector:
+        out += KEEP_COLLAPSED  # after the collapse run: the usual rate; dead channels stay dead
     return out  # a later option wins in argparse: QAT's and COLLAPSE's --lr replace the base's
+
+
+def stages(row: Row, args) -> list[str]:
+    """The training runs of `row`, in order, each initialised from the one before."""
+    collapse = args.collapse_recipe and args.collapse_steps > 0 and not row.detector
+    return [*(["collapse"] if collapse else []), "float", "qat"]
 
 
 def _epochs(argv: list[str]) -> int:
@@ -131,8 +147,8 @@ def train_row(row: Row, args, timer: Timer) -> tuple[Path, Path]:
     command = ["train"] if row.detector else ["classify", "train"]
     data = args.det_data if row.detector else args.cls_data
     init: list[str] = []
-    for stage, qat in (("float", False), ("qat", True)):
-        run, argv = args.out / row.name / stage, recipe(row, args, qat)
+    for stage in stages(row, args):
+        run, argv = args.out / row.name / stage, recipe(row, args, stage)
         done = (run / "last").exists() and load_checkpoint(run / "last").train_state.get("epoch", 0) >= _epochs(argv)
         if not done:
             resume = (run / "last").exists()
@@ -182,10 +198,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=0, help="evaluate on the first N val images (0: all)")
     parser.add_argument("--collapse-recipe", action="store_true",
                         help="float MobileNet classifiers with a high lr and no depthwise weight decay (item 4)")
+    parser.add_argument("--collapse-steps", type=int, default=0,
+                        help="with --collapse-recipe: only the first N steps at lr 1.0, in a run of their own, then "
+                             "--float-steps at the usual rate (default 0: the whole float run at lr 1.0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if min(args.float_steps, args.qat_steps) < 1:
-        parser.error("--float-steps and --qat-steps must be >= 1")
+    if min(args.float_steps, args.qat_steps) < 1 or args.collapse_steps < 0:
+        parser.error("--float-steps and --qat-steps must be >= 1, --collapse-steps >= 0")
     return args
 
 
@@ -194,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     (args.out / "recipe.json").write_text(json.dumps(
-        {"args": recorded, "recipes": {r.name: {"float": recipe(r, args, False), "qat": recipe(r, args, True)}
+        {"args": recorded, "recipes": {r.name: {stage: recipe(r, args, stage) for stage in stages(r, args)}
                                        for r in ROWS if r.name in args.rows}}, indent=2) + "\n")
     timer = Timer(args.out)
     trained = {row: train_row(row, args, timer) for row in ROWS if row.name in args.rows}

@@ -75,12 +75,14 @@ def write_front(out: Path, rows: list[CandidateRow], *, budget_ms: float, limit_
 
 
 def plot_grid(ax, rows: list[CandidateRow]) -> None:
-    """The grid points as grey squares, those of one width joined by a line (by latency)."""
+    """The grid points as grey squares, those of one width joined by a line (by latency). The relative
+    width 1.0 line is the resolution-only family (the standard network at the search's width, its
+    input resolution the one knob): the models `lpdet design`'s resolution search chooses among."""
     widths = sorted({r.grid_width for r in rows if r.kind == "grid"})
     for i, w in enumerate(widths):
         line = sorted((r for r in rows if r.kind == "grid" and r.grid_width == w), key=lambda r: r.latency_ms)
         ax.plot([r.latency_ms for r in line], [r.select_ap * 100 for r in line], "s-", color=str(0.25 + 0.2 * (i % 3)),
-                markersize=5, linewidth=0.8, label=f"grid, width {w:g} (resolutions)")
+                markersize=5, linewidth=0.8, label=f"grid, width {w:g} (resolutions)" + (": resolution only" if w == 1.0 else ""))
 
 
 def _plot(path: Path, rows, front, *, budget_ms: float, limit_ms: float, chosen) -> None:
