@@ -109,11 +109,10 @@ def comparison_text(result: FinalistsResult) -> str:
 def _why_lost(result: FinalistsResult) -> str:
     by_cheap, by_val, _ = ranking(result)
     misranked = by_cheap != by_val
-    return ("The cheap estimate (inherited weights, no training) " +
-            ("misranked the finalists (see below), " if misranked else "") +
-            "so the pick rests on a supernet estimate the fine-tuning did not confirm. What would fix it: train "
-            "the supernet longer (its epochs) so inherited weights rank sub-networks better, fine-tune the "
-            "finalists longer, or score more trials.")
+    return ("The pick rests on the cheap estimate (inherited weights, no training), " +
+            ("which misranked the finalists (see below), and " if misranked else "and ") +
+            "the fine-tuning did not confirm it. What would fix it: train the supernet longer (its epochs) so "
+            "inherited weights rank sub-networks better, fine-tune the finalists longer, or score more trials.")
 
 
 def ranking(result: FinalistsResult) -> tuple[list[str], list[str], float | None]:
