@@ -247,9 +247,16 @@ def report(result: dict, images: int, rounds: int, threads: int, what: str) -> d
     speedup = median_interval(t["before"] / t["per-class"])
     print(f"\nin-graph / (graph + per-class Python), per-iteration: {ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]")
     print(f"before / per-class post-processing, per-iteration:    {speedup[0]:.2f}x [{speedup[1]:.2f}, {speedup[2]:.2f}]")
-    share = summary["per-class"]["share"]
-    print(f"goal (post-processing <= 10% of end-to-end): {'met' if share[2] <= 0.10 else 'NOT met'} "
-          f"(per-class share {share[0]:.1%}, interval up to {share[2]:.1%})")
+    # NMS in the graph: its cost is what the deployed file takes beyond the bare graph, per image.
+    in_graph_post, in_graph_share = t["in-graph"] - t["graph"], (t["in-graph"] - t["graph"]) / t["in-graph"]
+    print(f"post-processing in the graph (in-graph minus graph, per image): {_fmt(in_graph_post)}, "
+          f"share {_fmt(in_graph_share, 100, '%', 1)}")
+    summary["in_graph_post"] = {"ms": list(median_interval(in_graph_post * 1e3)),
+                                "share": list(median_interval(in_graph_share))}
+    for form, share in (("per-class Python", summary["per-class"]["share"]),
+                        ("NMS in the graph", summary["in_graph_post"]["share"])):
+        print(f"goal (post-processing <= 10% of end-to-end), {form}: {'met' if share[2] <= 0.10 else 'NOT met'} "
+              f"(share {share[0]:.1%}, interval up to {share[2]:.1%})")
     summary.update(end_to_end_ms=list(median_interval(e2e * 1e3)), in_graph_ms=list(median_interval(t["in-graph"] * 1e3)),
                    in_graph_over_python=list(ratio), before_over_per_class=list(speedup))
     return summary
