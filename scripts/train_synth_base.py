@@ -8,7 +8,8 @@ model `lpdet design --data synth` starts from. The recorded, reproducible comman
    `lpdet.data.selection`): the base never sees the images the design makes its choices on, nor
    val, which is only reported.
 3. `lpdet train` with RECIPE (MobileNetV2-SSDLite, width 0.5, 300x300, light augmentation, SGD +
-   cosine), timed; the last checkpoint is the base (no epoch is picked on val). An interrupted
+   cosine), then MULTI_SCALE_RECIPE from its last weights (each step at a size in [160, 320]),
+   timed; the second run's last checkpoint is the base (no epoch is picked on val). An interrupted
    run continues where it stopped when the command is run again.
 4. The last checkpoint's weights stored in fp16 as an lpdet checkpoint directory, evaluated on the
    embedded val with `lpdet eval` (those fp16 weights, fp32 arithmetic), and `provenance.json`
@@ -46,23 +47,43 @@ from lpdet.models.shipped import PROVENANCE, SYNTH_BASE
 RECIPE = ["--arch", "mobilenet_v2_ssdlite", "--width", "0.5", "--resolution", "300", "--epochs", "8",
           "--batch-size", "16", "--lr", "0.03", "--warmup-steps", "100", "--augment", "light",
           "--max-val-images", "200", "--seed", "0", "--threads", "2", "--checkpoint-every", "200"]
+# Stage 2 continues stage 1's last weights with every step at a size drawn from the multiples of 8 in
+# [160, 320] (`--multi-scale`), so the base keeps its AP across the resolutions the design tries
+# (stage 1 alone lost a third of its AP at 288 without fine-tuning). In fp32: under bf16 autocast
+# oneDNN's depthwise backward gave non-finite gradients on a quarter of the steps at sizes <= 240.
+MULTI_SCALE_RECIPE = ["--arch", "mobilenet_v2_ssdlite", "--width", "0.5", "--resolution", "300", "--epochs", "5",
+                      "--batch-size", "16", "--lr", "0.005", "--warmup-steps", "50", "--augment", "light",
+                      "--multi-scale", "160", "320", "--anchor-grid", "stride",
+                      "--anchor-reference", "300", "--max-val-images", "200", "--seed", "1", "--threads", "2",
+                      "--precision", "fp32",
+                      "--checkpoint-every", "200"]
+STAGES = (("train", RECIPE), ("multiscale", MULTI_SCALE_RECIPE))  # (run folder under --out, recipe)
 SELECT_FRACTION, SELECT_SEED = 0.1, 0
 
 
 def train_base(out: Path) -> tuple[Path, float]:
-    """Steps 1-3; returns the run's last checkpoint and the training time (summed over resumes)."""
+    """Steps 1-3; returns the last stage's last checkpoint and the training time (all stages, summed
+    over resumes)."""
     carved = with_selection_split(resolve_dataset("synth"), out / "data", fraction=SELECT_FRACTION, seed=SELECT_SEED)
-    run, timing = out / "train", out / "timing.json"
-    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
-    resume = ["--resume", str(run)] if (run / "last").exists() else []
-    if not resume or load_checkpoint(run / "last").train_state.get("epoch", 0) < int(RECIPE[RECIPE.index("--epochs") + 1]):
-        start = time.perf_counter()
-        status = lpdet(["train", *(resume or ["--data", str(carved.root / "data.yaml"), *RECIPE, "--out", str(run)])])
-        if status:
-            raise SystemExit(f"training stopped (exit {status}); run the same command again to continue")
-        seconds += time.perf_counter() - start
-        timing.write_text(json.dumps({"seconds": seconds}))
-    return run / "last", seconds
+    timing = out / "timing.json"
+    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else {}
+    if not isinstance(seconds, dict):  # written when the recipe had one stage
+        seconds = {STAGES[0][0]: seconds}
+    init: list[str] = []
+    for name, recipe in STAGES:
+        run = out / name
+        resume = ["--resume", str(run)] if (run / "last").exists() else []
+        epochs = int(recipe[recipe.index("--epochs") + 1])
+        if not resume or load_checkpoint(run / "last").train_state.get("epoch", 0) < epochs:
+            start = time.perf_counter()
+            fresh = ["--data", str(carved.root / "data.yaml"), *recipe, *init, "--out", str(run)]
+            status = lpdet(["train", *(resume or fresh)])
+            if status:
+                raise SystemExit(f"training stopped (exit {status}); run the same command again to continue")
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+            timing.write_text(json.dumps({"seconds": seconds}))
+        init = ["--init", str(run / "last")]
+    return out / STAGES[-1][0] / "last", sum(seconds.values())
 
 
 def package(last: Path, target: Path) -> None:
@@ -100,6 +121,7 @@ def main() -> None:
     provenance = {
         "command": "python scripts/train_synth_base.py --out runs/synth-base",
         "recipe": RECIPE,
+        "multi_scale_recipe": MULTI_SCALE_RECIPE,
         "data": {"dataset": "synth", "train_images": SYNTH_DEFAULT_TRAIN, "val_images": SYNTH_DEFAULT_VAL,
                  "seed": 0, "select_fraction": SELECT_FRACTION, "select_seed": SELECT_SEED},
         "weights": {"dtype": "float16", "checkpoint": "last",

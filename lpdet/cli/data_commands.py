@@ -67,13 +67,16 @@ def model_config_from_args(args, num_classes: int) -> ModelConfig:
     all three, so they may not be given with it)."""
     given = {name: getattr(args, name) for name in ("arch", "width", "resolution") if getattr(args, name) is not None}
     quant_friendly = bool(getattr(args, "quant_friendly", False))
+    anchors = {"anchor_grid": getattr(args, "anchor_grid", None) or "map",
+               "anchor_reference": getattr(args, "anchor_reference", None)}
     if args.arch_config is None:
-        return ModelConfig(**{"arch": DEFAULT_ARCH, **given}, num_classes=num_classes, quant_friendly=quant_friendly)
+        return ModelConfig(**{"arch": DEFAULT_ARCH, **given}, num_classes=num_classes, quant_friendly=quant_friendly,
+                           **anchors)
     if given:
         raise LpdetError(f"--arch-config {args.arch_config} sets the arch, width and resolution: "
                          f"drop --{next(iter(given))} (or edit the file)")
     config = arch_space.to_model_config(arch_space.load_candidate(args.arch_config), num_classes)
-    return replace(config, quant_friendly=quant_friendly)
+    return replace(config, quant_friendly=quant_friendly, **anchors)
 
 
 def cmd_model_info(args) -> None:

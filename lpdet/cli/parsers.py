@@ -202,6 +202,12 @@ def _add_architecture_options(parser) -> None:
     parser.add_argument("--quant-friendly", action="store_true",
                         help="quantization-friendly separable convs in the MobileNet backbone (Sheng et al. 2018): "
                              "no BN/ReLU6 after depthwise convs, ReLU instead of ReLU6")
+    parser.add_argument("--anchor-grid", choices=("map", "stride"),
+                        help="detectors: anchor centres spread over each map (\"map\", TF style, the default) or on "
+                             "the convolutions' stride grid (\"stride\": box offsets that hold at every input size)")
+    parser.add_argument("--anchor-reference", type=int, metavar="SIZE",
+                        help="detectors: the input size the anchor scales are fractions of (default: --resolution); "
+                             "at other sizes the anchors keep their pixel sizes")
 
 
 def _add_search_space(commands, common) -> None:
@@ -258,6 +264,9 @@ def add_train_arguments(train) -> None:
     train.add_argument("--max-val-images", type=int, default=0, help="validate on at most N images (0: all)")
     train.add_argument("--limit-train-batches", type=int, default=0,
                        help="at most N batches per epoch, drawn from a fresh shuffle each epoch (0: all)")
+    train.add_argument("--multi-scale", type=int, nargs=2, metavar=("MIN", "MAX"),
+                       help="detectors: each step at a multiple of 8 drawn from [MIN, MAX] (the batch is resized), "
+                            "so the model works across input sizes; validation stays at --resolution")
     train.add_argument("--qat", action="store_true", help="8-bit quantization-aware training (use with --init FLOAT_CKPT)")
     train.add_argument("--freeze-bn-after", type=int, default=0, help="QAT: freeze BN statistics after N steps")
     train.add_argument("--freeze-observers-after", type=int, default=0,

@@ -56,7 +56,8 @@ def choose_base(settings: DesignSettings, data: str, *, arch: str | None = None,
             text = (f"{BaseSource.SHIPPED.value} ({shipped.arch}, width {shipped.width:g}, "
                     f"{shipped.resolution}x{shipped.resolution}, AP {ap:.3f} on val; trained offline by "
                     f"scripts/train_synth_base.py, {SYNTH_BASE}); --from-scratch trains one instead")
-            return (replace(s, arch=shipped.arch, width=shipped.width, base_resolution=shipped.resolution),
+            return (replace(s, arch=shipped.arch, width=shipped.width, base_resolution=shipped.resolution,
+                            anchor_grid=shipped.anchor_grid, anchor_reference=shipped.anchor_reference),
                     BaseStart(BaseSource.SHIPPED, SYNTH_BASE, text, tuple(shipped_ckpt.class_names)))
     how = (f"from ImageNet backbone weights {s.backbone_weights}" if s.backbone_weights is not None
            else "from scratch")
@@ -83,7 +84,8 @@ def _given_base(s: DesignSettings, path: Path, arch: str | None,
                              "decides the architecture")
     text = (f"{config.arch} (width {config.width:g}, {config.resolution}x{config.resolution}) from "
             f"{BaseSource.GIVEN.value} {path}")
-    return (replace(s, arch=config.arch, width=config.width, base_resolution=config.resolution),
+    return (replace(s, arch=config.arch, width=config.width, base_resolution=config.resolution,
+                    anchor_grid=config.anchor_grid, anchor_reference=config.anchor_reference),
             BaseStart(BaseSource.GIVEN, path, text, tuple(ckpt.class_names)))
 
 

@@ -20,7 +20,7 @@ from lpdet.design.tables import SIZE_METRICS, ap_or_none, write_sweep_files
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, read_val_csv
 from lpdet.errors import LpdetError
 from lpdet.models.checkpoint_format import load_checkpoint
-from lpdet.models.config import is_qat
+from lpdet.models.config import is_qat, kept_anchors
 from lpdet.train.config import TrainConfig
 
 
@@ -90,9 +90,10 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
     out_dir = Path(out_dir)
     cache = cache or TrialCache(out_dir / "trials", progress=progress)
     data_path = dataset_yaml(data)
+    anchors = {"anchor_grid": "stride", "anchor_reference": None}  # from scratch: as the flow's own base
     if init is not None:
-
         ckpt = load_checkpoint(init)
+        anchors = kept_anchors(ckpt.model_config)
         arch = ckpt.model_config.arch
         width = ckpt.model_config.width if width is None else width
         resolution = ckpt.model_config.resolution if resolution is None else resolution
@@ -121,7 +122,7 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
                              f"use more data or a smaller batch size")
 
     def config(path: Path, run_epochs: int) -> TrainConfig:
-        return train_config(path, arch=arch, width=width, resolution=resolution, epochs=run_epochs,
+        return train_config(path, arch=arch, width=width, resolution=resolution, **anchors, epochs=run_epochs,
                             batch_size=batch_size, init=init, qat=qat, **(train_overrides or {}))
 
     # The same number of training steps for both runs (as the paper's plots over steps compare

@@ -21,7 +21,7 @@ from lpdet.design.tables import SIZE_METRICS, ap_or_none, write_sweep_files
 from lpdet.design.trials import TrialCache, measure_int8, dataset_yaml
 from lpdet.errors import LpdetError
 from lpdet.models.checkpoint_format import load_checkpoint
-from lpdet.models.config import ModelConfig, check_resolution, is_qat
+from lpdet.models.config import ModelConfig, check_resolution, is_qat, kept_anchors
 from lpdet.models.profile import ALIGNMENT, misalignment_reasons, profile_model
 
 
@@ -158,7 +158,8 @@ def resolution_sweep(init_ckpt: Path | str, data: str | Path, resolutions: Itera
         if budget_ms is not None:
             row.meets_budget = row.latency_ms <= (fit_limit_ms if fit_limit_ms is not None else budget_ms)
         if r in to_tune:
-            cfg = train_config(train_path, arch=model_cfg.arch, width=model_cfg.width, resolution=r, epochs=epochs,
+            cfg = train_config(train_path, arch=model_cfg.arch, width=model_cfg.width, resolution=r,
+                               **kept_anchors(model_cfg), epochs=epochs,
                                batch_size=batch_size, init=ckpt.path, qat=qat,
                                **{"lr": 0.005, "warmup_steps": 20, **(train_overrides or {})})
             trained = cache.train(f"finetune-r{r}", cfg)

@@ -71,6 +71,10 @@ class DesignSettings:
     backbone_weights: Path | None = None
     width: float = 1.0
     base_resolution: int = 300
+    # The base's anchors (`ModelConfig.anchor_grid` / `anchor_reference`), set from a shipped or
+    # given base; a base the flow trains puts them on the stride grid.
+    anchor_grid: str = "stride"
+    anchor_reference: int | None = None
     # candidates for the resolution search, searched from the largest; multiples of 8 preferred
     resolutions: list[int] = field(default_factory=lambda: [300, 296, 288, 280, 272, 264, 256, 248, 240, 232, 224,
                                                             216, 208, 200, 192])
@@ -160,12 +164,16 @@ class DesignSettings:
         return sorted(set(self.resolutions) | set(self.table_resolutions) | {self.base_resolution}, reverse=True)
 
 
-def train_config(data: str | Path, *, arch: str, width: float, resolution: int, epochs: int, batch_size: int,
-                 init: Path | str | None = None, qat: bool = False, **fields_) -> TrainConfig:
+def train_config(data: str | Path, *, arch: str, width: float, resolution: int, anchor_grid: str,
+                 anchor_reference: int | None, epochs: int, batch_size: int, init: Path | str | None = None,
+                 qat: bool = False, **fields_) -> TrainConfig:
     """Every training run the design makes (the flow, the resolution and filtering experiments) is
-    built here: the model it trains, how long, from which checkpoint, float or QAT, then any other
-    `TrainConfig` fields (lr, warmup_steps, workers, ...). Its output folder is the trial's."""
-    return TrainConfig(data=str(data), model=ModelConfig(arch, num_classes=0, width=width, resolution=resolution),
+    built here: the model it trains (with the anchors of the model it starts from: pass
+    `**kept_anchors(that model's config)`), how long, from which checkpoint, float or QAT, then any
+    other `TrainConfig` fields (lr, warmup_steps, workers, ...). Its output folder is the trial's."""
+    model = ModelConfig(arch, num_classes=0, width=width, resolution=resolution, anchor_grid=anchor_grid,
+                        anchor_reference=anchor_reference)
+    return TrainConfig(data=str(data), model=model,
                        qat=QatConfig() if qat else None, epochs=epochs, batch_size=batch_size,
                        init=Path(init) if init is not None else None, out=Path("unused"), **fields_)
 
@@ -174,7 +182,8 @@ def training_config(s: DesignSettings, data_path: Path, schedule: Schedule, *, q
                     init: Path | None = None, backbone_weights: Path | None = None) -> TrainConfig:
     """A training run of the design flow at the base resolution: `train_config` with the settings every
     run shares and `schedule`."""
-    return train_config(data_path, arch=s.arch, width=s.width, resolution=s.base_resolution, init=init, qat=qat,
+    return train_config(data_path, arch=s.arch, width=s.width, resolution=s.base_resolution,
+                        anchor_grid=s.anchor_grid, anchor_reference=s.anchor_reference, init=init, qat=qat,
                         backbone_weights=backbone_weights, **asdict(schedule), **asdict(s.training))
 
 

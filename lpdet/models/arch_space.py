@@ -27,7 +27,7 @@ from lpdet.models.arch_detail import (
     default_stages,
     is_mobilenet_v2,
 )
-from lpdet.models.config import ModelConfig, check_resolution
+from lpdet.models.config import ModelConfig, check_resolution, kept_anchors
 from lpdet.models.detector import Detector
 from lpdet.models.heads import EXTRA_CHANNELS, extra_depth
 from lpdet.models.layers import make_divisible
@@ -65,6 +65,12 @@ def to_model_config(candidate: ArchCandidate, num_classes: int) -> ModelConfig:
     """The `ModelConfig` that builds `candidate` for `num_classes` classes."""
     return ModelConfig(candidate.arch, num_classes=num_classes, width=candidate.width,
                        resolution=candidate.resolution, detail=candidate.detail)
+
+
+def member_config(candidate: ArchCandidate, supernet: ModelConfig) -> ModelConfig:
+    """`candidate` as a member of the super-network `supernet`: its classes, and its anchors kept at
+    the supernet's sizes in pixels (`kept_anchors`), whatever the candidate's resolution."""
+    return replace(to_model_config(candidate, supernet.num_classes), **kept_anchors(supernet))
 
 
 def stage_choices(space: SearchSpace, index: int) -> dict[str, list]:

@@ -16,6 +16,11 @@ Quantization = Literal["fp32", "qat"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 # The architecture commands build when none is named.
 DEFAULT_ARCH = "mobilenet_v2_ssdlite"
+# Where anchor centres sit (`lpdet.models.anchors`): "map" spreads them evenly over each feature
+# map (TF Object Detection API); "stride" puts the fine maps' centres on the convolutions' stride
+# grid, which keeps the learned box offsets the same at every input size.
+AnchorGrid = Literal["map", "stride"]
+ANCHOR_GRIDS: tuple[str, ...] = get_args(AnchorGrid)
 
 
 @dataclass
@@ -33,6 +38,19 @@ class ModelConfig:
     # The quantization-friendly separable convolution in the backbone (`lpdet.models.layers.make_quant_friendly`):
     # no BN / ReLU6 after each depthwise conv, ReLU instead of ReLU6.
     quant_friendly: bool = False
+    # "map" (TF style, and what checkpoints written before this option used) or "stride"
+    anchor_grid: AnchorGrid = "map"
+    # The input size the anchor scales are fractions of; None: the model's own resolution. A model
+    # fine-tuned to another resolution keeps its base's: its anchors keep their sizes in pixels, the
+    # sizes its box regression learned (`lpdet.models.anchors`).
+    anchor_reference: int | None = None
+
+
+def kept_anchors(config: ModelConfig) -> dict[str, object]:
+    """The anchor fields of a model made from `config` at another input size (fine-tuned from it,
+    or the same weights run at that size): the same grid, and boxes that keep their sizes in pixels,
+    the sizes the weights learned to regress (`anchor_reference` pinned to `config`'s)."""
+    return {"anchor_grid": config.anchor_grid, "anchor_reference": config.anchor_reference or config.resolution}
 
 
 def variant_name(config: ModelConfig) -> str:

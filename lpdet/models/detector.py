@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lpdet.errors import LpdetError
 from lpdet.models.anchors import anchors_for
-from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
+from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution, kept_anchors
 from lpdet.models.heads import ExtraLayers, PredictionHead
 from lpdet.models.layers import init_conv_bn
 
@@ -90,13 +90,17 @@ class Detector(nn.Module):
         return [(downsampled_size(resolution, s), downsampled_size(resolution, s)) for s in FEATURE_STRIDES]
 
     def _anchors(self, resolution: int) -> Tensor:
-        return anchors_for(self.feature_map_sizes(resolution), self.config.min_scale, self.config.max_scale)
+        reference = self.config.anchor_reference or resolution
+        return anchors_for(self.feature_map_sizes(resolution), self.config.min_scale, self.config.max_scale,
+                           grid=self.config.anchor_grid, strides=FEATURE_STRIDES, resolution=resolution,
+                           size_scale=reference / resolution)
 
     def set_resolution(self, resolution: int) -> None:
-        """Switch the input size: recompute anchors (the weights do not depend on it)."""
+        """Switch the input size: recompute anchors, which keep their sizes in pixels (`kept_anchors`:
+        the weights regress boxes from what objects look like in pixels)."""
         if not is_resolution(resolution):
             raise LpdetError(f"resolution: must be an integer >= {MIN_RESOLUTION}, got {resolution!r}")
-        self.config = dataclasses.replace(self.config, resolution=resolution)
+        self.config = dataclasses.replace(self.config, resolution=resolution, **kept_anchors(self.config))
         self.anchors = self._anchors(resolution).to(self.anchors.device)
 
     def init_weights(self) -> None:

@@ -16,7 +16,7 @@ from lpdet.models.arch_detail import check_detail
 from lpdet.models.backbones import MobileNetV1Features, MobileNetV2Features, PlainConvFeatures
 from lpdet.models.checkpoint_format import load_checkpoint
 from lpdet.models.classifier import Classifier
-from lpdet.models.config import QUANTIZATIONS, ModelConfig, check_resolution, is_qat
+from lpdet.models.config import ANCHOR_GRIDS, QUANTIZATIONS, ModelConfig, check_resolution, is_qat
 from lpdet.models.detector import Detector
 from lpdet.models.heads import ExtraLayers, PredictionHead
 from lpdet.models.layers import make_quant_friendly
@@ -110,6 +110,10 @@ def validate_config(cfg: ModelConfig) -> None:
             f"model.min_scale/max_scale: need 0 < min_scale < max_scale (default 0.2, 0.95), "
             f"got {cfg.min_scale!r}, {cfg.max_scale!r}"
         )
+    if cfg.anchor_grid not in ANCHOR_GRIDS:
+        raise LpdetError(f"model.anchor_grid: must be one of {', '.join(ANCHOR_GRIDS)}, got {cfg.anchor_grid!r}")
+    if cfg.anchor_reference is not None:
+        check_resolution(cfg.anchor_reference, "model.anchor_reference")
     if cfg.detail is not None:
         check_detail(cfg.detail, cfg.arch)
     if not isinstance(cfg.quant_friendly, bool):

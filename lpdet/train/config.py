@@ -10,7 +10,9 @@ from pathlib import Path
 
 from lpdet.errors import raise_first_failed
 from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
+from lpdet.models.registry import is_classifier
 from lpdet.quant.qat import QatConfig
+from lpdet.train.multi_scale import check_multi_scale
 from lpdet.serialize import from_dict, load_mapping
 
 
@@ -43,6 +45,8 @@ class TrainConfig:
     augment: str = "ssd"                # "ssd" (zoom-out, IoU crop, flip, photometric) or "light" (flip, photometric)
     max_val_images: int = 0             # evaluate on at most N val images per epoch (0: all)
     limit_train_batches: int = 0        # at most N batches per epoch, a fresh shuffle each epoch (0: all)
+    # [MIN, MAX]: each step at a multiple of 8 drawn from that range (`lpdet.train.multi_scale`); None: one size
+    multi_scale: list[int] | None = None
     threads: int = 0                    # torch intra-op threads (0: torch's default)
     device: str = "cpu"                 # "cpu", "cuda", "cuda:N" or "auto" (cuda when available)
     precision: str = "auto"             # "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it)
@@ -85,6 +89,10 @@ class TrainConfig:
         checks.append((not (self.is_qat and self.precision == "bf16"),
                        "--precision bf16 cannot be combined with --qat: fake quantization simulates the int8 "
                        "grid in fp32; drop --precision (QAT always runs in fp32)"))
+        scale_problem = check_multi_scale(self.multi_scale)
+        checks.append((scale_problem is None, scale_problem or ""))
+        checks.append((self.multi_scale is None or not is_classifier(self.model),
+                       "--multi-scale is for detectors; a classifier trains at its --resolution"))
         raise_first_failed(checks)
 
 

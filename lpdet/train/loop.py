@@ -28,6 +28,7 @@ from lpdet.train.config import TrainConfig, load_train_config
 from lpdet.train.distributed import DataParallel, Ranks, errors_named_by_rank, rank_device
 from lpdet.train.interrupt import StopFlag, StopRequested, stop_on_signals
 from lpdet.train.model_setup import model_and_optimizer
+from lpdet.train.multi_scale import resized_batch, step_resolution, trained_at
 from lpdet.train.optim import seed_everything, set_lr
 from lpdet.train.run_logs import open_run_logs
 from lpdet.train.schedule import lr_at
@@ -218,11 +219,14 @@ def _step(run: _Run, epoch: int, images, targets) -> tuple[float, dict[str, floa
     set_lr(optimizer, lr)
     if cfg.is_qat:
         set_qat_step(model, step)
-    images = images.to(run.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.autocast_bf16):
-        outputs = run.forward_model(images)
-    # In fp32; normalised by the global batch's count (positive anchors, images) of every rank's share.
-    losses = run.task.loss(outputs, targets, model, cfg, run.dp.count_everywhere)
+    resolution = step_resolution(cfg.multi_scale, cfg.model.resolution, cfg.seed, step)
+    images = resized_batch(images.to(run.device, non_blocking=True), resolution)
+    images = images.contiguous(memory_format=torch.channels_last)
+    with trained_at(model, resolution):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.autocast_bf16):
+            outputs = run.forward_model(images)
+        # In fp32; normalised by the global batch's count (positive anchors, images) of every rank's share.
+        losses = run.task.loss(outputs, targets, model, cfg, run.dp.count_everywhere)
     logged = run.dp.global_losses(losses)
     if not math.isfinite(logged["loss"]):
         raise LpdetError(

@@ -64,3 +64,43 @@ def test_non_square_map_and_count():
 def test_wrong_number_of_maps_is_a_bug():
     with pytest.raises(ValueError):
         anchors_for([(2, 2)] * 5, CFG.min_scale, CFG.max_scale)
+
+
+STRIDES = (16, 32, 64, 128, 256, 512)
+
+
+def test_stride_grid_centres_by_hand_at_300():
+    # 300 px: maps 19, 10, 5, 3, 2, 1. Stride-16/32/64 maps: centres (s·j + 0.5) / 300; coarser: TF's.
+    sizes = [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    anchors = anchors_for(sizes, 0.2, 0.95, grid="stride", strides=STRIDES, resolution=300)
+    tf = anchors_for(sizes, 0.2, 0.95)
+    assert anchors.shape == tf.shape
+    assert torch.equal(anchors[:, 2:], tf[:, 2:])  # only the centres move
+    layer0 = anchors[: 19 * 19 * 3].view(19, 19, 3, 4)
+    assert layer0[0, 0, 0, :2].tolist() == pytest.approx([0.5 / 300, 0.5 / 300])
+    assert layer0[2, 18, 0, :2].tolist() == pytest.approx([(16 * 18 + 0.5) / 300, (16 * 2 + 0.5) / 300])
+    start1 = 19 * 19 * 3
+    layer1 = anchors[start1: start1 + 10 * 10 * 6].view(10, 10, 6, 4)
+    assert layer1[9, 9, 0, :2].tolist() == pytest.approx([(32 * 9 + 0.5) / 300] * 2)
+    start2 = start1 + 10 * 10 * 6
+    layer2 = anchors[start2: start2 + 25 * 6].view(5, 5, 6, 4)
+    assert layer2[0, 4, 0, :2].tolist() == pytest.approx([(64 * 4 + 0.5) / 300, 0.5 / 300])
+    coarse = start2 + 25 * 6  # the 3×3, 2×2 and 1×1 maps keep TF's centres
+    assert torch.equal(anchors[coarse:], tf[coarse:])
+
+
+def test_stride_grid_offsets_the_same_in_pixels_at_every_size():
+    # What the grid is for: the anchor sits on the same pixel of its cell's receptive field at every size.
+    for resolution in (160, 192, 224, 288, 300, 320):
+        h = math.ceil(resolution / 16)
+        sizes = [(h, h)] + [(1, 1)] * 5
+        anchors = anchors_for(sizes, 0.2, 0.95, grid="stride", strides=STRIDES, resolution=resolution)
+        cx_pixels = anchors[: h * h * 3: 3, 0][:h] * resolution
+        assert cx_pixels.tolist() == pytest.approx([16 * j + 0.5 for j in range(h)], abs=1e-4)
+
+
+def test_stride_grid_needs_strides_and_resolution():
+    with pytest.raises(ValueError):
+        anchors_for([(2, 2)] * 6, 0.2, 0.95, grid="stride")
+    with pytest.raises(ValueError):
+        anchors_for([(2, 2)] * 6, 0.2, 0.95, grid="diagonal")

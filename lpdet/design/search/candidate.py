@@ -32,7 +32,7 @@ from lpdet.design.latency_trials import stop_rule
 from lpdet.design.search.settings import SearchSettings
 from lpdet.errors import LpdetError
 from lpdet.eval.coco_eval import evaluate
-from lpdet.models.arch_space import ArchCandidate, geometry_problems, to_model_config
+from lpdet.models.arch_space import ArchCandidate, geometry_problems, member_config
 from lpdet.models.checkpoint_format import load_checkpoint
 from lpdet.models.detector import Detector
 from lpdet.models.inherit import Supernet, inherit, recalibrate_bn
@@ -98,7 +98,7 @@ class CandidateScore:
 
 def inherited(candidate: ArchCandidate, ctx: SearchContext) -> Detector:
     """The candidate's float detector: the supernet's weights, BatchNorm recalibrated on training images."""
-    cfg = to_model_config(candidate, ctx.supernet.config.num_classes)
+    cfg = member_config(candidate, ctx.supernet.config)
     detector = inherit(cfg, ctx.supernet)
     problems = geometry_problems(detector)
     if problems:

@@ -30,6 +30,7 @@ from lpdet.design.trials import TrialCache, data_identity, file_identity, measur
 from lpdet.eval.bootstrap import BootstrapInterval
 from lpdet.models.arch_space import ArchCandidate
 from lpdet.models.checkpoint_format import save_checkpoint
+from lpdet.models.config import kept_anchors
 from lpdet.serialize import to_dict
 from lpdet.train.config import TrainConfig
 
@@ -145,7 +146,7 @@ def _fine_tuned(cache: TrialCache, ctx: SearchContext, role: str, candidate: Arc
     init = inherited_checkpoint(cache, f"{tag}-init", candidate, ctx, supernet)
     f = s.finalists
     cfg = train_config(training_yaml, arch=candidate.arch, width=candidate.width, resolution=candidate.resolution,
-                       init=init, qat=True, **asdict(f.schedule), **asdict(f.training))
+                       **kept_anchors(ctx.supernet.config), init=init, qat=True, **asdict(f.schedule), **asdict(f.training))
     trained = cache.train(tag, with_detail(cfg, candidate))
     measured = measure_int8(cache, tag, cache.file(trained, "best"), ctx.data, resolution=None,
                             threads=s.bench.threads, runs=s.bench.runs, warmup=s.bench.warmup, max_images=f.max_images,

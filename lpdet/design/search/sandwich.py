@@ -33,9 +33,10 @@ from lpdet.data.spec import load_dataset_yaml
 from lpdet.data.transforms import train_transforms
 from lpdet.design.search.settings import SearchSettings
 from lpdet.errors import LpdetError
-from lpdet.models.arch_space import (ArchCandidate, largest_candidate, sample_candidate, smallest_candidate,
-                                     to_model_config)
+from lpdet.models.arch_space import (ArchCandidate, largest_candidate, member_config, sample_candidate,
+                                     smallest_candidate, to_model_config)
 from lpdet.models.checkpoint_format import load_checkpoint, save_checkpoint
+from lpdet.models.config import kept_anchors
 from lpdet.models.detector import Detector
 from lpdet.models.inherit import Supernet, embedded_state, inherited_state
 from lpdet.models.loss import multibox_loss
@@ -77,7 +78,7 @@ def sandwich_losses(model: Detector, candidates: list[ArchCandidate], images: to
     losses = [_backward(loss)]
     supernet = live_supernet(model)
     for candidate in candidates:
-        module = build_detector(to_model_config(candidate, model.config.num_classes)).to(device).train()
+        module = build_detector(member_config(candidate, model.config)).to(device).train()
         r = candidate.resolution
         inputs = images if r == loader_resolution else F.interpolate(
             images, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
@@ -121,7 +122,10 @@ def train_supernet(settings: SearchSettings, data_yaml: Path, out: Path, *, prog
     if steps_per_epoch == 0:
         raise LpdetError(f"{spec.train.annotations}: {len(train_set)} training images, fewer than the supernet's "
                          f"batch size {s.batch_size}; add images")
-    model = build_detector(to_model_config(largest, train_set.num_classes)).train()
+    config = to_model_config(largest, train_set.num_classes)
+    if s.init:  # the anchors the base's weights learned, in its pixels
+        config = replace(config, **kept_anchors(load_checkpoint(Path(s.init)).model_config))
+    model = build_detector(config).train()
     if s.init:
         _start_from(model, Path(s.init), train_set.class_names)
     lr = s.init_lr if s.init else s.lr
