@@ -68,6 +68,23 @@ def test_state_dict_transfers_across_resolutions():
     assert large.anchors.shape[0] != small.anchors.shape[0]
 
 
+def test_set_resolution_keeps_anchor_sizes_in_pixels():
+    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", resolution=300, **TINY))
+    at_300 = detector.anchors.clone()
+    detector.set_resolution(192)
+    assert detector.config.anchor_reference == 300
+    first_map = 12 * 12 * 3  # the 12x12 map's boxes at 192 against the 19x19 map's at 300: same shapes
+    assert torch.allclose(detector.anchors[:first_map:3, 2:] * 192, at_300[:1, 2:].expand(144, 2) * 300)
+    detector.set_resolution(300)  # and back: the anchors the model was built with
+    assert torch.equal(detector.anchors, at_300)
+
+
+def test_config_without_anchor_fields_loads_as_before():
+    from lpdet.serialize import from_dict
+    old = from_dict(ModelConfig, {"arch": "mobilenet_v2_ssdlite", "num_classes": 3, "resolution": 300})
+    assert (old.anchor_grid, old.anchor_reference) == ("map", None)
+
+
 def test_wrong_input_size_is_a_clear_error():
     detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", resolution=64, **TINY))
     with pytest.raises(LpdetError, match=r"\[B, 3, 64, 64\]"):
