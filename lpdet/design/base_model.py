@@ -21,7 +21,7 @@ from lpdet.data.spec import load_dataset_yaml
 from lpdet.design.settings import DesignSettings
 from lpdet.errors import LpdetError
 from lpdet.models.checkpoint_format import load_checkpoint
-from lpdet.models.shipped import SYNTH_BASE, synth_base_checkpoint, synth_base_provenance
+from lpdet.models.shipped import SYNTH_BASE, shipped_base_for, synth_base_provenance
 
 __all__ = ["BaseSource", "BaseStart", "choose_base", "check_base_classes"]
 
@@ -48,9 +48,9 @@ def choose_base(settings: DesignSettings, data: str, *, arch: str | None = None,
     if s.base is not None:
         return _given_base(s, Path(s.base), arch, width)
     if data == "synth" and not s.from_scratch and s.backbone_weights is None:
-        shipped_ckpt = load_checkpoint(synth_base_checkpoint())
-        shipped = shipped_ckpt.model_config
-        if (arch or s.arch) == shipped.arch and (width or s.width) == shipped.width:
+        shipped_ckpt = shipped_base_for(arch or s.arch, width or s.width)
+        if shipped_ckpt is not None:
+            shipped = shipped_ckpt.model_config
             info = synth_base_provenance()
             ap = info.get("val_metrics", {}).get("AP")
             text = (f"{BaseSource.SHIPPED.value} ({shipped.arch}, width {shipped.width:g}, "

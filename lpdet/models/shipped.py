@@ -18,8 +18,9 @@ import json
 from pathlib import Path
 
 from lpdet.errors import LpdetError
+from lpdet.models.checkpoint_format import Checkpoint, load_checkpoint
 
-__all__ = ["SYNTH_BASE", "PROVENANCE", "synth_base_checkpoint", "synth_base_provenance"]
+__all__ = ["SYNTH_BASE", "PROVENANCE", "synth_base_checkpoint", "synth_base_provenance", "shipped_base_for"]
 
 SYNTH_BASE = Path(__file__).resolve().parent.parent / "weights" / "synth_base"
 PROVENANCE = "provenance.json"
@@ -41,3 +42,10 @@ def synth_base_provenance() -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise LpdetError(f"{path}: unreadable ({e}); regenerate it with scripts/train_synth_base.py") from None
+
+
+def shipped_base_for(arch: str, width: float) -> Checkpoint | None:
+    """The shipped base when it is `arch` at `width` (the one test of whether a synth run can start
+    from it: the design's base, the search's supernet), else None."""
+    ckpt = load_checkpoint(synth_base_checkpoint())
+    return ckpt if (ckpt.model_config.arch, ckpt.model_config.width) == (arch, width) else None

@@ -9,8 +9,7 @@ from lpdet.design.search.driver import SearchOptions, SearchResult, run_search
 from lpdet.design.search.finalists_report import comparison_text
 from lpdet.design.search.settings import SearchSettings
 from lpdet.errors import LpdetError
-from lpdet.models.checkpoint_format import load_checkpoint
-from lpdet.models.shipped import synth_base_checkpoint
+from lpdet.models.shipped import shipped_base_for, synth_base_checkpoint
 from lpdet.serialize import load_mapping
 
 __all__ = ["cmd_search", "settings_from_args"]
@@ -50,8 +49,7 @@ def _supernet_init(args, settings: SearchSettings) -> str:
     if getattr(args, "supernet_from_scratch", False):
         return ""
     if args.data == "synth" and not settings.supernet.init:
-        shipped = load_checkpoint(synth_base_checkpoint()).model_config
-        if shipped.arch == settings.space.arch and shipped.width == settings.width:
+        if shipped_base_for(settings.space.arch, settings.width) is not None:
             return str(synth_base_checkpoint())
     return settings.supernet.init
 
