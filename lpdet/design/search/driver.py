@@ -127,7 +127,9 @@ def _supernet(settings: SearchSettings, data: Path, out: Path, progress: bool) -
     """The trained super-network: a cached trial (trained once, reused when run again)."""
     cache = TrialCache(out / "trials", progress=progress)
     spec = {"supernet": asdict(settings.supernet), "space": to_dict(settings.space), "width": settings.width,
-            "data": data_identity(data)}
+            "data": data_identity(data),
+            # the weights it starts from, by content: a retrained base at the same path is another start
+            "init_identity": file_identity(settings.supernet.init or None)}
 
     def fn(directory: Path) -> dict:
         train_supernet(settings, data, directory / "supernet", progress=progress)
