@@ -21,6 +21,7 @@ from lpdet.data.spec import load_dataset_yaml
 from lpdet.design.settings import DesignSettings
 from lpdet.errors import LpdetError
 from lpdet.models.checkpoint_format import load_checkpoint
+from lpdet.models.config import ModelConfig
 from lpdet.models.shipped import SYNTH_BASE, shipped_base_for, synth_base_provenance
 
 __all__ = ["BaseSource", "BaseStart", "choose_base", "check_base_classes"]
@@ -56,13 +57,18 @@ def choose_base(settings: DesignSettings, data: str, *, arch: str | None = None,
             text = (f"{BaseSource.SHIPPED.value} ({shipped.arch}, width {shipped.width:g}, "
                     f"{shipped.resolution}x{shipped.resolution}, AP {ap:.3f} on val; trained offline by "
                     f"scripts/train_synth_base.py, {SYNTH_BASE}); --from-scratch trains one instead")
-            return (replace(s, arch=shipped.arch, width=shipped.width, base_resolution=shipped.resolution,
-                            anchor_grid=shipped.anchor_grid, anchor_reference=shipped.anchor_reference),
+            return (_settings_for(s, shipped),
                     BaseStart(BaseSource.SHIPPED, SYNTH_BASE, text, tuple(shipped_ckpt.class_names)))
     how = (f"from ImageNet backbone weights {s.backbone_weights}" if s.backbone_weights is not None
            else "from scratch")
     return s, BaseStart(BaseSource.TRAINED, None, f"float {s.arch} (width {s.width:g}) at {s.base_resolution}x"
                                                   f"{s.base_resolution}, {BaseSource.TRAINED.value} {how}")
+
+
+def _settings_for(s: DesignSettings, base: ModelConfig) -> DesignSettings:
+    """`s` with the base's architecture, width, resolution and anchors: the design's models are its."""
+    return replace(s, arch=base.arch, width=base.width, base_resolution=base.resolution,
+                   anchor_grid=base.anchor_grid, anchor_reference=base.anchor_reference)
 
 
 def _given_base(s: DesignSettings, path: Path, arch: str | None,
@@ -84,8 +90,7 @@ def _given_base(s: DesignSettings, path: Path, arch: str | None,
                              "decides the architecture")
     text = (f"{config.arch} (width {config.width:g}, {config.resolution}x{config.resolution}) from "
             f"{BaseSource.GIVEN.value} {path}")
-    return (replace(s, arch=config.arch, width=config.width, base_resolution=config.resolution,
-                    anchor_grid=config.anchor_grid, anchor_reference=config.anchor_reference),
+    return (_settings_for(s, config),
             BaseStart(BaseSource.GIVEN, path, text, tuple(ckpt.class_names)))
 
 

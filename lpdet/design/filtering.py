@@ -15,7 +15,7 @@ from lpdet.data.filtering import filter_dataset
 from lpdet.data.sizes import SizeThresholds, read_coco_json
 from lpdet.data.spec import resolve_dataset
 from lpdet.design.report import Figure, Table, line_plot
-from lpdet.design.settings import train_config
+from lpdet.design.settings import FRESH_ANCHOR_GRID, train_config
 from lpdet.design.tables import SIZE_METRICS, ap_or_none, write_sweep_files
 from lpdet.design.trials import TrialCache, data_identity, dataset_yaml, read_val_csv
 from lpdet.errors import LpdetError
@@ -90,7 +90,7 @@ def filtering_ablation(init: Path | str | None, data: str | Path, out_dir: Path 
     out_dir = Path(out_dir)
     cache = cache or TrialCache(out_dir / "trials", progress=progress)
     data_path = dataset_yaml(data)
-    anchors = {"anchor_grid": "stride", "anchor_reference": None}  # from scratch: as the flow's own base
+    anchors = {"anchor_grid": FRESH_ANCHOR_GRID, "anchor_reference": None}  # from scratch: as the flow's own base
     if init is not None:
         ckpt = load_checkpoint(init)
         anchors = kept_anchors(ckpt.model_config)

@@ -49,7 +49,8 @@ def arch_search_step(ctx: FlowContext, cache: TrialCache, folder: SearchFolder, 
     sctx = load_context(folder.settings, ctx.data_path, folder.supernet)
     init = inherited_checkpoint(cache, "arch-search-init", candidate, sctx, folder.supernet)
     cfg = train_config(ctx.train_path, arch=candidate.arch, width=candidate.width, resolution=candidate.resolution,
-                       **kept_anchors(sctx.supernet.config), epochs=s.finetuning.epochs, batch_size=s.training.batch_size, init=init, qat=True,
+                       **kept_anchors(sctx.supernet.config), epochs=s.finetuning.epochs,
+                       batch_size=s.training.batch_size, init=init, qat=True,
                        **finetune_overrides(s))  # the resolution sweep's fine-tuning, as the resolution-only model's
     trained = cache.train("arch-search-finetune", with_detail(cfg, candidate))
     m = measure_int8(cache, "arch-search", cache.file(trained, "best"), ctx.data_path, resolution=None,

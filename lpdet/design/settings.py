@@ -9,7 +9,7 @@ from pathlib import Path
 from lpdet.data.selection import SELECT_FRACTION
 from lpdet.data.transforms import AUGMENTATIONS
 from lpdet.errors import raise_first_failed
-from lpdet.models.config import MIN_RESOLUTION, ModelConfig, is_resolution
+from lpdet.models.config import MIN_RESOLUTION, AnchorGrid, ModelConfig, is_resolution
 from lpdet.quant.qat import QatConfig
 from lpdet.serialize import from_dict
 from lpdet.train.config import PRECISIONS, TrainConfig
@@ -59,6 +59,11 @@ class BenchSettings:
     images: int = 16
 
 
+# The anchor grid of a base the design trains itself (and of the filtering ablation's runs from scratch):
+# the stride grid, so that its box offsets hold at the other resolutions the design tries.
+FRESH_ANCHOR_GRID: AnchorGrid = "stride"
+
+
 @dataclass
 class DesignSettings:
     """Every knob of the flow; `full()` / `quick()` are the presets (see `lpdet.design.flow`)."""
@@ -73,7 +78,7 @@ class DesignSettings:
     base_resolution: int = 300
     # The base's anchors (`ModelConfig.anchor_grid` / `anchor_reference`), set from a shipped or
     # given base; a base the flow trains puts them on the stride grid.
-    anchor_grid: str = "stride"
+    anchor_grid: AnchorGrid = FRESH_ANCHOR_GRID
     anchor_reference: int | None = None
     # candidates for the resolution search, searched from the largest; multiples of 8 preferred
     resolutions: list[int] = field(default_factory=lambda: [300, 296, 288, 280, 272, 264, 256, 248, 240, 232, 224,
@@ -164,7 +169,7 @@ class DesignSettings:
         return sorted(set(self.resolutions) | set(self.table_resolutions) | {self.base_resolution}, reverse=True)
 
 
-def train_config(data: str | Path, *, arch: str, width: float, resolution: int, anchor_grid: str,
+def train_config(data: str | Path, *, arch: str, width: float, resolution: int, anchor_grid: AnchorGrid,
                  anchor_reference: int | None, epochs: int, batch_size: int, init: Path | str | None = None,
                  qat: bool = False, **fields_) -> TrainConfig:
     """Every training run the design makes (the flow, the resolution and filtering experiments) is

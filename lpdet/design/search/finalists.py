@@ -146,7 +146,8 @@ def _fine_tuned(cache: TrialCache, ctx: SearchContext, role: str, candidate: Arc
     init = inherited_checkpoint(cache, f"{tag}-init", candidate, ctx, supernet)
     f = s.finalists
     cfg = train_config(training_yaml, arch=candidate.arch, width=candidate.width, resolution=candidate.resolution,
-                       **kept_anchors(ctx.supernet.config), init=init, qat=True, **asdict(f.schedule), **asdict(f.training))
+                       **kept_anchors(ctx.supernet.config), init=init, qat=True, **asdict(f.schedule),
+                       **asdict(f.training))
     trained = cache.train(tag, with_detail(cfg, candidate))
     measured = measure_int8(cache, tag, cache.file(trained, "best"), ctx.data, resolution=None,
                             threads=s.bench.threads, runs=s.bench.runs, warmup=s.bench.warmup, max_images=f.max_images,

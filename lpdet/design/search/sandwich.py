@@ -35,7 +35,7 @@ from lpdet.design.search.settings import SearchSettings
 from lpdet.errors import LpdetError
 from lpdet.models.arch_space import (ArchCandidate, largest_candidate, member_config, sample_candidate,
                                      smallest_candidate, to_model_config)
-from lpdet.models.checkpoint_format import load_checkpoint, save_checkpoint
+from lpdet.models.checkpoint_format import Checkpoint, load_checkpoint, save_checkpoint
 from lpdet.models.config import kept_anchors
 from lpdet.models.detector import Detector
 from lpdet.models.inherit import Supernet, embedded_state, inherited_state
@@ -95,9 +95,9 @@ def _backward(loss: torch.Tensor) -> float:
     return loss.item()
 
 
-def _start_from(model: Detector, init: Path, class_names: list[str]) -> None:
-    """`model` (the supernet) holding the trained detector `init` (`inherit.embedded_state`)."""
-    base = load_checkpoint(init)
+def _start_from(model: Detector, base: Checkpoint, init: Path, class_names: list[str]) -> None:
+    """`model` (the supernet) holding the trained detector `base`, loaded from `init`
+    (`inherit.embedded_state`)."""
     if base.model_config.quantization != "fp32" or base.model_config.detail is not None:
         raise LpdetError(f"supernet init {init}: give a float checkpoint of the standard network (not QAT, not a "
                          f"searched architecture)")
@@ -122,12 +122,13 @@ def train_supernet(settings: SearchSettings, data_yaml: Path, out: Path, *, prog
     if steps_per_epoch == 0:
         raise LpdetError(f"{spec.train.annotations}: {len(train_set)} training images, fewer than the supernet's "
                          f"batch size {s.batch_size}; add images")
+    base = load_checkpoint(Path(s.init)) if s.init else None
     config = to_model_config(largest, train_set.num_classes)
-    if s.init:  # the anchors the base's weights learned, in its pixels
-        config = replace(config, **kept_anchors(load_checkpoint(Path(s.init)).model_config))
+    if base is not None:  # the anchors the base's weights learned, in its pixels
+        config = replace(config, **kept_anchors(base.model_config))
     model = build_detector(config).train()
-    if s.init:
-        _start_from(model, Path(s.init), train_set.class_names)
+    if base is not None:
+        _start_from(model, base, Path(s.init), train_set.class_names)
     lr = s.init_lr if s.init else s.lr
     optimizer = sgd(model, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
     total = steps_per_epoch * s.epochs
