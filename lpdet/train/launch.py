@@ -16,6 +16,7 @@ from lpdet.errors import Interrupted, LpdetError
 from lpdet.train.distributed import Ranks
 
 STOP_STATUSES = {128 + signal.SIGINT, 128 + signal.SIGTERM}  # what an `Interrupted` rank exits with
+CRASH_STATUS = 1  # what Python exits with on an uncaught exception
 
 
 def started_by_torchrun() -> bool:
@@ -51,6 +52,13 @@ def _failure(error, run_dir: Path, nproc: int) -> BaseException:
     """An `Interrupted` when the first rank to end stopped on a signal (ranks do so only once rank 0 saved
     `last`; torchrun then ends the others), else an error naming the rank that failed first."""
     rank, failure = error.get_first_failure()
+    crashes = {r: f for r, f in error.failures.items() if f.exitcode == CRASH_STATUS}
+    if crashes and failure.exitcode not in STOP_STATUSES:
+        # torchrun stamps a failure with the second it saw it (`get_first_failure` then picks the lowest rank
+        # of that second), so a rank that crashed and rank 0 ending on the broken connection tie; the crash
+        # (an uncaught exception, status 1) is the cause, the lost contact (lpdet's handled error, 2) its effect.
+        rank = min(crashes, key=lambda r: (crashes[r].timestamp, r))
+        failure = crashes[rank]
     if failure.exitcode in STOP_STATUSES:
         signum = failure.exitcode - 128
         return Interrupted(f"stopped by {signal.Signals(signum).name}; rank 0 saved {run_dir / 'last'}", signum)

@@ -18,13 +18,14 @@ import torch
 import torch.multiprocessing as mp
 
 from lpdet.data.loader import DistributedEpochSampler, EpochSampler
-from lpdet.errors import LpdetError
+from lpdet.errors import Interrupted, LpdetError
 from lpdet.models.checkpoint_format import load_checkpoint
 from lpdet.models.config import ModelConfig
 from lpdet.models.loss import multibox_loss
 from lpdet.models.registry import build_detector
 from lpdet.train.config import TrainConfig
 from lpdet.train.distributed import DataParallel, Ranks
+from lpdet.train.launch import _failure
 from lpdet.train.loop import train
 from lpdet.train.tasks import CLASSIFICATION
 from tests.helpers import tiny_synth
@@ -259,3 +260,24 @@ def test_a_ddp_step_has_the_single_process_gradient(tmp_path):
     assert classification["loss"] == pytest.approx(classification["reference_loss"], rel=1e-5)
     assert classification["ddp_error"] <= 1e-5 * classification["scale"]
     assert classification["naive_error"] > 1e-2 * classification["scale"]
+
+
+def _child_failed(statuses: dict[int, int]):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+    failures = {}
+    for rank, status in statuses.items():
+        failures[rank] = ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=status, error_file="<N/A>")
+        failures[rank].timestamp = 1_700_000_000  # torchrun's one-second stamps: both in the same second
+    return ChildFailedError("lpdet", failures)
+
+
+def test_the_failure_named_is_the_crash_not_the_rank_that_lost_contact():
+    # rank 1 crashed (status 1); rank 0 ended on the broken connection (lpdet's error, status 2) in the same second
+    crashed = _failure(_child_failed({0: 2, 1: 1}), Path("run"), 2)
+    assert "training process rank 1 exited with status 1" in str(crashed)
+    # no crash: the first failure as torchrun orders them (a hung rank 1 killed, rank 0 timed out)
+    hung = _failure(_child_failed({0: 2, 1: -signal.SIGTERM}), Path("run"), 2)
+    assert "training process rank 0 exited with status 2" in str(hung)
+    # a pre-empted rank 0 stays an interruption
+    stopped = _failure(_child_failed({0: 128 + signal.SIGTERM, 1: 1}), Path("run"), 2)
+    assert isinstance(stopped, Interrupted)
