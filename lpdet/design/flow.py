@@ -16,7 +16,8 @@ interrupted call continues where it stopped; a changed setting redoes what it af
 
 1. **Float base model** at `base_resolution` (300): `lpdet.design.base_model` — ``--base CKPT``, else
    the detector shipped for the embedded ``synth`` data, else trained here (``--from-scratch``,
-   optionally from ``--backbone-weights``).
+   optionally from ``--backbone-weights``), ending with a multi-scale stage over the sizes step 4
+   measures, so that the base holds at them before any fine-tuning.
 2. **QAT**: 8-bit quantization-aware training initialised from the float model.
 3. **Quantization table** (Table 11.1): `compare_quantization`: float / naive 8-bit / calibrated
    PTQ / QAT, each as ONNX on onnxruntime, AP on val and latency.
@@ -208,6 +209,11 @@ def _train_float_and_qat(ctx: FlowContext, cache: TrialCache) -> tuple[Path, Pat
         base = cache.train(f"float-r{base_r}", training_config(s, ctx.train_path, s.float_training,
                                                                 backbone_weights=s.backbone_weights))
         base_ckpt = cache.file(base, "best")
+        if s.multi_scale_training.epochs > 0:  # so that the base holds at the sizes the search measures
+            stage = cache.train(f"float-ms-r{base_r}", training_config(s, ctx.train_path, s.multi_scale_training,
+                                                                        init=base_ckpt,
+                                                                        multi_scale=s.multi_scale_bounds()))
+            base_ckpt = cache.file(stage, "best")
     qat = cache.train(f"qat-r{base_r}", training_config(s, ctx.train_path, s.qat_training, qat=True, init=base_ckpt))
     return base_ckpt, cache.file(qat, "best")
 

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lpdet.design.flow_context import FlowContext
 from lpdet.design.latency_trials import interval_text, measure_interleaved, not_separated_from, straddles
 from lpdet.design.report import Table
@@ -15,7 +17,8 @@ from lpdet.design.settings import DesignSettings
 from lpdet.design.trials import TrialCache, measure_int8
 from lpdet.errors import LpdetError
 
-__all__ = ["SearchLatency", "search_latencies", "check_budget", "limit_text", "budget_text", "latency_note"]
+__all__ = ["SearchLatency", "search_latencies", "check_budget", "limit_text", "budget_text", "latency_note",
+           "fixed_cost_ms", "fixed_cost_text"]
 
 
 @dataclass
@@ -70,6 +73,31 @@ def latency_note(s: DesignSettings) -> str:
             f"over all timed passes, its 95% interval, p90 beside it. Fit decisions read the median.")
 
 
+def fixed_cost_ms(medians: dict[int, float]) -> float | None:
+    """The intercept `a` of the least-squares line ms = a + b * pixels through the candidates' median
+    latencies (resolution -> ms): the part of the latency that does not shrink with the input
+    (post-processing, per-layer overheads of a runtime). None with fewer than 3 candidates."""
+    if len(medians) < 3:
+        return None
+    pixels = np.array([float(r) ** 2 for r in medians])
+    _, intercept = np.polyfit(pixels, np.array(list(medians.values()), dtype=float), 1)
+    return float(intercept)
+
+
+def fixed_cost_text(medians: dict[int, float], base_r: int) -> str:
+    """One sentence on how much of the base's latency an input size can trade, for the search table."""
+    fixed = fixed_cost_ms(medians)
+    if fixed is None:
+        return ""
+    share = fixed / medians[base_r]
+    if share <= 0:
+        return " A line through the medians against the pixel count shows no fixed cost: latency falls with the pixels."
+    return (f" A line through the medians against the pixel count (ms = a + b x pixels) puts a = {fixed:.2f} ms, "
+            f"{share:.0%} of the {base_r} model's latency, in costs that do not shrink with the input "
+            f"(post-processing, per-layer overheads of the runtime): a smaller input trades latency at "
+            f"{1 - share:.0%} of the rate its pixel count suggests.")
+
+
 def search_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, float_onnx: Path) -> SearchLatency:
     """Step 4, first half: the QAT model exported int8 at every candidate, all measured in one interleaved
     run with the base resolution as the baseline, and the fp32 model (`float_onnx`) with them, so that
@@ -104,7 +132,8 @@ def search_latencies(ctx: FlowContext, cache: TrialCache, qat_ckpt: Path, float_
                        f"{comparison['rounds']} rounds, stopped by {comparison['stop_reason']}. 'vs {base_r}': the "
                        f"median of per-round paired ratios to the base resolution. The fp32 model at {base_r}, timed "
                        f"in the same rounds: {reference['median_ms']:.2f} ms "
-                       f"({reference.get('ratio') or float('nan'):.3f} of the int8 {base_r}).",
+                       f"({reference.get('ratio') or float('nan'):.3f} of the int8 {base_r})."
+                       f"{fixed_cost_text({r: models[r]['median_ms'] for r in candidates}, base_r)}",
                   formats={"int8 median ms": ".2f", "p90 ms": ".2f", f"vs {base_r}": ".3f"})
     return SearchLatency(models=models, table=table, reference=reference)
 

@@ -48,13 +48,22 @@ def setup_section(ctx: FlowContext) -> Section:
             f"{s.bench.threads} thread(s)). Machine: {cpu_name()}, {platform.system()} {platform.machine()}; torch "
             f"{torch.__version__}, onnxruntime {onnxruntime.__version__} (CPUExecutionProvider).{load} "
             f"Settings: {ctx.preset}, all in settings.json ({s.arch}, width {s.width:g}, "
-            f"base resolution {s.base_resolution}; epochs: float {s.float_training.epochs}, QAT {s.qat_training.epochs}, fine-tuning "
-            f"{s.finetuning.epochs}).")
+            f"base resolution {s.base_resolution}; epochs: float {s.float_training.epochs}{_multi_scale_text(ctx)}, "
+            f"QAT {s.qat_training.epochs}, fine-tuning {s.finetuning.epochs}).")
     if ctx.base is not None:
         text += f" Float base model: {ctx.base.description}."
     text += (f" Selection split: {ctx.select_source}. Every choice of the design (resolution, dataset filtering, "
              f"NMS setting, each training run's best epoch) is made on it; val is only reported.")
     return Section("Setup", text, [data_table])
+
+
+def _multi_scale_text(ctx: FlowContext) -> str:
+    """The multi-scale stage of a base the flow trains itself (none for a shipped or given base)."""
+    s = ctx.settings
+    if (ctx.base is not None and ctx.base.checkpoint is not None) or s.multi_scale_training.epochs == 0:
+        return ""
+    low, high = s.multi_scale_bounds()
+    return f" then {s.multi_scale_training.epochs} multi-scale ({low}-{high})"
 
 
 def quant_section(compare: dict, intervals: dict[str, str | None] | None = None) -> Section:

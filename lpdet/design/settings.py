@@ -89,6 +89,13 @@ class DesignSettings:
     synth_val: int | None = None
     training: TrainingSettings = field(default_factory=TrainingSettings)
     float_training: Schedule = field(default_factory=lambda: Schedule(epochs=60, lr=0.05, warmup_steps=500))
+    # A float base the flow trains itself ends with a multi-scale stage, as the shipped base was made
+    # (scripts/train_synth_base.py): from the float run's best weights, each step at a size drawn from
+    # the multiples of 8 between the smallest and the largest size the resolution search measures
+    # (`multi_scale_bounds`). Trained at one size, a base keeps little of its AP at the other sizes,
+    # which the search measures before any fine-tuning (the shipped base at 192, anchors kept at their
+    # pixel sizes: AP 0.088 trained at 300 alone, 0.152 after the stage). epochs 0: no stage.
+    multi_scale_training: Schedule = field(default_factory=lambda: Schedule(epochs=10, lr=0.005, warmup_steps=0))
     qat_training: Schedule = field(default_factory=lambda: Schedule(epochs=10, lr=0.005, warmup_steps=100))
     # QAT fine-tuning at each resolution, and each filtering-ablation run
     finetuning: Schedule = field(default_factory=lambda: Schedule(epochs=10, lr=0.005, warmup_steps=100))
@@ -121,6 +128,7 @@ class DesignSettings:
                         training=TrainingSettings(batch_size=16, augment="light", workers=1, max_val_images=100,
                                                   checkpoint_every=25),
                         float_training=Schedule(epochs=5, lr=0.03, warmup_steps=30, limit_train_batches=75),
+                        multi_scale_training=Schedule(epochs=2, lr=0.005, warmup_steps=0, limit_train_batches=75),
                         qat_training=Schedule(epochs=1, lr=0.005, warmup_steps=0, limit_train_batches=40),
                         finetuning=Schedule(epochs=1, lr=0.005, warmup_steps=0, limit_train_batches=40),
                         bench=BenchSettings(runs=50, warmup=5), compare_runs=20, calibration_images=32)
@@ -154,6 +162,8 @@ class DesignSettings:
             (0 <= self.budget_margin < 1, "budget_margin must be in [0, 1)"),
             (0 < self.select_fraction < 1, "--select-fraction must be between 0 and 1 (exclusive)"),
             (min(r.limit_train_batches for r in runs) >= 0, "limit_train_batches must be >= 0 (0: all)"),
+            (self.multi_scale_training.epochs >= 0 and self.multi_scale_training.limit_train_batches >= 0,
+             "multi_scale_training: epochs and limit_train_batches must be >= 0 (epochs 0: no multi-scale stage)"),
             (self.base is None or not self.from_scratch, "--base and --from-scratch exclude each other"),
             (self.base is None or self.backbone_weights is None,
              "--base and --backbone-weights exclude each other (the base has its backbone)"),
@@ -163,6 +173,11 @@ class DesignSettings:
     def latency_limit(self, budget_ms: float) -> float:
         """The latency a model may measure to fit `budget_ms`, `budget_margin` kept in reserve."""
         return budget_ms * (1.0 - self.budget_margin)
+
+    def multi_scale_bounds(self) -> list[int]:
+        """`--multi-scale MIN MAX` of the base's multi-scale stage: the sizes the search measures."""
+        sizes = self.candidates()
+        return [sizes[-1], sizes[0]]
 
     def candidates(self) -> list[int]:
         """Every resolution measured in the search, largest first (base and table sizes included)."""
@@ -184,12 +199,14 @@ def train_config(data: str | Path, *, arch: str, width: float, resolution: int, 
 
 
 def training_config(s: DesignSettings, data_path: Path, schedule: Schedule, *, qat: bool = False,
-                    init: Path | None = None, backbone_weights: Path | None = None) -> TrainConfig:
+                    init: Path | None = None, backbone_weights: Path | None = None,
+                    multi_scale: list[int] | None = None) -> TrainConfig:
     """A training run of the design flow at the base resolution: `train_config` with the settings every
-    run shares and `schedule`."""
+    run shares and `schedule` (`multi_scale`: each step at a size drawn from [MIN, MAX])."""
     return train_config(data_path, arch=s.arch, width=s.width, resolution=s.base_resolution,
                         anchor_grid=s.anchor_grid, anchor_reference=s.anchor_reference, init=init, qat=qat,
-                        backbone_weights=backbone_weights, **asdict(schedule), **asdict(s.training))
+                        backbone_weights=backbone_weights, multi_scale=multi_scale, **asdict(schedule),
+                        **asdict(s.training))
 
 
 def finetune_overrides(s: DesignSettings) -> dict:

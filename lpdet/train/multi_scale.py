@@ -63,8 +63,8 @@ def resized_batch(images: Tensor, resolution: int) -> Tensor:
 @contextlib.contextmanager
 def trained_at(model: nn.Module, resolution: int) -> Iterator[None]:
     """The detector at `resolution` (its anchors follow) inside the block, back at its own size after."""
-    nominal = model.config.resolution
-    if resolution == nominal:
+    config = model.config
+    if resolution == config.resolution:
         yield
         return
     model.set_resolution(resolution)
@@ -72,4 +72,7 @@ def trained_at(model: nn.Module, resolution: int) -> Iterator[None]:
         yield
     finally:
         with torch.no_grad():
-            model.set_resolution(nominal)
+            model.set_resolution(config.resolution)
+        # The same anchors; the config as it was (set_resolution pins `anchor_reference` to the
+        # nominal size, which would make the checkpoint's config differ from the run's for nothing).
+        model.config = config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from tests.helpers import tiny_synth
 def tiny_settings() -> DesignSettings:
     return DesignSettings(width=0.25, base_resolution=128, resolutions=[128, 96], table_resolutions=[],
                           finetune_top=1, float_training=Schedule(epochs=1, lr=0.01, warmup_steps=1),
+                          multi_scale_training=Schedule(epochs=1, lr=0.005, warmup_steps=1),
                           qat_training=Schedule(epochs=1, lr=0.005, warmup_steps=1),
                           finetuning=Schedule(epochs=1, lr=0.005, warmup_steps=1),
                           training=TrainingSettings(batch_size=4, workers=0, threads=1, max_val_images=0,
@@ -64,7 +66,14 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # Fig 11.2, 11.3, 11.4
     assert json.loads((out / "settings.json").read_text())["settings"]["width"] == 0.25
-    for name in ("float-r128", "qat-r128", "quant-compare", "noft-r96-export", "finetune-r128",
+    # the base trained here ends with a multi-scale stage over the sizes the search measures, and QAT
+    # starts from it
+    stage = yaml.safe_load((out / "trials" / "float-ms-r128" / "run" / "config.yaml").read_text())
+    assert stage["multi_scale"] == [96, 128] and Path(stage["init"]).parent.parent.name == "float-r128"
+    assert "float 1 then 1 multi-scale (96-128)" in md
+    qat_init = yaml.safe_load((out / "trials" / "qat-r128" / "run" / "config.yaml").read_text())["init"]
+    assert "float-ms-r128" in Path(qat_init).parts
+    for name in ("float-r128", "float-ms-r128", "qat-r128", "quant-compare", "noft-r96-export", "finetune-r128",
                  "finetune-r128-no-small", "search-latency", "final-finetune-r128-latency"):
         assert (out / "trials" / name / "result.json").is_file(), name
     assert result.trials_run and (out / "resolution" / "resolution_sweep.json").is_file()
@@ -84,12 +93,12 @@ def test_design_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
     assert again.summary["latency_median_ms"] == summary["latency_median_ms"]
     _assert_intervals((out / "report.md").read_text(), again.summary)  # from the cached predictions files
 
-    # --base: the float model is given, not trained (the flow's own float model here, so that every
-    # later trial, keyed by the checkpoint's content, is cached)
-    float_trial = json.loads((out / "trials" / "float-r128" / "result.json").read_text())
-    float_best = out / "trials" / "float-r128" / float_trial["files"]["best"]
+    # --base: the float model is given, not trained (the flow's own float model after its multi-scale
+    # stage here, so that every later trial, keyed by the checkpoint's content, is cached)
+    float_trial = json.loads((out / "trials" / "float-ms-r128" / "result.json").read_text())
+    float_best = out / "trials" / "float-ms-r128" / float_trial["files"]["best"]
     given = design(data, 10_000.0, out, settings=tiny_settings(), base=float_best, progress=False)
-    assert given.trials_run == [] and "float-r128" not in given.trials_cached
+    assert given.trials_run == [] and not {"float-r128", "float-ms-r128"} & set(given.trials_cached)
     assert f"from --base {float_best}" in (out / "report.md").read_text()
 
     # a relative budget: R x the base model's latency from the same interleaved run as the candidates

@@ -41,14 +41,17 @@ def test_classifiers_reject_multi_scale():
 
 
 def test_trained_at_switches_anchors_and_restores_them():
-    detector = build_detector(ModelConfig("mobilenet_v2_ssdlite", num_classes=3, width=0.25, resolution=96))
+    config = ModelConfig("mobilenet_v2_ssdlite", num_classes=3, width=0.25, resolution=96)
+    detector = build_detector(config)
     anchors = detector.anchors.clone()
     images = resized_batch(torch.rand(2, 3, 96, 96), 64)
     assert images.shape == (2, 3, 64, 64)
     with trained_at(detector, 64):
         cls_logits, _ = detector(images)
         assert cls_logits.shape[1] == detector.anchors.shape[0] != anchors.shape[0]
+        assert detector.config.anchor_reference == 96  # pixel sizes kept at 64
     assert detector.config.resolution == 96 and torch.equal(detector.anchors, anchors)
+    assert detector.config == config  # not pinned: a checkpoint's config is the run's (no reference added)
 
 
 def test_multi_scale_run_trains_at_drawn_sizes_and_keeps_its_resolution(tmp_path, monkeypatch):
