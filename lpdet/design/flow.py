@@ -47,21 +47,15 @@ meets the budget, the report says so and `LpdetError` names the fastest measured
 
 Presets (`DesignSettings`, written to ``out_dir/settings.json``):
 
-* `full()` (the default; paper-like, for a user with COCO or the full synthetic set and a GPU
-  or many CPU hours): width 1.0, batch 32; 60 float epochs (lr 0.05), 10 QAT epochs and 10
-  fine-tuning epochs per resolution (lr 0.005); 17 candidates (300, 296, ..., 192 and 250, 236);
-  the 2 largest fitting multiples of 8 fine-tuned; 50 benchmark runs, 100 calibration images;
-  NMS IoU 0.6 (baseline), 0.30, 0.25, 0.20, 0.15, 0.10; every val image for deployed APs.
-  Every latency (both presets): at least 50 interleaved rounds on 16 val images, then until every
-  median is known to ±3% (95%) or 60 s.
+* `full()` (the default; paper-like, for COCO or the full synthetic set and a GPU or many CPU
+  hours): width 1.0, batch 32; 60 float epochs (lr 0.05) then 10 multi-scale, 10 QAT epochs and 10
+  fine-tuning epochs per resolution (lr 0.005); 17 candidates (300, 296, ..., 192 and 250, 236); the
+  2 largest fitting multiples of 8 fine-tuned; NMS IoU 0.6 (baseline), 0.30, ..., 0.10.
 * `quick()` shrinks every step so ``--data synth`` finishes in about 15 minutes on 2 idle CPU
-  cores: width 0.5 (the shipped base's), the default synthetic set, batch 16, light augmentation,
-  40 batches of QAT and of every fine-tuning (5 x 75 batches of float training with
-  ``--from-scratch``), 12 candidates (300, 288, 272, 256, 240, 224, 208, 192, 176, 160, 250,
-  236: down to 160 so that a budget well under the 300 model's latency still finds a fit on a
-  slower machine), 1 fine-tuned resolution, 32 calibration images, 20 paired runs in the
-  quantization table. It starts from the shipped base, so its comparisons are between trained
-  models.
+  cores: width 0.5 (the shipped base's, which it starts from), batch 16, light augmentation, 40
+  batches of QAT and of every fine-tuning (with ``--from-scratch``: 5 x 75 batches of float
+  training, 2 x 75 multi-scale), 9 candidates (300, 288, 256, 240, 224, 208, 192, 160 and 236), 1
+  fine-tuned resolution, 32 calibration images.
 """
 
 from __future__ import annotations
