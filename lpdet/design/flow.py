@@ -197,8 +197,8 @@ def _train_float_and_qat(ctx: FlowContext, cache: TrialCache) -> tuple[Path, Pat
     """Steps 1-2: the float base model (given, shipped or trained here), then QAT from it; their
     checkpoints."""
     s, base_r = ctx.settings, ctx.settings.base_resolution
-    if ctx.base is not None and ctx.base.checkpoint is not None:
-        base_ckpt = resolve_checkpoint(ctx.base.checkpoint)
+    if ctx.given_base is not None:
+        base_ckpt = resolve_checkpoint(ctx.given_base)
     else:
         base = cache.train(f"float-r{base_r}", training_config(s, ctx.train_path, s.float_training,
                                                                 backbone_weights=s.backbone_weights))

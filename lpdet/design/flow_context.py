@@ -39,6 +39,11 @@ class FlowContext:
     noise: NoiseJudge | None = None  # paired bootstrap intervals of AP differences on val (None: not computed)
     base: BaseStart | None = None  # where the float base model comes from (None: trained by the flow)
 
+    @property
+    def given_base(self) -> Path | None:
+        """The float base checkpoint the flow starts from (shipped or --base); None: the flow trains one."""
+        return self.base.checkpoint if self.base is not None else None
+
     def interval(self, before, after) -> str | None:
         """AP(after) − AP(before) with its 95% interval (predictions files), e.g. "+0.012 [−0.004, +0.027],
         within noise"; None without a judge or a predictions file."""

@@ -60,7 +60,7 @@ def setup_section(ctx: FlowContext) -> Section:
 def _multi_scale_text(ctx: FlowContext) -> str:
     """The multi-scale stage of a base the flow trains itself (none for a shipped or given base)."""
     s = ctx.settings
-    if (ctx.base is not None and ctx.base.checkpoint is not None) or s.multi_scale_training.epochs == 0:
+    if ctx.given_base is not None or s.multi_scale_training.epochs == 0:
         return ""
     low, high = s.multi_scale_bounds()
     return f" then {s.multi_scale_training.epochs} multi-scale ({low}-{high})"

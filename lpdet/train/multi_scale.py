@@ -17,7 +17,6 @@ import contextlib
 import random
 from collections.abc import Iterator
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -63,7 +62,7 @@ def resized_batch(images: Tensor, resolution: int) -> Tensor:
 @contextlib.contextmanager
 def trained_at(model: nn.Module, resolution: int) -> Iterator[None]:
     """The detector at `resolution` (its anchors follow) inside the block, back at its own size after."""
-    config = model.config
+    config, anchors = model.config, model.anchors
     if resolution == config.resolution:
         yield
         return
@@ -71,8 +70,7 @@ def trained_at(model: nn.Module, resolution: int) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            model.set_resolution(config.resolution)
-        # The same anchors; the config as it was (set_resolution pins `anchor_reference` to the
-        # nominal size, which would make the checkpoint's config differ from the run's for nothing).
-        model.config = config
+        # The model as it was, not set_resolution back: that would recompute the same anchors every
+        # step and pin `anchor_reference` to the nominal size, so that a checkpoint's config would
+        # differ from its run's for nothing.
+        model.config, model.anchors = config, anchors
