@@ -62,10 +62,11 @@ def resized_batch(images: Tensor, resolution: int) -> Tensor:
 @contextlib.contextmanager
 def trained_at(model: nn.Module, resolution: int) -> Iterator[None]:
     """The detector at `resolution` (its anchors follow) inside the block, back at its own size after."""
-    config, anchors = model.config, model.anchors
-    if resolution == config.resolution:
+    config = model.config
+    if resolution == config.resolution:  # every step without --multi-scale, and every classifier's
         yield
         return
+    anchors = model.anchors
     model.set_resolution(resolution)
     try:
         yield
